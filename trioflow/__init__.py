@@ -1,0 +1,24 @@
+"""trioflow: structured-concurrency building blocks for Trio.
+
+Import as ``import trioflow as tf``. Every public name is re-exported here;
+its home module is one hop away (``trioflow/_admission/_capacity.py`` for
+``tf.CapacityLimiter``). Public submodules: :mod:`trioflow.adaptive`,
+:mod:`trioflow.telemetry`, :mod:`trioflow.debug`, :mod:`trioflow.testing`.
+"""
+
+from . import adaptive as adaptive
+
+# -- admission: who may run now --
+from ._admission._capacity import CapacityLimiter as CapacityLimiter
+from ._admission._capacity import LimiterStatistics as LimiterStatistics
+from ._admission._face import Permit as Permit
+from ._admission._protocol import Limiter as Limiter
+
+# -- (later sections are added here, one block per building block) --
+from ._util import fixup_module_metadata as _fixup_module_metadata
+
+__version__ = "0.1.0.dev0"
+
+_fixup_module_metadata(__name__, globals())
+_fixup_module_metadata(adaptive.__name__, adaptive.__dict__)
+del _fixup_module_metadata

@@ -1,0 +1,1 @@
+"""Admission: who may run now. One kernel (``_kernel``), many faces."""

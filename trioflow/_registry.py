@@ -1,0 +1,131 @@
+"""The one registry of live trioflow primitives.
+
+Every limiter, lane, rate limiter, task group and pipeline registers itself
+here when it is made, weakly: the registry never keeps a primitive alive. Task
+dumps, deadlock detection and metrics read it; primitives never import them.
+
+What a registered primitive offers (the :class:`Inspectable` protocol):
+
+* ``kind`` and ``name`` — what a dump prints ("limiter 'api'");
+* ``_trioflow_holders()`` — who holds it now, and how much;
+* ``_trioflow_waiters()`` — who waits on it now, for how much, since when.
+
+A task parked on a trioflow primitive also carries its :class:`Waiting`
+record in ``task.custom_sleep_data`` (the slot trio reserves for whoever
+parks the task), so a dump finds what any task waits on in O(1) without
+scanning every primitive.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import weakref
+from typing import Protocol, runtime_checkable
+
+import attrs
+from trio.lowlevel import Task
+
+__all__ = [
+    "Holding",
+    "Inspectable",
+    "Waiting",
+    "live",
+    "register",
+]
+
+
+@runtime_checkable
+class Waiting(Protocol):
+    """A task parked on a primitive: what it waits on, for how much, since when."""
+
+    @property
+    def task(self) -> Task: ...
+
+    @property
+    def primitive(self) -> Inspectable:
+        """The object the task waits on (a limiter, a lane handle, a rate limiter...)."""
+        ...
+
+    @property
+    def weight(self) -> int: ...
+
+    @property
+    def since(self) -> float:
+        """``trio.current_time()`` when the task parked."""
+        ...
+
+
+@attrs.frozen
+class Holding:
+    """One holder of a primitive: ``borrower`` holds ``weight`` tokens of it.
+
+    ``borrower`` is usually a :class:`trio.lowlevel.Task`; for
+    ``trio.to_thread.run_sync(limiter=...)`` it is trio's per-call placeholder.
+    """
+
+    borrower: object
+    weight: int
+    lane: str | None = None
+
+
+@runtime_checkable
+class Inspectable(Protocol):
+    """What the registry's readers may ask of a registered primitive."""
+
+    @property
+    def kind(self) -> str:
+        """A short word for the primitive's kind: ``"limiter"``, ``"lane"``, ``"rate limiter"``..."""
+        ...
+
+    @property
+    def name(self) -> str: ...
+
+    def _trioflow_holders(self) -> list[Holding]: ...
+
+    def _trioflow_waiters(self) -> list[Waiting]: ...
+
+
+# id -> weak reference. A plain dict guarded by a lock (readers may be the
+# OpenTelemetry exporter thread) rather than a WeakSet, whose iteration is not
+# safe against concurrent mutation from another thread.
+_lock = threading.Lock()
+_entries: dict[int, weakref.ref[Inspectable]] = {}
+_counter = itertools.count(1)
+
+
+def register(obj: Inspectable) -> None:
+    """Record ``obj`` as live until it is garbage-collected."""
+    key = next(_counter)
+
+    def _forget(_: object, key: int = key) -> None:
+        with _lock:
+            _entries.pop(key, None)
+
+    ref = weakref.ref(obj, _forget)
+    with _lock:
+        _entries[key] = ref
+
+
+def live(kind: str | None = None) -> list[Inspectable]:
+    """Every registered primitive still alive (of one ``kind`` if given), oldest first.
+
+    Safe to call from any thread: it copies the entries under a lock and reads
+    nothing but plain attributes afterwards.
+    """
+    with _lock:
+        refs = list(_entries.values())
+    out: list[Inspectable] = []
+    for ref in refs:
+        obj = ref()
+        if obj is not None and (kind is None or obj.kind == kind):
+            out.append(obj)
+    return out
+
+
+def default_name(kind: str) -> str:
+    """A readable default name for an unnamed primitive: ``limiter-3``."""
+    return f"{kind.replace(' ', '-')}-{next(_names)}"
+
+
+_names = itertools.count(1)
