@@ -20,6 +20,7 @@ import trio
 from .._registry import Holding, Waiting
 from .._util import check_weight
 from ..adaptive._base import Algorithm, Sample
+from ..telemetry import _hooks
 from ._kernel import Hold, Kernel, fits_total
 
 __all__ = ["Feedback", "LimiterFace", "Permit", "check_overload"]
@@ -235,6 +236,9 @@ class LimiterFace:
                 # Parking is the checkpoint; a cancellation while parked
                 # withdraws the waiter (see Kernel.wait).
                 await kernel.wait(waiter)
+                hook = _hooks.wait_hook
+                if hook is not None:
+                    hook(self, waiter.since, trio.current_time())
                 if self._feedback is not None:
                     self._start_sample(borrower)
                 return

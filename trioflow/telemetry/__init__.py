@@ -1,0 +1,1 @@
+"""OpenTelemetry for trioflow (spans, metrics, exporters)."""
