@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import weakref
+from collections.abc import Callable, Mapping
 from typing import final
 
 import attrs
@@ -40,19 +41,49 @@ class LimiterStatistics:
     """For an adaptive limiter, the algorithm's state (its ``state()``); else ``None``."""
 
 
+#: Algorithms driving a limiter now: one algorithm instance holds one limit,
+#: so sharing it between two limiters would make each undo the other.
+_attached: weakref.WeakSet[Algorithm] = weakref.WeakSet()
+
+
+def check_adaptive_total(algorithm: Algorithm, total_tokens: int | float, param: str) -> int:
+    """A total for an adaptive limiter is an int within the algorithm's bounds."""
+    lo, hi = algorithm.min_limit, algorithm.max_limit
+    if not (isinstance(total_tokens, int) and lo <= total_tokens <= hi):
+        raise ValueError(
+            f"{param} must be between the algorithm's min_limit={lo} and "
+            f"max_limit={hi}, got {total_tokens!r}"
+        )
+    return total_tokens
+
+
 def resolve_algorithm(
-    algorithm: object, total_tokens: int | float, overload: object, apply: object
+    algorithm: object,
+    total_tokens: int | float | None,
+    overload: object,
+    apply: Callable[[int], None],
 ) -> Feedback | None:
-    """Check ``algorithm=``/``overload=`` and seed the algorithm with the starting limit."""
+    """Check ``algorithm=``/``overload=`` and decide the starting limit.
+
+    The starting limit is ``total_tokens`` when given (it must lie within the
+    algorithm's bounds: a silent clamp would hide a typo), else the
+    algorithm's own ``limit`` (its ``initial_limit``).
+    """
     if algorithm is None:
+        if total_tokens is None:
+            raise TypeError("total_tokens is required unless algorithm= is given")
         return None
     if not isinstance(algorithm, Algorithm):
         raise_type("algorithm", "an algorithm from trioflow.adaptive (or None)", algorithm)
+    if algorithm in _attached:
+        raise ValueError(
+            f"algorithm {algorithm!r} already drives another limiter; give each limiter its own"
+        )
     exc_types = check_overload(overload)
-    start = total_tokens if total_tokens != float("inf") else algorithm.max_limit
-    algorithm.limit = int(min(max(start, algorithm.min_limit), algorithm.max_limit))
-    assert callable(apply)
-    return Feedback(algorithm, exc_types, apply)  # pyright: ignore[reportArgumentType]
+    if total_tokens is not None:
+        algorithm.limit = check_adaptive_total(algorithm, total_tokens, "total_tokens")
+    _attached.add(algorithm)
+    return Feedback(algorithm, exc_types, apply)
 
 
 @final
@@ -88,8 +119,12 @@ class CapacityLimiter(LimiterFace):
       total_tokens: tokens in the sack: a non-negative int, or ``math.inf``.
         0 pauses admission until it is raised. Settable at any time: growing
         wakes waiters at once; shrinking never takes back tokens already held.
-        With ``algorithm=``, the starting limit (clamped to the algorithm's
-        ``min_limit``/``max_limit``).
+        Required without ``algorithm=``. With ``algorithm=``, the starting
+        limit (an int within the algorithm's ``min_limit``/``max_limit``, else
+        :exc:`ValueError`); omit it to start at the algorithm's
+        ``initial_limit``. Setting it later on an adaptive limiter moves the
+        algorithm's limit too (same bounds; 0 cannot pause an adaptive
+        limiter, whose ``min_limit`` is at least 1).
       name: what task dumps, metrics and ``repr`` call it.
       algorithm: an adaptive algorithm from :mod:`trioflow.adaptive`, or ``None``
         for a fixed limit.
@@ -110,18 +145,19 @@ class CapacityLimiter(LimiterFace):
 
     def __init__(
         self,
-        total_tokens: int | float,
+        total_tokens: int | float | None = None,
         *,
         name: str | None = None,
         algorithm: Algorithm | None = None,
         overload: type[BaseException] | tuple[type[BaseException], ...] = trio.TooSlowError,
     ) -> None:
-        total = check_total_tokens(total_tokens)
+        total = None if total_tokens is None else check_total_tokens(total_tokens)
         self._name = check_optional_name(name) or _registry.default_name(self.kind)
         self._what = f"limiter {self._name!r}"
         self._feedback = resolve_algorithm(algorithm, total, overload, self._apply_limit)
         if self._feedback is not None:
             total = self._feedback.algorithm.limit
+        assert total is not None
         self._kernel = Kernel(total)
         self._lane = 0
         _registry.register(self)
@@ -142,10 +178,9 @@ class CapacityLimiter(LimiterFace):
     @total_tokens.setter
     def total_tokens(self, value: int | float) -> None:
         total = check_total_tokens(value)
-        if self._feedback is not None and total != float("inf"):
+        if self._feedback is not None:
             algorithm = self._feedback.algorithm
-            algorithm.limit = int(min(max(total, algorithm.min_limit), algorithm.max_limit))
-            total = algorithm.limit
+            algorithm.limit = check_adaptive_total(algorithm, total, "total_tokens")
         self._kernel.set_total(total)
 
     @property

@@ -299,7 +299,13 @@ class LimiterFace:
         if feedback is not None:
             hold = self._kernel.holders.get(borrower)
             if hold is not None:
-                feedback.finish(hold, exc, permit)
+                try:
+                    feedback.finish(hold, exc, permit)
+                finally:
+                    # An algorithm that raises (a LoadFeedback whose read_load
+                    # failed) must not cost the tokens: they go back first.
+                    self._kernel.release(borrower, None, self._what)
+                return
         self._kernel.release(borrower, None, self._what)
 
     def hold(self, weight: int = 1) -> _HoldContext:
