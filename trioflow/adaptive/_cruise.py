@@ -46,7 +46,10 @@ class Cruise:
       ``probe_factor * L`` (default half, as BBRv2's ProbeRTT), samples that
       started before the probe are left out (Envoy #11579), its median
       becomes the baseline and the limit is restored; if the limiter is not
-      busy, the current window's median is the baseline. So the baseline
+      busy, the current window's median is the baseline. Five windows in a
+      row with ``p50 >= 2 * tolerance * baseline`` (a queue of its own
+      would have drained by then) trigger the re-measurement early, so a
+      sudden real slowdown does not collapse the limit (Envoy #10647). So the baseline
       follows real slowdowns within one interval, but a queue the limiter
       itself builds cannot raise it (the drift of Netflix #134/#137, #165).
       Envoy pins the limit to 3 for this; half costs far less goodput.
@@ -100,6 +103,8 @@ class Cruise:
     _saved: float = attrs.field(init=False, default=0.0, repr=False)
     _next_probe: float | None = attrs.field(init=False, default=None, repr=False)
     _probes: int = attrs.field(init=False, default=0, repr=False)
+    #: consecutive windows with the gradient at its floor (p50 > 2.5x baseline at defaults)
+    _floored: int = attrs.field(init=False, default=0, repr=False)
     _window: Window = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -158,7 +163,9 @@ class Cruise:
             return self._set(estimate * self.backoff)
         if math.isnan(self._baseline) or p50 < self._baseline:
             self._baseline = p50
-        gradient = min(max(self.tolerance * self._baseline / p50, 0.5), 1.0)
+        raw_gradient = self.tolerance * self._baseline / p50
+        gradient = min(max(raw_gradient, 0.5), 1.0)
+        self._floored = self._floored + 1 if raw_gradient <= 0.5 else 0
         if summary.drops:
             self._slow_start = False
             target = estimate * self.backoff
@@ -178,7 +185,12 @@ class Cruise:
         target = min(target, max(self.cap_factor * summary.max_inflight, float(self.min_limit)))
         limit = self._set(target)
 
-        if self._next_probe is None or now >= self._next_probe:
+        due = self._next_probe is None or now >= self._next_probe
+        if due or self._floored >= 5:
+            # Five windows at the gradient's floor while shrinking: the
+            # downstream itself got slower (a queue we built would have
+            # drained by now), so re-measure early rather than collapse.
+            self._floored = 0
             if saturated and limit > self.min_limit:
                 self._probes += 1
                 self._probing = True
