@@ -198,7 +198,8 @@ def test_cruise_slow_start_doubles_until_congestion() -> None:
     assert algo.state()["probing"] == 1
     assert (algo.state()["estimate"], algo.limit) == (20, 10)
     t = _cruise_windows(algo, 0.02, 1, t)  # the probe window
-    assert algo.state()["probing"] == 0 and algo.limit == 20
+    assert algo.state()["probing"] == 0
+    assert algo.limit == 20
     assert algo.state()["baseline_rtt"] == pytest.approx(0.02)
     limits = []
     for _ in range(3):
@@ -236,11 +237,13 @@ def test_cruise_baseline_cannot_drift_up_between_probes() -> None:
 def test_cruise_real_slowdown_triggers_an_early_probe() -> None:
     algo = Cruise(initial_limit=40, probe_interval=10.0)
     t = _cruise_windows(algo, 0.02, 3, 0.0)
-    assert algo.limit == 160 and algo.state()["probes"] == 1
+    assert algo.limit == 160
+    assert algo.state()["probes"] == 1
     # 3x slower for real: the gradient sits at its floor; after 5 such
     # windows the baseline is re-measured at half the limit
     t = _cruise_windows(algo, 0.06, 5, t)
-    assert algo.state()["probing"] == 1 and algo.state()["probes"] == 2
+    assert algo.state()["probing"] == 1
+    assert algo.state()["probes"] == 2
     saved = algo.state()["estimate"]
     assert algo.limit == math.floor(saved * 0.5)
     # samples admitted before the probe are skipped entirely

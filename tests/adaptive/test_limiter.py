@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 
 import attrs
@@ -82,18 +83,23 @@ async def test_drop_ignore_overload_errors_and_cancellation(
         permit.ignore()
     assert len(rec.samples) == 1
 
-    with pytest.raises(trio.TooSlowError):
+    async def times_out() -> None:
         async with limiter.hold():
             with trio.fail_after(0.5):
                 await trio.sleep(1)
-    assert len(rec.samples) == 2 and rec.samples[-1].dropped
+
+    with pytest.raises(trio.TooSlowError):
+        await times_out()
+    assert len(rec.samples) == 2
+    assert rec.samples[-1].dropped
     assert rec.samples[-1].rtt == 0.5
 
     # an overload exception inside an ExceptionGroup is still overload
     with pytest.raises(ExceptionGroup):
         async with limiter.hold():
             raise ExceptionGroup("x", [trio.TooSlowError()])
-    assert len(rec.samples) == 3 and rec.samples[-1].dropped
+    assert len(rec.samples) == 3
+    assert rec.samples[-1].dropped
 
     # other failures are not samples (a fast 500 must not pull the RTT down)
     with pytest.raises(AppError):
@@ -103,13 +109,18 @@ async def test_drop_ignore_overload_errors_and_cancellation(
     with trio.move_on_after(0.1):
         async with limiter.hold():
             await trio.sleep(1)
+
     # drop() beats ignore(), and beats an exception that is not overload
-    with pytest.raises(AppError):
+    async def drops_then_fails() -> None:
         async with limiter.hold() as permit:
             permit.ignore()
             permit.drop()
             raise AppError
-    assert len(rec.samples) == 4 and rec.samples[-1].dropped
+
+    with pytest.raises(AppError):
+        await drops_then_fails()
+    assert len(rec.samples) == 4
+    assert rec.samples[-1].dropped
     # plain acquire()/release() is not a block: no sample
     await limiter.acquire()
     limiter.release()
@@ -242,7 +253,7 @@ async def test_load_feedback_reads_on_limiter_activity_only(
         for _ in range(10):
             nursery.start_soon(worker)
     assert len(readings) == 2  # 2.5 s of activity, first sample anchors the interval
-    assert all(b - a >= 1.0 for a, b in zip(readings, readings[1:], strict=False))
+    assert all(b - a >= 1.0 for a, b in itertools.pairwise(readings))
     assert limiter.total_tokens == 6  # 10 -> 8 -> 6
 
 

@@ -30,7 +30,8 @@ def test_reads_at_most_once_per_interval_and_follows_the_rule() -> None:
         if x != distinct[-1]:
             distinct.append(x)
     assert distinct == [100, 80, 64, 76, 91]
-    assert algo.state()["readings"] == 5 and algo.state()["load"] == 0.3
+    assert algo.state()["readings"] == 5
+    assert algo.state()["load"] == 0.3
 
 
 def test_idle_limiter_does_not_grow() -> None:
