@@ -182,7 +182,7 @@ class LimiterFace:
             comes first (a nowait call never overtakes a queued waiter).
           RuntimeError: if ``borrower`` already holds tokens of this limiter.
         """
-        if weight != 1:
+        if weight.__class__ is not int or weight != 1:
             self._check_weight(weight)
         kernel = self._kernel
         if borrower in kernel.holders:
@@ -214,7 +214,7 @@ class LimiterFace:
           RuntimeError: if ``borrower`` already holds tokens of this limiter.
           ValueError: if ``weight`` is below 1 or above ``total_tokens``.
         """
-        if weight != 1:
+        if weight.__class__ is not int or weight != 1:
             self._check_weight(weight)
         kernel = self._kernel
         if borrower in kernel.holders:
@@ -312,7 +312,7 @@ class LimiterFace:
         overload exception; :meth:`Permit.ignore`, cancellations and other
         exceptions feed nothing.
         """
-        if weight != 1:
+        if weight.__class__ is not int or weight != 1:
             self._check_weight(weight)
         return _HoldContext(self, weight)
 
