@@ -99,7 +99,8 @@ async def test_registry_is_weak_and_knows_holders_and_waiters() -> None:
         assert w.task.custom_sleep_data is w
         limiter.release()
     assert w.task.custom_sleep_data is None
-    del limiter, w, holders
+    del w, holders
+    limiter = None
     gc.collect()
     assert all(p.name != "registered" for p in _registry.live())
 
