@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, final
@@ -172,6 +173,10 @@ class Telemetry:
         if self._closed:
             return None
         self._closed = True
+        mp: Any = self.meter_provider
+        if self._owned and mp is not None:
+            # One last collection while the instruments still report.
+            mp.force_flush()
         if self._instruments is not None:
             self._instruments.active = False
         if _active is self:
@@ -188,7 +193,6 @@ class Telemetry:
         if not self._owned:
             return None
         tp: Any = self.tracer_provider
-        mp: Any = self.meter_provider
         if tp is not None:
             tp.shutdown()
         if mp is not None:
@@ -480,7 +484,7 @@ def configure(
             (f"jaeger_file {os.fspath(jaeger_file)}", jaeger_file_exporter(jaeger_file))
         )
     if console or "console" in trace_names:
-        destinations.append(("console", ConsoleSpanExporter()))
+        destinations.append(("console", ConsoleSpanExporter(out=sys.stdout)))
 
     processors = [CountingProcessor(name, exporter) for name, exporter in destinations]
     tracer_provider = SdkTracerProvider(resource=resource)
@@ -492,7 +496,7 @@ def configure(
         endpoint = None if otlp_endpoint is None else _signal_url(otlp_endpoint, "metrics")
         readers.append(PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=endpoint)))
     if console or "console" in metric_names:
-        readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter()))
+        readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter(out=sys.stdout)))
     meter_provider = (
         SdkMeterProvider(resource=resource, metric_readers=readers) if readers else None
     )
