@@ -274,3 +274,26 @@ def test_instruments_made_once_per_provider_and_inactive_after_switch() -> None:
     finally:
         close_otel(first)
     del limiter
+
+
+async def test_short_waits_are_counted_but_add_no_event(
+    otel: Otel, autojump_clock: trio.testing.MockClock
+) -> None:
+    limiter = tf.CapacityLimiter(1, name="db")
+    tracer = otel.tracer_provider.get_tracer("user")
+
+    async def holder(hold_for: float, task_status: trio.TaskStatus[None]) -> None:
+        async with limiter:
+            task_status.started()
+            await trio.sleep(hold_for)
+
+    with tracer.start_as_current_span("req"):
+        for hold_for in (_metrics.WAIT_EVENT_MIN / 2, _metrics.WAIT_EVENT_MIN):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(holder, hold_for)
+                async with limiter:
+                    pass
+    (point,) = histogram(otel)
+    assert point.count == 2
+    (event,) = otel.span("req").events  # only the wait of WAIT_EVENT_MIN itself
+    assert (event.attributes or {})["trioflow.wait.duration"] == _metrics.WAIT_EVENT_MIN

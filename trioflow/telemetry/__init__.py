@@ -14,8 +14,8 @@ Metrics (``trioflow.limiter.limit``, ``.in_use``, ``.waiting``,
 ``trioflow.rate.tokens``) are observable instruments that read each live
 primitive's ``statistics()`` when the SDK collects, so the hot path pays
 nothing; ``trioflow.limiter.wait.duration`` (seconds) is recorded only for
-waits that actually parked, which also add a ``trioflow.wait`` event to the
-current span. See ``docs/jaeger.md``.
+waits that actually parked, and those of 1 ms or more also add a
+``trioflow.wait`` event to the current span. See ``docs/jaeger.md``.
 
 This module imports only the OpenTelemetry API; the SDK (the ``otel``
 extra) is imported inside :func:`configure` and :func:`jaeger_file_exporter`.

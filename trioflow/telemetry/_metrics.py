@@ -33,6 +33,7 @@ __all__ = [
     "OBSERVED",
     "READERS",
     "WAIT_BUCKETS",
+    "WAIT_EVENT_MIN",
     "Instruments",
     "identity",
     "install",
@@ -66,6 +67,13 @@ WAIT_BUCKETS: Final = (
     120.0,
     300.0,
 )
+
+
+#: Waits shorter than this (seconds) are counted in the histogram but add no
+#: span event: a trace is read by a person, and a request span holding
+#: dozens of 20 µs waits hides the one 300 ms wait that matters (and fills
+#: the span's 128-event limit, which would then drop the exception event).
+WAIT_EVENT_MIN: Final = 0.001
 
 
 @attrs.frozen
@@ -237,8 +245,9 @@ def make_wait_hook(histogram: Histogram | None) -> _hooks.WaitHook:
     """The hook primitives call after a wait that parked.
 
     It records the wait in ``trioflow.limiter.wait.duration`` (when metrics
-    are on) and, when tracing is on and a recording span is current in the
-    waiting task, adds a ``trioflow.wait`` event with the duration to it.
+    are on) and, when tracing is on, the wait lasted at least
+    :data:`WAIT_EVENT_MIN` and a recording span is current in the waiting
+    task, adds a ``trioflow.wait`` event with the duration to that span.
     Cost when it runs (SDK): about one histogram record (~7 µs) plus, with a
     recording span, one event (~7 µs); it never runs on a fast path.
     """
@@ -248,7 +257,7 @@ def make_wait_hook(histogram: Histogram | None) -> _hooks.WaitHook:
         attributes = wait_attributes(primitive)
         if histogram is not None:
             histogram.record(duration, attributes)
-        if _hooks.tracing:
+        if _hooks.tracing and duration >= WAIT_EVENT_MIN:
             span = trace.get_current_span()
             if span.is_recording():
                 event: dict[str, str | float] = dict(attributes)
