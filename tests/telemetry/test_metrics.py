@@ -132,17 +132,21 @@ class StandInRate:
 
 def test_readers_plug_in_by_kind(otel: Otel) -> None:
     """Lanes and rate limiters (other branches) report through the same tables."""
-    lane = StandInLane("interactive")
+    lane = StandInLane("pool/interactive")  # lane handles are named "<limiter>/<lane>"
+    bare = StandInLane("batch")
     rate = StandInRate("api-rate", 2.5)
     broken = StandInRate("broken", None)  # skipped this round, not fatal
     key = (("trioflow.lane", "interactive"), ("trioflow.name", "pool"))
     assert points(otel, "trioflow.limiter.in_use")[key] == 4
     assert points(otel, "trioflow.limiter.waiting")[key] == 2
     assert points(otel, "trioflow.limiter.limit")[key] == 10
+    assert (("trioflow.lane", "batch"), ("trioflow.name", "pool")) in points(
+        otel, "trioflow.limiter.in_use"
+    )
     tokens = points(otel, "trioflow.rate.tokens")
     assert tokens == {api("api-rate"): 2.5}
     assert otel.metrics()["trioflow.rate.tokens"].unit == "{token}"
-    del lane, rate, broken
+    del lane, bare, rate, broken
 
 
 def histogram(otel: Otel) -> list[HistogramDataPoint]:
@@ -297,3 +301,28 @@ async def test_short_waits_are_counted_but_add_no_event(
     assert point.count == 2
     (event,) = otel.span("req").events  # only the wait of WAIT_EVENT_MIN itself
     assert (event.attributes or {})["trioflow.wait.duration"] == _metrics.WAIT_EVENT_MIN
+
+
+class StandInStage:
+    """A kind with a multi-point reading, as pipeline stages will report items by outcome."""
+
+    kind = "test stage"
+
+    def __init__(self) -> None:
+        self.name = "enrich"
+        _registry.register(self)  # type: ignore[arg-type]
+
+
+def test_a_reading_may_have_several_points(otel: Otel) -> None:
+    assert "trioflow.limiter.waiting" in {spec.name for spec in _metrics.OBSERVED}
+    stage = StandInStage()
+    _metrics.READERS["test stage"] = lambda obj: {
+        "trioflow.limiter.waiting": [({"trioflow.outcome": "a"}, 1), ({"trioflow.outcome": "b"}, 2)]
+    }
+    try:
+        got = points(otel, "trioflow.limiter.waiting")
+    finally:
+        del _metrics.READERS["test stage"]
+    assert got[(("trioflow.name", "enrich"), ("trioflow.outcome", "a"))] == 1
+    assert got[(("trioflow.name", "enrich"), ("trioflow.outcome", "b"))] == 2
+    del stage

@@ -19,7 +19,7 @@ they may read plain attributes only (no ``trio.current_time()``, no
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, Literal
 
 import attrs
@@ -115,7 +115,11 @@ OBSERVED: Final = (
     ),
 )
 
-Reading = Mapping[str, float]
+#: One value for an instrument, or several points that differ by extra
+#: attributes (``[({"trioflow.outcome": "emitted"}, 12), ...]``); the
+#: primitive's :func:`identity` attributes are added to each.
+Value = float | Sequence[tuple[Mapping[str, str], float]]
+Reading = Mapping[str, Value]
 #: ``reader(primitive)`` -> values keyed by instrument name.
 Reader = Callable[[Any], Reading]
 
@@ -123,7 +127,7 @@ Reader = Callable[[Any], Reading]
 def read_limiter(obj: Any) -> Reading:
     """A limiter or a lane: limit, tokens in use, tasks waiting (from ``statistics()``)."""
     stats = obj.statistics()
-    out: dict[str, float] = {
+    out: dict[str, Value] = {
         "trioflow.limiter.in_use": stats.borrowed_tokens,
         "trioflow.limiter.waiting": stats.tasks_waiting,
     }
@@ -151,15 +155,19 @@ READERS: dict[str, Reader] = {
 def identity(obj: Any) -> dict[str, str]:
     """The attributes that name a primitive: ``trioflow.name``, and ``trioflow.lane`` for a lane.
 
-    A lane is named by its limiter (``trioflow.name``) and its own name
-    (``trioflow.lane``); it exposes its limiter as ``.limiter``.
+    A lane is named by its limiter (``trioflow.name``, from its ``.limiter``)
+    and its own name (``trioflow.lane``: its ``name`` without the
+    ``"<limiter>/"`` prefix lane handles carry).
     """
     if obj.kind == "lane":
-        limiter = getattr(obj, "limiter", None)
-        parent = getattr(limiter, "name", None)
-        if isinstance(parent, str):
-            return {"trioflow.name": parent, "trioflow.lane": obj.name}
-        return {"trioflow.lane": obj.name}
+        lane: str = obj.name
+        parent = getattr(getattr(obj, "limiter", None), "name", None)
+        if not isinstance(parent, str):
+            return {"trioflow.lane": lane}
+        prefix = f"{parent}/"
+        if lane.startswith(prefix):
+            lane = lane[len(prefix) :]
+        return {"trioflow.name": parent, "trioflow.lane": lane}
     return {"trioflow.name": obj.name}
 
 
@@ -179,8 +187,14 @@ def observe(name: str) -> list[Observation]:
             value = reader(obj).get(name)
         except RuntimeError:
             continue
-        if value is not None:
+        if value is None:
+            continue
+        if isinstance(value, int | float):
             out.append(Observation(value, identity(obj)))
+        else:
+            base = identity(obj)
+            for extra, v in value:
+                out.append(Observation(v, {**base, **extra}))
     return out
 
 
