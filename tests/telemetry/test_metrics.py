@@ -326,3 +326,31 @@ def test_a_reading_may_have_several_points(otel: Otel) -> None:
     assert got[(("trioflow.name", "enrich"), ("trioflow.outcome", "a"))] == 1
     assert got[(("trioflow.name", "enrich"), ("trioflow.outcome", "b"))] == 2
     del stage
+
+
+async def test_collecting_from_a_thread_while_trio_churns(otel: Otel) -> None:
+    """The exporter thread reads while Trio acquires and releases: no errors, sane values."""
+    limiter = tf.CapacityLimiter(5, name="churn")
+    seen: list[tuple[float, float]] = []
+    done = False
+
+    def collect() -> None:
+        while not done or not seen:
+            in_use = points(otel, "trioflow.limiter.in_use").get(api("churn"))
+            waiting = points(otel, "trioflow.limiter.waiting").get(api("churn"))
+            if in_use is not None and waiting is not None:
+                seen.append((in_use, waiting))
+
+    async def worker(i: int) -> None:
+        for _ in range(20):
+            async with limiter.hold(weight=1 + i % 3):
+                await trio.sleep(0)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.to_thread.run_sync, collect)
+        async with trio.open_nursery() as workers:
+            for i in range(100):
+                workers.start_soon(worker, i)
+        done = True
+    assert seen
+    assert all(0 <= in_use <= 5 and 0 <= waiting <= 100 for in_use, waiting in seen)

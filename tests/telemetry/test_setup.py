@@ -298,3 +298,47 @@ with tf.telemetry.use(tracing="stage") as t:
     assert "pip install 'trioflow[otel]'" in lines[0]
     assert lines[1].startswith("ImportError: trioflow.telemetry.configure() needs")
     assert lines[2] == "use ok stage"
+
+
+def test_configure_installs_global_providers_for_the_apps_own_spans(tmp_path: Path) -> None:
+    """In a fresh process (the global provider is set-once): the app's spans and trioflow's nest."""
+    script = """
+import json, sys, trio
+from opentelemetry import trace
+import trioflow as tf
+from trioflow.telemetry import _spans
+
+app = trace.get_tracer("app")  # before configure(): a proxy that follows the global provider
+
+async def main():
+    with app.start_as_current_span("request"):
+        stage = _spans.start_span("stage inner")
+        with _spans.activate(stage):
+            with app.start_as_current_span("app call"):
+                pass
+        _spans.end_span(stage)
+
+with tf.telemetry.configure("global-test", jaeger_file="t.json") as t:
+    assert trace.get_tracer_provider() is t.tracer_provider
+    trio.run(main)
+(doc,) = json.load(open("t.json"))["data"]
+spans = {s["operationName"]: s for s in doc["spans"]}
+parent = {n: (s["references"][0]["spanID"] if s["references"] else None) for n, s in spans.items()}
+assert parent["request"] is None
+assert parent["stage inner"] == spans["request"]["spanID"]
+assert parent["app call"] == spans["stage inner"]["spanID"]
+print("ok")
+"""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(tf.__file__).parent.parent)
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
