@@ -354,3 +354,18 @@ async def test_collecting_from_a_thread_while_trio_churns(otel: Otel) -> None:
         done = True
     assert seen
     assert all(0 <= in_use <= 5 and 0 <= waiting <= 100 for in_use, waiting in seen)
+
+
+def test_shutting_down_an_older_handle_on_the_same_provider_keeps_metrics() -> None:
+    o = make_otel()
+    limiter = tf.CapacityLimiter(1, name="shared")
+    try:
+        newer = tf.telemetry.use(meter_provider=o.meter_provider)
+        o.handle.shutdown()  # the older handle, not the active one
+        assert newer.active
+        assert api("shared") in points(o, "trioflow.limiter.limit")
+        newer.shutdown()
+        assert points(o, "trioflow.limiter.limit") == {}
+    finally:
+        close_otel(o)
+    del limiter

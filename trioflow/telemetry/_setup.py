@@ -33,7 +33,7 @@ logger = logging.getLogger("trioflow.telemetry")
 
 Tracing = Literal["off", "stage", "item"]
 _LEVELS: Final = {"off": _hooks.OFF, "stage": _hooks.STAGE, "item": _hooks.ITEM}
-_NAMES: Final = {v: k for k, v in _LEVELS.items()}
+_NAMES: Final[dict[int, Tracing]] = {_hooks.OFF: "off", _hooks.STAGE: "stage", _hooks.ITEM: "item"}
 
 
 def _check_tracing(value: object) -> int:
@@ -138,7 +138,7 @@ class Telemetry:
     @property
     def tracing(self) -> Tracing:
         """The tracing level: ``"off"``, ``"stage"`` or ``"item"``."""
-        return _NAMES[self._level]  # type: ignore[return-value]
+        return _NAMES[self._level]
 
     @property
     def active(self) -> bool:
@@ -177,8 +177,12 @@ class Telemetry:
         if self._owned and mp is not None:
             # One last collection while the instruments still report.
             mp.force_flush()
-        if self._instruments is not None:
-            self._instruments.active = False
+        instruments = self._instruments
+        if instruments is not None and (
+            _active is self or _active is None or _active._instruments is not instruments
+        ):
+            # (The active set-up may share this provider, hence these instruments.)
+            instruments.active = False
         if _active is self:
             previous = self._previous
             while previous is not None and previous._closed:
