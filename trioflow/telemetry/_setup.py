@@ -101,7 +101,7 @@ class Telemetry:
     While it is active, trioflow's spans go to :attr:`tracer_provider` and
     its metrics to :attr:`meter_provider`. :meth:`shutdown` (or leaving a
     ``with`` block) ends that: the set-up that was active before comes back,
-    or telemetry goes off.
+    or telemetry goes off. Made by those two functions, not directly.
     """
 
     __slots__ = (
