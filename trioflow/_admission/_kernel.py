@@ -80,18 +80,22 @@ class Waiter:
 
 
 class Hold:
-    """What one borrower holds: its weight, its lane, and (when sampled) when it started."""
+    """What one borrower holds: its weight and its lane.
 
-    __slots__ = ("inflight", "lane", "primitive", "start", "weight")
+    ``start`` and ``inflight`` are set (and read) only by limiters that feed
+    an adaptive algorithm: when the tokens were granted and how many were in
+    use just after. Left unset otherwise, because this record is made on
+    every acquisition and each attribute costs on the hot path.
+    """
 
-    def __init__(self, weight: int, lane: int, primitive: Inspectable) -> None:
+    __slots__ = ("inflight", "lane", "start", "weight")
+
+    start: float
+    inflight: int
+
+    def __init__(self, weight: int, lane: int) -> None:
         self.weight = weight
         self.lane = lane
-        self.primitive = primitive
-        #: Set by limiters that feed an adaptive algorithm: acquire time and
-        #: tokens in use just after this grant.
-        self.start = 0.0
-        self.inflight = 0
 
 
 #: A policy picks the next waiter to grant, or ``None`` when nobody may go now.
@@ -176,14 +180,14 @@ class Kernel:
     def _grant(self, waiter: Waiter) -> None:
         del self.queues[waiter.lane][waiter]
         self.waiting -= 1
-        self._add_holder(waiter.borrower, waiter.weight, waiter.lane, waiter.primitive)
+        self._add_holder(waiter.borrower, waiter.weight, waiter.lane)
         if waiter.parked:
             waiter.parked = False
             waiter.task.custom_sleep_data = None
             trio.lowlevel.reschedule(waiter.task)
 
-    def _add_holder(self, borrower: object, weight: int, lane: int, primitive: Inspectable) -> Hold:
-        hold = Hold(weight, lane, primitive)
+    def _add_holder(self, borrower: object, weight: int, lane: int) -> Hold:
+        hold = Hold(weight, lane)
         self.holders[borrower] = hold
         self.borrowed += weight
         self.lane_in_use[lane] += weight
@@ -225,7 +229,7 @@ class Kernel:
                 if admits is None
                 else admits(self, lane, weight)
             ):
-                return self._add_holder(borrower, weight, lane, primitive)
+                return self._add_holder(borrower, weight, lane)
             return None
         waiter = self.enqueue(borrower, weight, lane, primitive)
         self.pump()
