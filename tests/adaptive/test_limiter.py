@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping
 
 import attrs
@@ -184,15 +185,19 @@ def test_starting_limit_and_bounds() -> None:
             match=r"total_tokens must be between the algorithm's min_limit=10 and max_limit=50, got",
         ):
             tf.CapacityLimiter(bad, algorithm=AIMD(initial_limit=30, min_limit=10, max_limit=50))
-    with pytest.raises(TypeError, match=r"total_tokens is required unless algorithm= is given"):
+    with pytest.raises(
+        TypeError, match=r"got None \(NoneType\); it may be omitted only with algorithm="
+    ):
         tf.CapacityLimiter()
     with pytest.raises(TypeError, match=r"algorithm must be an algorithm from trioflow.adaptive"):
         tf.CapacityLimiter(3, algorithm=object())  # type: ignore[arg-type]
     # setting total_tokens moves the algorithm too, within the same bounds
     limiter.total_tokens = 40
     assert algo.limit == 40
-    with pytest.raises(ValueError, match=r"got 0"):
-        limiter.total_tokens = 0
+    with pytest.raises(ValueError, match=r"got 9$"):
+        limiter.total_tokens = 9
+    with pytest.raises(ValueError, match=r"got inf$"):
+        limiter.total_tokens = math.inf
     assert limiter.total_tokens == 40
 
 
@@ -215,6 +220,32 @@ async def test_user_set_limit_is_where_the_algorithm_continues(
         async with limiter.hold():
             await trio.sleep(0.01)
     assert algo.limit <= 10
+
+
+async def test_zero_pauses_an_adaptive_limiter(autojump_clock: trio.testing.MockClock) -> None:
+    rec = Recorder(limit=2, next_limit=5)
+    limiter = tf.CapacityLimiter(algorithm=rec)
+    entered: list[float] = []
+
+    async def user() -> None:
+        async with limiter.hold():
+            entered.append(trio.current_time())
+            await trio.sleep(1)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(user)
+        await trio.testing.wait_all_tasks_blocked()
+        limiter.total_tokens = 0  # pause while one block runs
+        nursery.start_soon(user)
+        await trio.sleep(5)
+        # the running block finished and was a sample, but did not resume admission
+        assert len(rec.samples) == 1
+        assert limiter.total_tokens == 0
+        assert len(entered) == 1
+        limiter.total_tokens = 3  # resume
+    assert len(entered) == 2
+    assert rec.limit == 5  # the second sample's limit applied after resuming
+    assert limiter.total_tokens == 5
 
 
 async def test_failing_algorithm_still_gives_tokens_back(

@@ -15,7 +15,7 @@ from ..adaptive._base import Algorithm
 from ._face import Feedback, LimiterFace, check_overload, fmt_tokens
 from ._kernel import Kernel
 
-__all__ = ["CapacityLimiter", "LimiterStatistics"]
+__all__ = ["CapacityLimiter", "LimiterStatistics", "adapt_total", "resolve_algorithm"]
 
 
 @attrs.frozen
@@ -71,7 +71,10 @@ def resolve_algorithm(
     """
     if algorithm is None:
         if total_tokens is None:
-            raise TypeError("total_tokens is required unless algorithm= is given")
+            raise TypeError(
+                "total_tokens must be an int or math.inf, got None (NoneType); "
+                "it may be omitted only with algorithm="
+            )
         return None
     if not isinstance(algorithm, Algorithm):
         raise_type("algorithm", "an algorithm from trioflow.adaptive (or None)", algorithm)
@@ -84,6 +87,24 @@ def resolve_algorithm(
         algorithm.limit = check_adaptive_total(algorithm, total_tokens, "total_tokens")
     _attached.add(algorithm)
     return Feedback(algorithm, exc_types, apply)
+
+
+def adapt_total(feedback: Feedback | None, total: int | float) -> int | float:
+    """A total set by hand; on an adaptive limiter it becomes the algorithm's limit.
+
+    0 pauses an adaptive limiter as it pauses a fixed one: the algorithm
+    keeps learning from blocks still running but its limit is not applied
+    until a non-zero total resumes admission. Any other total must be an int
+    within the algorithm's bounds (a silent clamp would hide a typo).
+    """
+    if feedback is None:
+        return total
+    if total == 0:
+        feedback.paused = True
+        return 0
+    feedback.algorithm.limit = check_adaptive_total(feedback.algorithm, total, "total_tokens")
+    feedback.paused = False
+    return total
 
 
 @final
@@ -123,8 +144,8 @@ class CapacityLimiter(LimiterFace):
         limit (an int within the algorithm's ``min_limit``/``max_limit``, else
         :exc:`ValueError`); omit it to start at the algorithm's
         ``initial_limit``. Setting it later on an adaptive limiter moves the
-        algorithm's limit too (same bounds; 0 cannot pause an adaptive
-        limiter, whose ``min_limit`` is at least 1).
+        algorithm's limit too (same bounds), except 0, which pauses admission
+        (the algorithm keeps learning; its limit applies again on resume).
       name: what task dumps, metrics and ``repr`` call it.
       algorithm: an adaptive algorithm from :mod:`trioflow.adaptive`, or ``None``
         for a fixed limit.
@@ -177,11 +198,7 @@ class CapacityLimiter(LimiterFace):
 
     @total_tokens.setter
     def total_tokens(self, value: int | float) -> None:
-        total = check_total_tokens(value)
-        if self._feedback is not None:
-            algorithm = self._feedback.algorithm
-            algorithm.limit = check_adaptive_total(algorithm, total, "total_tokens")
-        self._kernel.set_total(total)
+        self._kernel.set_total(adapt_total(self._feedback, check_total_tokens(value)))
 
     @property
     def available_tokens(self) -> int | float:
