@@ -202,9 +202,13 @@ class Kernel:
     # -- acquire / release -------------------------------------------------
 
     def check_borrower(self, borrower: object, what: str) -> None:
-        if borrower in self.holders:
+        hold = self.holders.get(borrower)
+        if hold is not None:
+            # Name what it holds: with lanes that may be another face of this kernel.
+            held = f"{hold.primitive.kind} {hold.primitive.name!r}"
+            shared = "" if held == what else f", which shares its tokens with {what}"
             raise RuntimeError(
-                f"this borrower is already holding tokens of {what}; "
+                f"this borrower is already holding tokens of {held}{shared}; "
                 "release them before acquiring again"
             )
 
