@@ -248,17 +248,29 @@ class _LanePolicy:
         )
 
     def choose(self, kernel: Kernel) -> Waiter | None:
-        """Pick the next waiter to grant (see the module docstring for the order)."""
+        """Pick the next waiter to grant (see the module docstring for the order).
+
+        Runs on every release and arrival while anyone waits, so it is
+        written for speed: no tuples, and the clock is read only when a
+        ``max_wait`` could change the answer.
+        """
+        if kernel.total - kernel.borrowed <= 0:
+            # Every weight is >= 1: nobody fits, whoever would be chosen.
+            return None
         queues = kernel.queues
         in_use = kernel.lane_in_use
         caps = self.caps
         reserved = self.reserved
         priorities = self.priorities
         max_waits = self.max_waits
+        top = self.top
         now: float | None = None
         best: Waiter | None = None
-        # (tier, priority, arrival): tier 0 = below reserve, 1 = everyone else
-        best_key: tuple[int, int, int] = (2, 0, 0)
+        # The best so far ranks by (tier, priority, arrival); tier 0 = its
+        # lane is below its reserve, tier 1 = everyone else.
+        best_tier = 2
+        best_priority = 0
+        best_seq = 0
         best_promoted = False
         for i, queue in enumerate(queues):
             if not queue:
@@ -267,21 +279,28 @@ class _LanePolicy:
             used = in_use[i]
             if used + head.weight > caps[i]:
                 continue
+            priority = priorities[i]
             promoted = False
             if used < reserved[i]:
-                key = (0, priorities[i], head.seq)
+                tier = 0
             else:
-                priority = priorities[i]
+                if best_tier == 0:
+                    continue
+                tier = 1
                 max_wait = max_waits[i]
-                if max_wait is not None and priority != self.top:
+                if max_wait is not None and priority != top:
                     if now is None:
                         now = trio.current_time()
                     if now - head.since >= max_wait:
-                        priority = self.top
+                        priority = top
                         promoted = True
-                key = (1, priority, head.seq)
-            if key < best_key:
-                best, best_key, best_promoted = head, key, promoted
+            if (
+                tier < best_tier
+                or (tier == best_tier and priority < best_priority)
+                or (tier == best_tier and priority == best_priority and head.seq < best_seq)
+            ):
+                best, best_tier, best_priority, best_promoted = head, tier, priority, promoted
+                best_seq = head.seq
         if best is None or best.weight > kernel.total - kernel.borrowed:
             return None
         if best_promoted:
