@@ -201,6 +201,10 @@ def cap_tokens(lane: Lane, reserved: int | float, total: int | float) -> int | f
 # -- the policy ----------------------------------------------------------------
 
 
+#: (lane index, its queue, cap, reserved tokens, priority, max_wait)
+_Row = tuple[int, "dict[Waiter, None]", "int | float", "int | float", int, "float | None"]
+
+
 class _LanePolicy:
     """The kernel's policy and fast-path hooks for a set of lanes.
 
@@ -214,7 +218,9 @@ class _LanePolicy:
         "max_waits",
         "priorities",
         "promoted",
+        "queues",
         "reserved",
+        "rows",
         "top",
     )
 
@@ -228,13 +234,30 @@ class _LanePolicy:
         self.promoted = [0] * len(lanes)
         self.reserved: list[int | float] = []
         self.caps: list[int | float] = []
+        #: the kernel's queues, once :meth:`attach` has run
+        self.queues: list[dict[Waiter, None]] = []
+        #: per lane, what :meth:`choose` reads, in one tuple (one unpack per lane)
+        self.rows: list[_Row] = []
         self.resize(total)
+
+    def attach(self, kernel: Kernel) -> None:
+        """Bind to the kernel whose queues :meth:`choose` reads."""
+        self.queues = kernel.queues
+        self._build_rows()
 
     def resize(self, total: int | float) -> None:
         self.reserved = reserved_tokens(self.lanes, total)
         self.caps = [
             cap_tokens(lane, r, total) for lane, r in zip(self.lanes, self.reserved, strict=True)
         ]
+        self._build_rows()
+
+    def _build_rows(self) -> None:
+        if self.queues:
+            self.rows = [
+                (i, self.queues[i], self.caps[i], self.reserved[i], p, self.max_waits[i])
+                for i, p in enumerate(self.priorities)
+            ]
 
     def admits(self, kernel: Kernel, lane: int, weight: int) -> bool:
         """Fast path, nobody waiting: the tokens are free and within the lane's cap.
@@ -251,18 +274,13 @@ class _LanePolicy:
         """Pick the next waiter to grant (see the module docstring for the order).
 
         Runs on every release and arrival while anyone waits, so it is
-        written for speed: no tuples, and the clock is read only when a
-        ``max_wait`` could change the answer.
+        written for speed: no tuples built, one unpack per lane, and the clock
+        is read only when a ``max_wait`` could change the answer.
         """
         if kernel.total - kernel.borrowed <= 0:
             # Every weight is >= 1: nobody fits, whoever would be chosen.
             return None
-        queues = kernel.queues
         in_use = kernel.lane_in_use
-        caps = self.caps
-        reserved = self.reserved
-        priorities = self.priorities
-        max_waits = self.max_waits
         top = self.top
         now: float | None = None
         best: Waiter | None = None
@@ -272,35 +290,45 @@ class _LanePolicy:
         best_priority = 0
         best_seq = 0
         best_promoted = False
-        for i, queue in enumerate(queues):
-            if not queue:
+        for i, queue, cap, reserve, priority, max_wait in self.rows:
+            # The lane's head; an empty lane is skipped. (A for/break reads
+            # the first key faster than next(iter(queue)).)
+            for head in queue:  # noqa: B007
+                break
+            else:
                 continue
-            head = next(iter(queue))
             used = in_use[i]
-            if used + head.weight > caps[i]:
+            if used + head.weight > cap:
                 continue
-            priority = priorities[i]
             promoted = False
-            if used < reserved[i]:
+            if used < reserve:
                 tier = 0
             else:
                 if best_tier == 0:
                     continue
                 tier = 1
-                max_wait = max_waits[i]
-                if max_wait is not None and priority != top:
+                if (
+                    max_wait is not None
+                    and priority != top
+                    # even promoted it would lose to the best so far: skip the clock
+                    and not (best_tier == 1 and best_priority == top and best_seq < head.seq)
+                ):
                     if now is None:
                         now = trio.current_time()
                     if now - head.since >= max_wait:
                         priority = top
                         promoted = True
-            if (
-                tier < best_tier
-                or (tier == best_tier and priority < best_priority)
-                or (tier == best_tier and priority == best_priority and head.seq < best_seq)
+            if tier < best_tier or (
+                tier == best_tier
+                and (
+                    priority < best_priority or (priority == best_priority and head.seq < best_seq)
+                )
             ):
-                best, best_tier, best_priority, best_promoted = head, tier, priority, promoted
+                best = head
+                best_tier = tier
+                best_priority = priority
                 best_seq = head.seq
+                best_promoted = promoted
         if best is None or best.weight > kernel.total - kernel.borrowed:
             return None
         if best_promoted:
@@ -614,6 +642,7 @@ class PriorityLimiter:
         self._kernel = Kernel(
             total, lanes=len(configs), policy=self._policy.choose, admits=self._policy.admits
         )
+        self._policy.attach(self._kernel)
         self._handles: tuple[LaneLimiter, ...] = tuple(
             LaneLimiter(self, i, config) for i, config in enumerate(configs)
         )
