@@ -7,6 +7,7 @@ its home module is one hop away (``trioflow/_admission/_capacity.py`` for
 """
 
 from . import adaptive as adaptive
+from . import telemetry as telemetry
 
 # -- admission: who may run now --
 from ._admission._capacity import CapacityLimiter as CapacityLimiter
@@ -28,4 +29,5 @@ __version__ = "0.1.0.dev0"
 
 _fixup_module_metadata(__name__, globals())
 _fixup_module_metadata(adaptive.__name__, adaptive.__dict__)
+_fixup_module_metadata(telemetry.__name__, telemetry.__dict__)
 del _fixup_module_metadata

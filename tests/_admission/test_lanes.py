@@ -20,10 +20,45 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import trioflow as tf
+from tests.limiter_conformance import *  # noqa: F403
+from tests.limiter_conformance import Subject
 from trioflow import _registry
 from trioflow._admission._kernel import Kernel, Waiter
 from trioflow._admission._lanes import cap_tokens, reserved_tokens
 from trioflow.adaptive import Sample
+
+# -- the Limiter conformance suite, against every lane handle -----------------
+
+CONFORMANCE_LANES = [
+    tf.Lane("interactive", priority=0, reserve=0.5),
+    tf.Lane("batch", priority=1, reserve=0.3, max_wait=1.0),
+    tf.Lane("bulk", priority=2, reserve=0.1, limit=0.5),
+]
+
+
+@pytest.fixture(params=[lane.name for lane in CONFORMANCE_LANES])
+def subject(request: pytest.FixtureRequest) -> Subject:
+    """Each lane of a three-lane limiter, alone on it, handing out ``n`` tokens.
+
+    ``bulk`` may hold half the total, so its limiter gets ``2n``: the suite
+    then sees a lane whose ``total_tokens`` is its cap, not the limiter's.
+    """
+    name: str = request.param
+    scale = 2 if name == "bulk" else 1
+
+    def make(n: int) -> tf.LaneLimiter:
+        lane = tf.PriorityLimiter(n * scale, CONFORMANCE_LANES, name="conf")[name]
+        assert lane.total_tokens == n
+        return lane
+
+    def resize(lane: tf.LaneLimiter, n: int | float) -> None:
+        lane.limiter.total_tokens = n * scale
+        assert lane.total_tokens == n
+
+    return Subject(make=make, resize=resize)
+
+
+# -- helpers --------------------------------------------------------------------
 
 
 def two_lanes(total: int | float = 10, **kw: object) -> tf.PriorityLimiter:

@@ -182,7 +182,7 @@ class LimiterFace:
             comes first (a nowait call never overtakes a queued waiter).
           RuntimeError: if ``borrower`` already holds tokens of this limiter.
         """
-        if weight != 1:
+        if weight.__class__ is not int or weight != 1:
             self._check_weight(weight)
         kernel = self._kernel
         if borrower in kernel.holders:
@@ -214,7 +214,7 @@ class LimiterFace:
           RuntimeError: if ``borrower`` already holds tokens of this limiter.
           ValueError: if ``weight`` is below 1 or above ``total_tokens``.
         """
-        if weight != 1:
+        if weight.__class__ is not int or weight != 1:
             self._check_weight(weight)
         kernel = self._kernel
         if borrower in kernel.holders:
@@ -228,10 +228,14 @@ class LimiterFace:
                 if admits is None
                 else admits(kernel, lane, weight)
             ):
-                hold = kernel._add_holder(borrower, weight, lane, self)  # pyright: ignore[reportPrivateUsage]
+                hold = kernel._add_holder(borrower, weight, lane)  # pyright: ignore[reportPrivateUsage]
         if hold is None:
             waiter = kernel.enqueue(borrower, weight, lane, self)
-            kernel.pump()
+            # With the plain FIFO policy a newcomer that did not fit above
+            # cannot be granted now (the queue was settled by the last
+            # change); a lane policy may rank it ahead of others, so ask it.
+            if kernel.admits is not None:
+                kernel.pump()
             if waiter in kernel.queues[lane]:
                 # Parking is the checkpoint; a cancellation while parked
                 # withdraws the waiter (see Kernel.wait).
@@ -285,7 +289,26 @@ class LimiterFace:
         self.release_on_behalf_of(trio.lowlevel.current_task(), weight)
 
     async def __aenter__(self) -> None:
-        await self.acquire_on_behalf_of(trio.lowlevel.current_task())
+        task = trio.lowlevel.current_task()
+        kernel = self._kernel
+        # The uncontended path, inlined (this is the hot one): nobody waits,
+        # the token fits, the task holds none yet. Anything else goes the
+        # general way.
+        if (
+            kernel.waiting
+            or kernel.admits is not None
+            or kernel.total - kernel.borrowed < 1
+            or task in kernel.holders
+            or self._feedback is not None
+        ):
+            await self.acquire_on_behalf_of(task)
+            return
+        kernel._add_holder(task, 1, self._lane)  # pyright: ignore[reportPrivateUsage]
+        try:
+            await trio.lowlevel.checkpoint()
+        except BaseException:
+            kernel.release(task, None, self._what)
+            raise
 
     async def __aexit__(
         self,
@@ -293,7 +316,10 @@ class LimiterFace:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._finish(trio.lowlevel.current_task(), exc, None)
+        if self._feedback is not None:
+            self._finish(trio.lowlevel.current_task(), exc, None)
+        else:
+            self._kernel.release(trio.lowlevel.current_task(), None, self._what)
 
     def _finish(self, borrower: object, exc: BaseException | None, permit: Permit | None) -> None:
         feedback = self._feedback
@@ -313,7 +339,7 @@ class LimiterFace:
         overload exception; :meth:`Permit.ignore`, cancellations and other
         exceptions feed nothing.
         """
-        if weight != 1:
+        if weight.__class__ is not int or weight != 1:
             self._check_weight(weight)
         return _HoldContext(self, weight)
 

@@ -80,18 +80,22 @@ class Waiter:
 
 
 class Hold:
-    """What one borrower holds: its weight, its lane, and (when sampled) when it started."""
+    """What one borrower holds: its weight and its lane.
 
-    __slots__ = ("inflight", "lane", "primitive", "start", "weight")
+    ``start`` and ``inflight`` are set (and read) only by limiters that feed
+    an adaptive algorithm: when the tokens were granted and how many were in
+    use just after. Left unset otherwise, because this record is made on
+    every acquisition and each attribute costs on the hot path.
+    """
 
-    def __init__(self, weight: int, lane: int, primitive: Inspectable) -> None:
+    __slots__ = ("inflight", "lane", "start", "weight")
+
+    start: float
+    inflight: int
+
+    def __init__(self, weight: int, lane: int) -> None:
         self.weight = weight
         self.lane = lane
-        self.primitive = primitive
-        #: Set by limiters that feed an adaptive algorithm: acquire time and
-        #: tokens in use just after this grant.
-        self.start = 0.0
-        self.inflight = 0
 
 
 #: A policy picks the next waiter to grant, or ``None`` when nobody may go now.
@@ -121,6 +125,7 @@ class Kernel:
         "holders",
         "lane_granted",
         "lane_in_use",
+        "lane_what",
         "policy",
         "queues",
         "total",
@@ -150,6 +155,9 @@ class Kernel:
         #: Fast-path check when nobody waits: may ``weight`` tokens go to
         #: ``lane`` right now? ``None`` means "if they fit in the total".
         self.admits = admits
+        #: How error messages name each lane's face (``"lane 'api/batch'"``);
+        #: ``None`` for a one-lane kernel, whose face names itself.
+        self.lane_what: list[str] | None = None
         self._seq = 0
 
     # -- queries -----------------------------------------------------------
@@ -176,14 +184,14 @@ class Kernel:
     def _grant(self, waiter: Waiter) -> None:
         del self.queues[waiter.lane][waiter]
         self.waiting -= 1
-        self._add_holder(waiter.borrower, waiter.weight, waiter.lane, waiter.primitive)
+        self._add_holder(waiter.borrower, waiter.weight, waiter.lane)
         if waiter.parked:
             waiter.parked = False
             waiter.task.custom_sleep_data = None
             trio.lowlevel.reschedule(waiter.task)
 
-    def _add_holder(self, borrower: object, weight: int, lane: int, primitive: Inspectable) -> Hold:
-        hold = Hold(weight, lane, primitive)
+    def _add_holder(self, borrower: object, weight: int, lane: int) -> Hold:
+        hold = Hold(weight, lane)
         self.holders[borrower] = hold
         self.borrowed += weight
         self.lane_in_use[lane] += weight
@@ -204,8 +212,8 @@ class Kernel:
     def check_borrower(self, borrower: object, what: str) -> None:
         hold = self.holders.get(borrower)
         if hold is not None:
-            # Name what it holds: with lanes that may be another face of this kernel.
-            held = f"{hold.primitive.kind} {hold.primitive.name!r}"
+            # With lanes, what it holds may be another face of this kernel: name it.
+            held = what if self.lane_what is None else self.lane_what[hold.lane]
             shared = "" if held == what else f", which shares its tokens with {what}"
             raise RuntimeError(
                 f"this borrower is already holding tokens of {held}{shared}; "
@@ -229,7 +237,7 @@ class Kernel:
                 if admits is None
                 else admits(self, lane, weight)
             ):
-                return self._add_holder(borrower, weight, lane, primitive)
+                return self._add_holder(borrower, weight, lane)
             return None
         waiter = self.enqueue(borrower, weight, lane, primitive)
         self.pump()

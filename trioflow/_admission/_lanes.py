@@ -647,6 +647,7 @@ class PriorityLimiter:
             LaneLimiter(self, i, config) for i, config in enumerate(configs)
         )
         self._by_name: dict[str, LaneLimiter] = {h.lane.name: h for h in self._handles}
+        self._kernel.lane_what = [h._what for h in self._handles]  # pyright: ignore[reportPrivateUsage]
         _registry.register(self)
 
     def _set_total(self, total: int | float) -> None:

@@ -1,1 +1,29 @@
-"""OpenTelemetry for trioflow (spans, metrics, exporters)."""
+"""OpenTelemetry for trioflow: spans and metrics from every building block, for Jaeger.
+
+Nothing is recorded until you ask, and then trioflow's telemetry costs one
+flag check on the paths that do not wait:
+
+* :func:`configure` sets up the OpenTelemetry SDK for a script in one call
+  (OTLP to a Jaeger on 4318, a Jaeger JSON file for the UI's offline
+  upload, or the console) and returns a handle whose
+  :meth:`~Telemetry.shutdown` flushes and reports lost spans;
+* :func:`use` points trioflow at providers your application (or a test)
+  already has, since OpenTelemetry's global providers can be set only once.
+
+Metrics (``trioflow.limiter.limit``, ``.in_use``, ``.waiting``,
+``trioflow.rate.tokens``) are observable instruments that read each live
+primitive's ``statistics()`` when the SDK collects, so the hot path pays
+nothing; ``trioflow.limiter.wait.duration`` (seconds) is recorded only for
+waits that actually parked, and those of 1 ms or more also add a
+``trioflow.wait`` event to the current span. See ``docs/jaeger.md``.
+
+This module imports only the OpenTelemetry API; the SDK (the ``otel``
+extra) is imported inside :func:`configure` and :func:`jaeger_file_exporter`.
+"""
+
+from ._setup import ExportCounts as ExportCounts
+from ._setup import ShutdownReport as ShutdownReport
+from ._setup import Telemetry as Telemetry
+from ._setup import configure as configure
+from ._setup import jaeger_file_exporter as jaeger_file_exporter
+from ._setup import use as use

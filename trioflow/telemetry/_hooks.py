@@ -1,15 +1,17 @@
-"""Hooks the hot paths call into telemetry. Plain module attributes, ``None`` when off.
+"""Hooks the hot paths call into telemetry. Plain module attributes, off by default.
 
 Primitives import only this module, never the SDK: with telemetry off a hook
 costs one attribute read and a ``None`` check, and only on slow paths (a
-wait that actually parked).
+wait that actually parked). :func:`trioflow.telemetry.configure` and
+:func:`trioflow.telemetry.use` set these; nothing else writes them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Final
 
-__all__ = ["WaitHook", "wait_hook"]
+__all__ = ["ITEM", "OFF", "STAGE", "WaitHook", "tracing", "wait_hook"]
 
 #: ``hook(primitive, since, now)``: a task waited on ``primitive`` from
 #: ``since`` to ``now`` (both ``trio.current_time()``) and got what it asked
@@ -17,3 +19,12 @@ __all__ = ["WaitHook", "wait_hook"]
 WaitHook = Callable[[object, float, float], None]
 
 wait_hook: WaitHook | None = None
+
+#: Tracing levels, ordered: check ``_hooks.tracing >= _hooks.ITEM``.
+OFF: Final = 0
+STAGE: Final = 1
+ITEM: Final = 2
+
+#: The current tracing level: a plain int, so "is tracing on?" is one
+#: attribute read and one comparison.
+tracing: int = OFF

@@ -1,0 +1,198 @@
+"""What does trioflow's telemetry cost a limiter?
+
+Prints, in one process and one run, the ratio "telemetry on / telemetry off"
+for trioflow's CapacityLimiter:
+
+* uncontended ``async with limiter:`` (50,000 acquisitions per repeat): the
+  hot path. Metrics are pull-based (observable instruments read
+  ``statistics()`` on the SDK's collection thread), so the only cost is the
+  collection thread taking the GIL now and then;
+* 1000 tasks contending for 10 tokens (10 rounds each): almost every
+  acquisition parks, so the wait hook runs each time — one histogram record
+  — and, since a task queues behind ~100 others, most waits last a
+  millisecond or more, so with tracing on most also add a ``trioflow.wait``
+  event to the worker's span (``_metrics.WAIT_EVENT_MIN``). This case is the
+  slow path by construction: read its ratios as "added µs per parked wait".
+
+Sides, each measured in its own ``trio.run``, in rotating order, median of N
+repeats (default 7):
+
+* ``off``     — no telemetry configured (``wait_hook`` is ``None``);
+* ``off-again`` — the same as ``off``, measured as a side of its own: its
+  ratio to ``off`` is the noise floor of this run (an A/A comparison), so a
+  ratio within it means "no difference this machine can see";
+* ``metrics`` — ``tf.telemetry.use(meter_provider=..., tracing="off")``: an SDK
+  MeterProvider whose PeriodicExportingMetricReader collects every second
+  (60x the SDK default rate) into a discarding exporter, with 100 other live
+  limiters for the callbacks to read;
+* ``traced``  — metrics as above plus an SDK TracerProvider (BatchSpanProcessor,
+  discarding exporter), tracing="item", and every worker inside a recording
+  span, so each wait of 1 ms or more adds a ``trioflow.wait`` event to it.
+
+Times are the process's CPU time (``time.process_time()``: every thread of
+this process, so the SDK's collection and export threads are charged to the
+side that runs them), not wall time: on a shared machine other processes'
+load would otherwise swamp a difference of a few percent.
+
+The pipeline parts of this question (tracing off/stage/item/1% sampling)
+come with the pipeline building block.
+
+    python bench/telemetry.py [--repeats N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import trio
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    MetricExporter,
+    MetricExportResult,
+    MetricsData,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import Tracer
+
+import trioflow as tf
+
+N_UNCONTENDED = 50_000
+N_TASKS = 1000
+N_TOKENS = 10
+ROUNDS = 10
+OTHER_LIMITERS = 100
+
+
+class DiscardMetrics(MetricExporter):
+    def __init__(self) -> None:
+        super().__init__(preferred_temporality={}, preferred_aggregation={})
+        self.exports = 0
+
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> MetricExportResult:
+        self.exports += 1
+        return MetricExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return True
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        pass
+
+
+class DiscardSpans(SpanExporter):
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
+def setup(side: str) -> tuple[AbstractContextManager[Any], Callable[[], None]]:
+    """The telemetry for one side, and how to tear down its providers."""
+    if side.startswith("off"):
+        return nullcontext(), lambda: None
+    mp = MeterProvider(
+        metric_readers=[
+            PeriodicExportingMetricReader(DiscardMetrics(), export_interval_millis=1000)
+        ]
+    )
+    tp: TracerProvider | None = None
+    if side == "traced":
+        tp = TracerProvider()
+        tp.add_span_processor(BatchSpanProcessor(DiscardSpans()))
+    handle = tf.telemetry.use(
+        tracer_provider=tp, meter_provider=mp, tracing="item" if tp else "off"
+    )
+
+    def close() -> None:
+        mp.shutdown()
+        if tp is not None:
+            tp.shutdown()
+
+    return handle, close
+
+
+#: The workers' own tracer on the "traced" side (the provider trioflow reports to).
+_tracer: Tracer | None = None
+
+
+def worker_span() -> AbstractContextManager[Any]:
+    if _tracer is None:
+        return nullcontext()
+    return _tracer.start_as_current_span("worker")
+
+
+async def uncontended(side: str) -> float:
+    limiter = tf.CapacityLimiter(1)
+    t0 = time.process_time()
+    for _ in range(N_UNCONTENDED):
+        async with limiter:
+            pass
+    return (time.process_time() - t0) / N_UNCONTENDED
+
+
+async def contended(side: str) -> float:
+    limiter = tf.CapacityLimiter(N_TOKENS)
+
+    async def worker() -> None:
+        with worker_span():
+            for _ in range(ROUNDS):
+                async with limiter:
+                    await trio.lowlevel.checkpoint()
+
+    t0 = time.process_time()
+    async with trio.open_nursery() as nursery:
+        for _ in range(N_TASKS):
+            nursery.start_soon(worker)
+    return (time.process_time() - t0) / (N_TASKS * ROUNDS)
+
+
+def measure(case: Callable[[str], Awaitable[float]], side: str) -> float:
+    global _tracer
+    others = [tf.CapacityLimiter(5, name=f"other-{i}") for i in range(OTHER_LIMITERS)]
+    handle, close = setup(side)
+    try:
+        with handle:
+            if isinstance(handle, tf.telemetry.Telemetry) and handle.tracing != "off":
+                assert handle.tracer_provider is not None
+                _tracer = handle.tracer_provider.get_tracer("bench")
+            return trio.run(case, side)
+    finally:
+        _tracer = None
+        close()
+        del others
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    sides = ["off", "off-again", "metrics", "traced"]
+    for title, case in (
+        ("uncontended async with", uncontended),
+        ("1000 tasks / 10 tokens", contended),
+    ):
+        times: dict[str, list[float]] = {k: [] for k in sides}
+        for r in range(args.repeats):
+            order = sides[r % len(sides) :] + sides[: r % len(sides)]
+            for side in order:
+                times[side].append(measure(case, side))
+        med = {k: statistics.median(v) for k, v in times.items()}
+        base = med["off"]
+        print(
+            f"{title:24s} off {base * 1e6:6.2f} µs"
+            + "".join(
+                f"  {side} {med[side] * 1e6:6.2f} µs ({med[side] / base:.3f}x)"
+                for side in sides[1:]
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,524 @@
+"""``configure()`` and ``use()``: point trioflow at OpenTelemetry providers."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, Literal, final
+
+import attrs
+from opentelemetry import metrics, trace
+from opentelemetry.metrics import MeterProvider
+from opentelemetry.trace import TracerProvider
+
+from .._util import raise_type
+from . import _hooks, _metrics, _spans
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
+
+__all__ = [
+    "ExportCounts",
+    "ShutdownReport",
+    "Telemetry",
+    "configure",
+    "jaeger_file_exporter",
+    "use",
+]
+
+logger = logging.getLogger("trioflow.telemetry")
+
+Tracing = Literal["off", "stage", "item"]
+_LEVELS: Final = {"off": _hooks.OFF, "stage": _hooks.STAGE, "item": _hooks.ITEM}
+_NAMES: Final[dict[int, Tracing]] = {_hooks.OFF: "off", _hooks.STAGE: "stage", _hooks.ITEM: "item"}
+
+
+def _check_tracing(value: object) -> int:
+    if not isinstance(value, str):
+        raise_type("tracing", "'off', 'stage' or 'item'", value)
+    level = _LEVELS.get(value)
+    if level is None:
+        raise ValueError(f"tracing must be 'off', 'stage' or 'item', got {value!r}")
+    return level
+
+
+@attrs.frozen
+class ExportCounts:
+    """What happened to the spans sent to one destination."""
+
+    destination: str
+    """``"otlp http://…/v1/traces"``, ``"jaeger_file trace.json"`` or ``"console"``."""
+
+    spans: int
+    """Sampled spans that ended while the destination was open."""
+
+    exported: int
+    """Spans the exporter delivered."""
+
+    failed: int
+    """Spans the exporter tried and failed to deliver (endpoint down, bad response)."""
+
+    @property
+    def dropped(self) -> int:
+        """Spans that never reached the exporter (the batch queue was full)."""
+        return max(0, self.spans - self.exported - self.failed)
+
+
+@attrs.frozen
+class ShutdownReport:
+    """What :meth:`Telemetry.shutdown` flushed, per destination."""
+
+    destinations: tuple[ExportCounts, ...]
+
+    @property
+    def dropped(self) -> int:
+        """Spans lost before export, summed over destinations."""
+        return sum(d.dropped for d in self.destinations)
+
+    @property
+    def failed(self) -> int:
+        """Spans whose export failed, summed over destinations."""
+        return sum(d.failed for d in self.destinations)
+
+    def __str__(self) -> str:
+        parts = [
+            f"{d.destination}: {d.exported}/{d.spans} exported, {d.dropped} dropped, {d.failed} failed"
+            for d in self.destinations
+        ]
+        return "; ".join(parts) or "no span destinations"
+
+
+_active: Telemetry | None = None
+
+
+@final
+class Telemetry:
+    """trioflow's telemetry set-up, as returned by :func:`configure` and :func:`use`.
+
+    While it is active, trioflow's spans go to :attr:`tracer_provider` and
+    its metrics to :attr:`meter_provider`. :meth:`shutdown` (or leaving a
+    ``with`` block) ends that: the set-up that was active before comes back,
+    or telemetry goes off. Made by those two functions, not directly.
+    """
+
+    __slots__ = (
+        "_closed",
+        "_instruments",
+        "_level",
+        "_owned",
+        "_previous",
+        "_processors",
+        "meter_provider",
+        "tracer_provider",
+    )
+
+    def __init__(
+        self,
+        *,
+        tracer_provider: TracerProvider | None,
+        meter_provider: MeterProvider | None,
+        level: int,
+        owned: bool,
+        processors: Sequence[Any] = (),
+    ) -> None:
+        #: Where trioflow's spans go (``None``: nowhere).
+        self.tracer_provider: Final = tracer_provider
+        #: Where trioflow's metrics go (``None``: no metrics).
+        self.meter_provider: Final = meter_provider
+        self._level = level
+        self._owned = owned
+        self._processors: tuple[Any, ...] = tuple(processors)
+        self._instruments: _metrics.Instruments | None = None
+        self._previous: Telemetry | None = None
+        self._closed = False
+
+    @property
+    def tracing(self) -> Tracing:
+        """The tracing level: ``"off"``, ``"stage"`` or ``"item"``."""
+        return _NAMES[self._level]
+
+    @property
+    def active(self) -> bool:
+        """Is this the set-up trioflow reports to now?"""
+        return _active is self
+
+    def _activate(self) -> None:
+        global _active
+        import trioflow  # here: the package imports this module while it loads
+
+        previous = _active
+        if previous is not None and previous._instruments is not None:
+            previous._instruments.active = False
+        self._previous = previous
+        _active = self
+        _apply(self, trioflow.__version__)
+
+    def shutdown(self) -> ShutdownReport | None:
+        """Stop reporting here, flush, and say what was lost.
+
+        The set-up active before this one comes back (or telemetry goes off).
+        For a :func:`configure` set-up this also flushes every span and
+        metric and shuts the providers down — it **blocks** until the
+        exporters are done (up to 30 s each), so call it as the program
+        ends, or from Trio through ``trio.to_thread.run_sync``. It logs a
+        warning on the ``trioflow.telemetry`` logger if spans were dropped or
+        failed to export, and returns the counts. Providers given to
+        :func:`use` belong to the application and are left running (returns
+        ``None``). Calling it twice does nothing the second time.
+        """
+        global _active
+        if self._closed:
+            return None
+        self._closed = True
+        mp: Any = self.meter_provider
+        if self._owned and mp is not None:
+            # One last collection while the instruments still report.
+            mp.force_flush()
+        instruments = self._instruments
+        if instruments is not None and (
+            _active is self or _active is None or _active._instruments is not instruments
+        ):
+            # (The active set-up may share this provider, hence these instruments.)
+            instruments.active = False
+        if _active is self:
+            previous = self._previous
+            while previous is not None and previous._closed:
+                previous = previous._previous
+            _active = previous
+            if previous is None:
+                _apply(None, "")
+            else:
+                import trioflow
+
+                _apply(previous, trioflow.__version__)
+        if not self._owned:
+            return None
+        tp: Any = self.tracer_provider
+        if tp is not None:
+            tp.shutdown()
+        if mp is not None:
+            mp.shutdown()
+        report = ShutdownReport(
+            tuple(
+                ExportCounts(p.destination, p.ended, p.exporter.exported, p.exporter.failed)
+                for p in self._processors
+            )
+        )
+        if report.dropped or report.failed:
+            logger.warning("trioflow telemetry lost spans at shutdown: %s", report)
+        return report
+
+    def __enter__(self) -> Telemetry:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.shutdown()
+
+    def __repr__(self) -> str:
+        state = "active" if self.active else ("shut down" if self._closed else "inactive")
+        return f"<trioflow.telemetry.Telemetry tracing={self.tracing!r} {state}>"
+
+
+def _apply(t: Telemetry | None, version: str) -> None:
+    """Make ``t`` the set-up every hook and helper reads (``None``: all off)."""
+    if t is None:
+        _spans.tracer = trace.NoOpTracer()
+        _hooks.tracing = _hooks.OFF
+        _hooks.wait_hook = None
+        return
+    level = t._level  # pyright: ignore[reportPrivateUsage]
+    if t.tracer_provider is not None and level:
+        _spans.tracer = t.tracer_provider.get_tracer("trioflow", version)
+    else:
+        _spans.tracer = trace.NoOpTracer()
+        level = _hooks.OFF
+    histogram = None
+    if t.meter_provider is not None:
+        instruments = _metrics.install(t.meter_provider, version)
+        t._instruments = instruments  # pyright: ignore[reportPrivateUsage]
+        histogram = instruments.wait_duration
+    _hooks.tracing = level
+    _hooks.wait_hook = (
+        _metrics.make_wait_hook(histogram) if histogram is not None or level else None
+    )
+
+
+def use(
+    *,
+    tracer_provider: TracerProvider | None = None,
+    meter_provider: MeterProvider | None = None,
+    tracing: Tracing | None = None,
+) -> Telemetry:
+    """Report trioflow's spans and metrics to providers the application already has.
+
+    OpenTelemetry's global providers can be set only once per process, so
+    an application that set up its own SDK (or a test with an in-memory
+    exporter) hands its providers here. Providers left ``None`` mean the
+    global ones (``opentelemetry.trace.get_tracer_provider()`` /
+    ``metrics.get_meter_provider()``), which are no-ops until someone sets
+    them.
+
+    Until :func:`configure` or :func:`use` is called, trioflow records
+    nothing and its telemetry costs one flag check.
+
+    Args:
+      tracer_provider: where spans go.
+      meter_provider: where metrics go.
+      tracing: ``"off"``, ``"stage"`` (spans per pipeline, stage and task
+        group) or ``"item"`` (also one trace per pipeline item); ``None``
+        keeps the level of the set-up active now, or ``"item"`` if none is.
+
+    Returns:
+      A :class:`Telemetry` handle; its :meth:`~Telemetry.shutdown` (or a
+      ``with`` block around it) restores what was active before and leaves
+      the providers running.
+    """
+    _check_instance(
+        "tracer_provider", tracer_provider, TracerProvider, "an opentelemetry TracerProvider"
+    )
+    _check_instance(
+        "meter_provider", meter_provider, MeterProvider, "an opentelemetry MeterProvider"
+    )
+    if tracing is None:
+        level = _hooks.ITEM if _active is None else _active._level  # pyright: ignore[reportPrivateUsage]
+    else:
+        level = _check_tracing(tracing)
+    t = Telemetry(
+        tracer_provider=tracer_provider or trace.get_tracer_provider(),
+        meter_provider=meter_provider or metrics.get_meter_provider(),
+        level=level,
+        owned=False,
+    )
+    t._activate()  # pyright: ignore[reportPrivateUsage]
+    return t
+
+
+def _check_instance(param: str, value: object, cls: type, what: str) -> None:
+    if value is not None and not isinstance(value, cls):
+        raise_type(param, f"{what} or None", value)
+
+
+def _check_path(param: str, value: object) -> None:
+    if not isinstance(value, str | os.PathLike):
+        raise_type(param, "a str or os.PathLike", value)
+
+
+def _check_configure(
+    service_name: object, otlp_endpoint: object, jaeger_file: object, console: object
+) -> None:
+    if not isinstance(service_name, str):
+        raise_type("service_name", "a str", service_name)
+    if not service_name:
+        raise ValueError("service_name must not be empty, got ''")
+    if otlp_endpoint is not None:
+        if not isinstance(otlp_endpoint, str):
+            raise_type("otlp_endpoint", "a str URL or None", otlp_endpoint)
+        if not otlp_endpoint.startswith(("http://", "https://")):
+            raise ValueError(
+                f"otlp_endpoint must be an http:// or https:// URL, got {otlp_endpoint!r}"
+            )
+    if jaeger_file is not None:
+        _check_path("jaeger_file", jaeger_file)
+    if not isinstance(console, bool):
+        raise_type("console", "a bool", console)
+
+
+def _env_list(name: str) -> list[str] | None:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return None
+    values = [v.strip().lower() for v in raw.split(",") if v.strip()]
+    for v in values:
+        if v not in ("otlp", "console", "none"):
+            raise ValueError(
+                f"{name}={raw!r}: trioflow.telemetry.configure() supports otlp, console and none"
+            )
+    return values
+
+
+def _signal_url(base: str, signal: str) -> str:
+    path = f"/v1/{signal}"
+    trimmed = base.rstrip("/")
+    for other in ("traces", "metrics", "logs"):
+        if trimmed.endswith(f"/v1/{other}"):
+            trimmed = trimmed[: -len(f"/v1/{other}")]
+    return trimmed + path
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() == "true"
+
+
+def _sdk_missing(exc: ImportError) -> ImportError:
+    return ImportError(
+        "trioflow.telemetry.configure() needs the OpenTelemetry SDK and OTLP exporter: "
+        f"pip install 'trioflow[otel]' ({exc})"
+    )
+
+
+def jaeger_file_exporter(path: str | os.PathLike[str]) -> SpanExporter:
+    """A span exporter that writes Jaeger's JSON trace format to ``path``.
+
+    For applications that build their own ``TracerProvider``: add it with a
+    ``BatchSpanProcessor``. The file is rewritten at every flush and at
+    shutdown; the Jaeger UI's *Upload* tab opens it with no Jaeger backend.
+    Needs the OpenTelemetry SDK (``pip install 'trioflow[otel]'``).
+
+    Raises:
+      OSError: if ``path`` cannot be written (checked now, not at exit).
+    """
+    _check_path("path", path)
+    try:
+        from ._jaeger import JaegerFileExporter
+    except ImportError as exc:  # pragma: no cover - the otel extra is installed in tests
+        raise _sdk_missing(exc) from None
+    return JaegerFileExporter(path)
+
+
+def configure(
+    service_name: str,
+    *,
+    otlp_endpoint: str | None = None,
+    jaeger_file: str | os.PathLike[str] | None = None,
+    console: bool = False,
+    tracing: Tracing = "item",
+    set_global: bool = True,
+) -> Telemetry:
+    """Set up OpenTelemetry for a script in one call, and point trioflow at it.
+
+    Builds an SDK ``TracerProvider`` (and a ``MeterProvider`` when a metrics
+    destination is asked for) with resource ``service.name=service_name``,
+    one batching span processor per destination, and makes it what
+    trioflow reports to. Destinations:
+
+    * ``otlp_endpoint`` — OTLP over HTTP/protobuf, e.g. a Jaeger all-in-one
+      at ``"http://localhost:4318"`` (``/v1/traces`` is added unless given).
+    * ``jaeger_file`` — Jaeger's JSON trace format, written at shutdown, for
+      the Jaeger UI's offline upload (see ``docs/jaeger.md``).
+    * ``console`` — spans (and metrics) printed to stdout.
+
+    The standard variables apply: ``OTEL_SERVICE_NAME`` and
+    ``OTEL_RESOURCE_ATTRIBUTES`` (the former overrides ``service_name``),
+    ``OTEL_TRACES_SAMPLER``/``_ARG``, ``OTEL_BSP_*``, ``OTEL_SPAN_*_LIMIT``,
+    ``OTEL_EXPORTER_OTLP_[TRACES_|METRICS_]ENDPOINT``/``_HEADERS``,
+    ``OTEL_TRACES_EXPORTER`` and ``OTEL_METRICS_EXPORTER`` (``otlp``,
+    ``console``, ``none``; metrics are exported only when asked for, since
+    Jaeger takes no metrics), ``OTEL_METRIC_EXPORT_INTERVAL``, and
+    ``OTEL_SDK_DISABLED=true`` (then nothing is set up and telemetry is
+    off). With no destination given and no ``OTEL_TRACES_EXPORTER``, spans
+    go to OTLP at ``http://localhost:4318`` (the OpenTelemetry default,
+    which is where Jaeger listens).
+
+    Spans are batched with a deeper queue than the SDK's default (65,536
+    spans, batches of 2,048, every second) so a burst is not dropped; the
+    handle's :meth:`~Telemetry.shutdown` flushes and reports what was lost.
+
+    Args:
+      service_name: the ``service.name`` Jaeger lists the traces under.
+      otlp_endpoint: base URL of an OTLP/HTTP receiver.
+      jaeger_file: path of a Jaeger JSON file to write.
+      console: also print spans and metrics to stdout.
+      tracing: ``"off"``, ``"stage"`` or ``"item"`` (see :func:`use`).
+      set_global: also install the providers as OpenTelemetry's global
+        ones (only if none is set yet), so the application's own spans go
+        to the same place and nest with trioflow's.
+
+    Returns:
+      A :class:`Telemetry` handle; call :meth:`~Telemetry.shutdown` when the
+      program ends (``with tf.telemetry.configure(...):`` does it).
+
+    Raises:
+      ValueError: for a bad ``tracing``, ``otlp_endpoint`` or ``OTEL_*_EXPORTER`` value.
+      TypeError: for arguments of the wrong type.
+      OSError: if ``jaeger_file`` cannot be written.
+      ImportError: if the OpenTelemetry SDK is not installed.
+    """
+    _check_configure(service_name, otlp_endpoint, jaeger_file, console)
+    level = _check_tracing(tracing)
+    trace_names = _env_list("OTEL_TRACES_EXPORTER")
+    metric_names = _env_list("OTEL_METRICS_EXPORTER") or []
+
+    if _env_true("OTEL_SDK_DISABLED"):
+        t = Telemetry(tracer_provider=None, meter_provider=None, level=_hooks.OFF, owned=True)
+        t._activate()  # pyright: ignore[reportPrivateUsage]
+        return t
+
+    try:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
+        from opentelemetry.sdk.metrics.export import (
+            ConsoleMetricExporter,
+            MetricReader,
+            PeriodicExportingMetricReader,
+        )
+        from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+        from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        from ._export import CountingProcessor
+    except ImportError as exc:  # pragma: no cover - the otel extra is installed in tests
+        raise _sdk_missing(exc) from None
+
+    resource = Resource.create({SERVICE_NAME: service_name})
+    env_service = os.environ.get("OTEL_SERVICE_NAME", "").strip()
+    if env_service:
+        resource = resource.merge(Resource({SERVICE_NAME: env_service}))
+
+    explicit = otlp_endpoint is not None or jaeger_file is not None or console
+    if trace_names is None:
+        trace_names = [] if explicit else ["otlp"]
+    destinations: list[tuple[str, SpanExporter]] = []
+    if otlp_endpoint is not None:
+        url = _signal_url(otlp_endpoint, "traces")
+        destinations.append((f"otlp {url}", OTLPSpanExporter(endpoint=url)))
+    elif "otlp" in trace_names:
+        exporter = OTLPSpanExporter()
+        destinations.append((f"otlp {exporter._endpoint}", exporter))  # pyright: ignore[reportPrivateUsage]
+    if jaeger_file is not None:
+        destinations.append(
+            (f"jaeger_file {os.fspath(jaeger_file)}", jaeger_file_exporter(jaeger_file))
+        )
+    if console or "console" in trace_names:
+        destinations.append(("console", ConsoleSpanExporter(out=sys.stdout)))
+
+    processors = [CountingProcessor(name, exporter) for name, exporter in destinations]
+    tracer_provider = SdkTracerProvider(resource=resource)
+    for p in processors:
+        tracer_provider.add_span_processor(p)
+
+    readers: list[MetricReader] = []
+    if "otlp" in metric_names:
+        endpoint = None if otlp_endpoint is None else _signal_url(otlp_endpoint, "metrics")
+        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=endpoint)))
+    if console or "console" in metric_names:
+        readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter(out=sys.stdout)))
+    meter_provider = (
+        SdkMeterProvider(resource=resource, metric_readers=readers) if readers else None
+    )
+
+    if set_global:
+        if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+            trace.set_tracer_provider(tracer_provider)
+        if meter_provider is not None and type(metrics.get_meter_provider()).__name__ == (
+            "_ProxyMeterProvider"
+        ):
+            metrics.set_meter_provider(meter_provider)
+
+    t = Telemetry(
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
+        level=level,
+        owned=True,
+        processors=processors,
+    )
+    t._activate()  # pyright: ignore[reportPrivateUsage]
+    return t
