@@ -194,11 +194,11 @@ def test_starting_limit_and_bounds() -> None:
     # setting total_tokens moves the algorithm too, within the same bounds
     limiter.total_tokens = 40
     assert algo.limit == 40
-    with pytest.raises(ValueError, match=r"got 9$"):
-        limiter.total_tokens = 9
-    with pytest.raises(ValueError, match=r"got inf$"):
-        limiter.total_tokens = math.inf
-    assert limiter.total_tokens == 40
+    # at run time a total outside the bounds is clamped (an operator's override)
+    limiter.total_tokens = 9
+    assert (limiter.total_tokens, algo.limit) == (10, 10)
+    limiter.total_tokens = math.inf
+    assert (limiter.total_tokens, algo.limit) == (50, 50)
 
 
 def test_one_algorithm_one_limiter() -> None:
@@ -311,3 +311,25 @@ async def test_every_algorithm_runs_behind_a_limiter(
     assert limiter.total_tokens == algo.limit
     assert peak <= algo.max_limit
     assert repr(limiter).endswith(f", {cls.__name__}>")
+
+
+async def test_priority_limiter_lanes_feed_one_algorithm(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    algo = AIMD(initial_limit=4, max_limit=50)
+    limiter = tf.PriorityLimiter(4, [tf.Lane("live"), tf.Lane("batch", priority=1)], algorithm=algo)
+
+    async def user(lane: str) -> None:
+        for _ in range(10):
+            async with limiter[lane].hold():
+                await trio.sleep(0.01)
+
+    async with trio.open_nursery() as nursery:
+        for lane in ("live", "live", "batch", "batch"):
+            nursery.start_soon(user, lane)
+    # 40 busy samples from both lanes grew one shared limit
+    assert limiter.total_tokens == algo.limit > 4
+    async with limiter["batch"].hold() as permit:
+        permit.drop()
+    assert algo.limit == limiter.total_tokens
+    assert limiter.statistics().algorithm == algo.state()

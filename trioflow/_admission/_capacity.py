@@ -41,9 +41,28 @@ class LimiterStatistics:
     """For an adaptive limiter, the algorithm's state (its ``state()``); else ``None``."""
 
 
-#: Algorithms driving a limiter now: one algorithm instance holds one limit,
-#: so sharing it between two limiters would make each undo the other.
-_attached: weakref.WeakSet[Algorithm] = weakref.WeakSet()
+#: Algorithms driving a limiter now, by id (an algorithm need not be hashable):
+#: one algorithm instance holds one limit, so sharing it between two limiters
+#: would make each undo the other.
+_attached: dict[int, weakref.ref[Algorithm]] = {}
+
+
+def _attach(algorithm: Algorithm) -> None:
+    key = id(algorithm)
+    ref = _attached.get(key)
+    if ref is not None and ref() is algorithm:
+        raise ValueError(
+            f"algorithm {algorithm!r} already drives another limiter; give each limiter its own"
+        )
+
+    def forget(dead: weakref.ref[Algorithm]) -> None:
+        if _attached.get(key) is dead:
+            del _attached[key]
+
+    try:
+        _attached[key] = weakref.ref(algorithm, forget)
+    except TypeError:  # cannot be weakly referenced: not tracked
+        pass
 
 
 def check_adaptive_total(algorithm: Algorithm, total_tokens: int | float, param: str) -> int:
@@ -78,33 +97,33 @@ def resolve_algorithm(
         return None
     if not isinstance(algorithm, Algorithm):
         raise_type("algorithm", "an algorithm from trioflow.adaptive (or None)", algorithm)
-    if algorithm in _attached:
-        raise ValueError(
-            f"algorithm {algorithm!r} already drives another limiter; give each limiter its own"
-        )
     exc_types = check_overload(overload)
     if total_tokens is not None:
         algorithm.limit = check_adaptive_total(algorithm, total_tokens, "total_tokens")
-    _attached.add(algorithm)
+    _attach(algorithm)
     return Feedback(algorithm, exc_types, apply)
 
 
 def adapt_total(feedback: Feedback | None, total: int | float) -> int | float:
     """A total set by hand; on an adaptive limiter it becomes the algorithm's limit.
 
-    0 pauses an adaptive limiter as it pauses a fixed one: the algorithm
-    keeps learning from blocks still running but its limit is not applied
-    until a non-zero total resumes admission. Any other total must be an int
-    within the algorithm's bounds (a silent clamp would hide a typo).
+    It is clamped to the algorithm's bounds (``math.inf`` means
+    ``max_limit``): at run time the setter is an operator's override, and
+    the algorithm's bounds are the envelope it was given. (At construction
+    a total outside the bounds is an error instead: two numbers written
+    together that contradict each other.) 0 pauses an adaptive limiter as it
+    pauses a fixed one: the algorithm keeps learning from blocks still
+    running, but its limit is not applied until a non-zero total resumes.
     """
     if feedback is None:
         return total
     if total == 0:
         feedback.paused = True
         return 0
-    feedback.algorithm.limit = check_adaptive_total(feedback.algorithm, total, "total_tokens")
+    algorithm = feedback.algorithm
+    algorithm.limit = int(min(max(total, algorithm.min_limit), algorithm.max_limit))
     feedback.paused = False
-    return total
+    return algorithm.limit
 
 
 @final
@@ -144,8 +163,9 @@ class CapacityLimiter(LimiterFace):
         limit (an int within the algorithm's ``min_limit``/``max_limit``, else
         :exc:`ValueError`); omit it to start at the algorithm's
         ``initial_limit``. Setting it later on an adaptive limiter moves the
-        algorithm's limit too (same bounds), except 0, which pauses admission
-        (the algorithm keeps learning; its limit applies again on resume).
+        algorithm's limit too, clamped to its bounds (``math.inf`` means
+        ``max_limit``), except 0, which pauses admission (the algorithm keeps
+        learning; its limit applies again on resume).
       name: what task dumps, metrics and ``repr`` call it.
       algorithm: an adaptive algorithm from :mod:`trioflow.adaptive`, or ``None``
         for a fixed limit.

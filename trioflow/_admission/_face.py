@@ -256,6 +256,7 @@ class LimiterFace:
             await trio.lowlevel.checkpoint()
         except BaseException:
             kernel.release(borrower, None, self._what)
+            kernel.lane_granted[lane] -= 1  # never happened, as far as anyone counts
             raise
         if self._feedback is not None:
             self._start_sample(borrower)
