@@ -20,6 +20,7 @@ recording the limit every 100 ms.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import math
 import random
@@ -32,6 +33,7 @@ import trio.testing
 
 DEADLINE = 1.0  # seconds: a client gives up (trio.TooSlowError, an overload drop) after this
 FAST_ERROR_TIME = 0.001  # seconds a fast failure takes (a 500 that did no real work)
+QUEUE_WAIT = 0.050  # with queueing=True (S8): how long a request may wait for a token
 
 OK, TIMEOUT, REJECTED, ERROR = 0, 1, 2, 3
 
@@ -170,6 +172,7 @@ async def _run(
     seed: int,
     sample_limit: Callable[[], float],
     on_server: Callable[[Any], None] | None,
+    queueing: bool = False,
 ) -> Result:
     res = Result()
     t0 = trio.current_time()
@@ -221,6 +224,37 @@ async def _run(
                 ev.set()
             parked.clear()
 
+    async def queued_request(limiter: Any, arrived: float, lane: int) -> None:
+        # Wait up to QUEUE_WAIT for a token (waiters are served by lane
+        # priority), else rejected; then the same request as below.
+        code = REJECTED
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                with trio.move_on_after(QUEUE_WAIT):
+                    await stack.enter_async_context(limiter.hold())
+                    code = OK
+                if code == OK:
+                    await body(arrived)
+        except trio.TooSlowError:
+            code = TIMEOUT
+        except _AppError:
+            code = ERROR
+        record(arrived, trio.current_time(), code, lane)
+        wake_arrivals()
+
+    async def body(arrived: float) -> None:
+        now = trio.current_time()
+        phase = phase_at(now)
+        if phase.error_fraction and coin.random() < phase.error_fraction:
+            await trio.sleep(FAST_ERROR_TIME)
+            raise _AppError
+        finish = server.submit(now, service() * phase.scale_at(now - t0 - _start(phase)))
+        remaining = DEADLINE - (now - arrived)
+        if finish - now > remaining:
+            await trio.sleep(max(remaining, 0.0))
+            raise trio.TooSlowError
+        await trio.sleep(finish - now)
+
     async def request(limiter: Any, arrived: float, lane: int) -> None:
         try:
             async with limiter.hold():
@@ -258,6 +292,11 @@ async def _run(
         end = t0 + total
         nxt = t0 + rng.expovariate(phases[0].rate * src.share)
         while nxt < end:
+            if queueing:
+                await trio.sleep_until(nxt)
+                nursery.start_soon(queued_request, limiter, nxt, idx)
+                nxt += rng.expovariate(phase_at(nxt).rate * src.share)
+                continue
             if limiter.available_tokens < 1:
                 # Full: every arrival before the next finished request is
                 # rejected. Sleep until a request finishes, then count them
@@ -297,6 +336,7 @@ def simulate(
     model: Model,
     make_lanes: Callable[[Callable[[], Any]], tuple[list[Lane], Callable[[], float]]],
     seed: int,
+    queueing: bool = False,
 ) -> Result:
     """Run one scenario with one limiter configuration and one seed.
 
@@ -314,6 +354,6 @@ def simulate(
         def on_server(server: Any) -> None:
             box["server"] = server
 
-        return await _run(phases, model, lanes, seed, sample_limit, on_server)
+        return await _run(phases, model, lanes, seed, sample_limit, on_server, queueing)
 
     return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

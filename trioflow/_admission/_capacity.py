@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from collections.abc import Callable, Mapping
 from typing import final
@@ -59,10 +60,8 @@ def _attach(algorithm: Algorithm) -> None:
         if _attached.get(key) is dead:
             del _attached[key]
 
-    try:
+    with contextlib.suppress(TypeError):  # cannot be weakly referenced: not tracked
         _attached[key] = weakref.ref(algorithm, forget)
-    except TypeError:  # cannot be weakly referenced: not tracked
-        pass
 
 
 def check_adaptive_total(algorithm: Algorithm, total_tokens: int | float, param: str) -> int:
