@@ -300,10 +300,17 @@ async def test_errors_raised_during_cancellation_are_all_kept(
         finally:
             raise KeyError("during cleanup")
 
-    with pytest.raises(ExceptionGroup) as info:
-        async with tf.open_task_group() as tg:
-            victim = await tg.spawn(cleanup_fails)
+    tg = tf.open_task_group()
+    handles: list[tf.TaskHandle[None]] = []
+
+    async def run() -> None:
+        async with tg:
+            handles.append(await tg.spawn(cleanup_fails))
             await tg.spawn(fail_after, 1, ValueError("first"))
+
+    with pytest.raises(ExceptionGroup) as info:
+        await run()
+    (victim,) = handles
     kinds = [type(e) for e in info.value.exceptions]
     assert kinds == [ValueError, KeyError]  # the first failure first
     with pytest.raises(KeyError, match="during cleanup"):
@@ -312,11 +319,17 @@ async def test_errors_raised_during_cancellation_are_all_kept(
 
 
 async def test_collect_policy_runs_everything(autojump_clock: trio.testing.MockClock) -> None:
-    with pytest.raises(ExceptionGroup, match="2 task\\(s\\) failed in task group 'c'") as info:
+    handles: list[tf.TaskHandle[str]] = []
+
+    async def run() -> None:
         async with tf.open_task_group(on_error="collect", name="c") as tg:
-            ok = await tg.spawn(value_after, 10, "done")
+            handles.append(await tg.spawn(value_after, 10, "done"))
             await tg.spawn(fail_after, 2, KeyError("b"))
             await tg.spawn(fail_after, 1, ValueError("a"))
+
+    with pytest.raises(ExceptionGroup, match="2 task\\(s\\) failed in task group 'c'") as info:
+        await run()
+    (ok,) = handles
     assert [type(e) for e in info.value.exceptions] == [ValueError, KeyError]
     assert ok.result() == "done"
     assert trio.current_time() == 10
@@ -325,11 +338,14 @@ async def test_collect_policy_runs_everything(autojump_clock: trio.testing.MockC
 async def test_collect_policy_body_error_is_kept_too(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    with pytest.raises(ExceptionGroup) as info:
+    async def run() -> None:
         async with tf.open_task_group(on_error="collect") as tg:
             await tg.spawn(fail_after, 0, ValueError("task"))
             await trio.sleep(1)
             raise OSError("body")
+
+    with pytest.raises(ExceptionGroup) as info:
+        await run()
     assert [type(e) for e in info.value.exceptions] == [ValueError, OSError]
 
 
@@ -337,11 +353,13 @@ async def test_collect_policy_does_not_swallow_base_exceptions() -> None:
     class Stop(BaseException):
         pass
 
-    with pytest.raises(BaseExceptionGroup) as info:
+    async def run() -> None:
         async with tf.open_task_group(on_error="collect") as tg:
             await tg.spawn(fail_after, 0, Stop())
             await trio.sleep_forever()
-    assert [type(e) for e in info.value.exceptions] == [Stop]
+
+    with pytest.RaisesGroup(Stop):
+        await run()
 
 
 # -- cancellation ---------------------------------------------------------------------------
@@ -354,7 +372,8 @@ async def test_handle_cancel_cancels_only_that_task(autojump_clock: trio.testing
         await trio.sleep(1)
         a.cancel()
         await a.wait()
-        assert a.cancelled and a.done
+        assert a.cancelled
+        assert a.done
         a.cancel()  # idempotent
     assert b.result() == "b"
     stats = tg.statistics()
@@ -431,7 +450,11 @@ async def test_registered_with_holders_and_waiters() -> None:
         ({"limit": True}, TypeError, "limit must be an int, a limiter or None, got True"),
         ({"limit": 2.5}, TypeError, "limit must be an int, a limiter or None, got 2.5"),
         ({"limit": "10"}, TypeError, "limit must be an int, a limiter or None, got '10'"),
-        ({"on_error": "ignore"}, ValueError, "on_error must be 'cancel' or 'collect', got 'ignore'"),
+        (
+            {"on_error": "ignore"},
+            ValueError,
+            "on_error must be 'cancel' or 'collect', got 'ignore'",
+        ),
         ({"name": 3}, TypeError, "name must be a str or None, got 3"),
     ],
 )

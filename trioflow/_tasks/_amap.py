@@ -96,9 +96,9 @@ class _Amap(Generic[T, R]):
         "_nursery",
         "_nursery_cm",
         "_ordered",
-        "_outcomes",
         "_out_recv",
         "_out_send",
+        "_outcomes",
         "_pending",
         "_rate",
         "_state",
@@ -166,7 +166,7 @@ class _Amap(Generic[T, R]):
             in_send, self._in_recv = trio.open_memory_channel[tuple[int, T]](0)
             nursery.start_soon(self._feeder, in_send, name=f"amap feeder of {self._fn_name()}")
         else:
-            self._iter = iter(items)  # pyright: ignore[reportArgumentType]
+            self._iter = iter(items)  # pyright: ignore[reportArgumentType, reportCallIssue, reportUnknownVariableType]
         self._workers = 1
         nursery.start_soon(self._worker, self._out_send, name=self._worker_name())
         return AmapResults(self)
@@ -225,9 +225,7 @@ class _Amap(Generic[T, R]):
         if (self._max is None or self._workers < self._max) and not self._exhausted:
             self._workers += 1
             assert self._nursery is not None
-            self._nursery.start_soon(
-                self._worker, self._out_send.clone(), name=self._worker_name()
-            )
+            self._nursery.start_soon(self._worker, self._out_send.clone(), name=self._worker_name())
 
     async def _worker(self, out: trio.MemorySendChannel[Any]) -> None:
         fn = self._fn
@@ -243,7 +241,11 @@ class _Amap(Generic[T, R]):
                     if self._exhausted:
                         return
                     if window is not None:
-                        await window.acquire()
+                        # no checkpoint needed here: out.send() below is one
+                        try:
+                            window.acquire_nowait()
+                        except trio.WouldBlock:
+                            await window.acquire()
                     try:
                         item = next(sync_source)
                     except StopIteration:
@@ -463,6 +465,7 @@ async def run_all(
         outcomes=outcomes,
         indexed=True,
     ) as pairs:
-        async for index, value in pairs:
+        async for pair in pairs:
+            index, value = pair  # pyright: ignore[reportGeneralTypeIssues, reportUnknownVariableType]
             results[index] = value
     return results

@@ -253,11 +253,9 @@ class TaskGroup:
         except BaseException as nursery_exc:
             if not self._failures:
                 raise
-            others = (
-                list(nursery_exc.exceptions)  # pyright: ignore[reportUnknownArgumentType, reportUnknownMemberType]
-                if isinstance(nursery_exc, BaseExceptionGroup)
-                else [nursery_exc]
-            )
+            others: list[BaseException] = [nursery_exc]
+            if isinstance(nursery_exc, BaseExceptionGroup):
+                others = list(nursery_exc.exceptions)  # pyright: ignore[reportUnknownArgumentType, reportUnknownMemberType]
             raise self._failure_group(others) from None
         finally:
             self._nursery = None
@@ -347,7 +345,9 @@ class TaskGroup:
         self._launch(handle, fn, args, name)
         return handle
 
-    async def start(self, fn: Callable[..., Awaitable[Any]], *args: object, name: object = None) -> Any:
+    async def start(
+        self, fn: Callable[..., Awaitable[Any]], *args: object, name: object = None
+    ) -> Any:
         """Start ``fn(*args, task_status=...)`` and wait until it calls ``task_status.started()``.
 
         Like :meth:`trio.Nursery.start`, with the group's slot taken first
@@ -378,7 +378,11 @@ class TaskGroup:
                 limiter.release_on_behalf_of(handle)
 
     def _launch(
-        self, handle: TaskHandle[Any], fn: Callable[..., Awaitable[Any]], args: tuple[object, ...], name: object
+        self,
+        handle: TaskHandle[Any],
+        fn: Callable[..., Awaitable[Any]],
+        args: tuple[object, ...],
+        name: object,
     ) -> None:
         try:
             nursery = self._open_nursery()
@@ -521,7 +525,11 @@ def _resolve_limit(limit: object, name: str) -> Any:
         return CapacityLimiter(limit, name=name)
     if all(
         callable(getattr(limit, method, None))
-        for method in ("acquire_on_behalf_of", "acquire_on_behalf_of_nowait", "release_on_behalf_of")
+        for method in (
+            "acquire_on_behalf_of",
+            "acquire_on_behalf_of_nowait",
+            "release_on_behalf_of",
+        )
     ):
         return limit
     raise_type("limit", "an int, a limiter or None", limit)
