@@ -197,6 +197,31 @@ async def test_first_error_cancels_the_rest_and_names_the_item(
     assert trio.current_time() == 0.5
 
 
+async def test_errors_raised_during_cancellation_are_kept(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def work(i: int) -> int:
+        if i == 0:
+            await trio.sleep(1)
+            raise ValueError("first")
+        try:
+            await trio.sleep_forever()
+        finally:
+            if i == 1:
+                raise KeyError("cleanup of 1")
+        return i
+
+    async def run() -> None:
+        async with tf.amap(work, range(3), max_at_once=3) as results:
+            async for _ in results:
+                pass
+
+    with pytest.raises(ExceptionGroup) as info:
+        await run()
+    assert [type(e) for e in info.value.exceptions] == [ValueError, KeyError]
+    assert info.value.exceptions[1].__notes__ == ["raised by amap's fn for item 1: 1"]
+
+
 async def test_outcomes_mode_runs_everything() -> None:
     async def work(i: int) -> int:
         await trio.sleep(0)

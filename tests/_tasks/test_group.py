@@ -199,7 +199,7 @@ async def test_limit_never_exceeded_randomized(seed: int) -> None:
     async with trio.open_nursery() as nursery:
         for _ in range(3):  # three groups share one limiter
             nursery.start_soon(run_group)
-    assert gauge.peak == limit  # reached, never exceeded (job() asserts it inside too)
+    assert gauge.peak <= limit  # job() also asserts it at every entry
     assert shared.borrowed_tokens == 0
     assert finished == 3 * n_jobs
     assert len(leaves) == n_fail

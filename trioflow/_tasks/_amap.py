@@ -103,6 +103,7 @@ class _Amap(Generic[T, R]):
         "_rate",
         "_state",
         "_window",
+        "_alive",
         "_workers",
     )
 
@@ -141,6 +142,7 @@ class _Amap(Generic[T, R]):
         self._exhausted = False
         self._index = 0
         self._workers = 0
+        self._alive = 0
         self._window: trio.Semaphore | None = None
         self._pending: dict[int, Any] = {}
         self._next_out = 0
@@ -167,8 +169,8 @@ class _Amap(Generic[T, R]):
             nursery.start_soon(self._feeder, in_send, name=f"amap feeder of {self._fn_name()}")
         else:
             self._iter = iter(items)  # pyright: ignore[reportArgumentType, reportCallIssue, reportUnknownVariableType]
-        self._workers = 1
-        nursery.start_soon(self._worker, self._out_send, name=self._worker_name())
+        self._workers = self._alive = 1
+        nursery.start_soon(self._worker, self._out_send.clone(), name=self._worker_name())
         return AmapResults(self)
 
     async def __aexit__(
@@ -201,7 +203,7 @@ class _Amap(Generic[T, R]):
         assert source is not None
         window = self._window
         try:
-            async with in_send:
+            with in_send:
                 index = 0
                 while True:
                     if window is not None:
@@ -224,10 +226,25 @@ class _Amap(Generic[T, R]):
         """One more worker, if the limit allows: called each time a worker takes an item."""
         if (self._max is None or self._workers < self._max) and not self._exhausted:
             self._workers += 1
+            self._alive += 1
             assert self._nursery is not None
             self._nursery.start_soon(self._worker, self._out_send.clone(), name=self._worker_name())
 
     async def _worker(self, out: trio.MemorySendChannel[Any]) -> None:
+        # A plain "with": aclose() would checkpoint, and a Cancelled raised
+        # there would replace an error this worker is raising.
+        with out:
+            try:
+                await self._work(out)
+            finally:
+                # Every worker sends on its own clone; the original stays open
+                # (for _grow to clone) until the last worker is gone, and only
+                # then can the consumer see the end of the results.
+                self._alive -= 1
+                if not self._alive:
+                    self._out_send.close()
+
+    async def _work(self, out: trio.MemorySendChannel[Any]) -> None:
         fn = self._fn
         rate = self._rate
         window = self._window
@@ -235,49 +252,51 @@ class _Amap(Generic[T, R]):
         outcomes = self._outcomes
         sync_source = self._iter
         in_recv = self._in_recv
-        async with out:
-            while True:
-                if sync_source is not None:
-                    if self._exhausted:
-                        return
+        while True:
+            if sync_source is not None:
+                if self._exhausted:
+                    return
+                if window is not None:
+                    # no checkpoint needed here: out.send() below is one
+                    try:
+                        window.acquire_nowait()
+                    except trio.WouldBlock:
+                        await window.acquire()
+                try:
+                    item = next(sync_source)
+                except StopIteration:
+                    self._exhausted = True
                     if window is not None:
-                        # no checkpoint needed here: out.send() below is one
-                        try:
-                            window.acquire_nowait()
-                        except trio.WouldBlock:
-                            await window.acquire()
-                    try:
-                        item = next(sync_source)
-                    except StopIteration:
-                        self._exhausted = True
-                        if window is not None:
-                            window.release()
-                        return
-                    index = self._index
-                    self._index = index + 1
-                else:
-                    assert in_recv is not None
-                    try:
-                        index, item = await in_recv.receive()
-                    except trio.EndOfChannel:
-                        self._exhausted = True
-                        return
-                self._grow()
-                if rate is not None:
-                    await rate.acquire()
-                if outcomes:
-                    try:
-                        value: Any = outcome.Value(await fn(item))
-                    except Exception as exc:
-                        value = outcome.Error(exc)
-                    value = value if self._indexed else (item, value)
-                else:
-                    try:
-                        value = await fn(item)
-                    except Exception as exc:
-                        exc.add_note(f"raised by amap's fn for item {index}: {_short_repr(item)}")
-                        raise
-                await out.send((index, value) if ordered else value)
+                        window.release()
+                    return
+                index = self._index
+                self._index = index + 1
+            else:
+                assert in_recv is not None
+                try:
+                    index, item = await in_recv.receive()
+                except trio.EndOfChannel:
+                    self._exhausted = True
+                    return
+            if rate is not None:
+                await rate.acquire()
+            # Grow only now: a worker waiting for a rate token must not
+            # make another one, or an unlimited crew would pile up behind
+            # the rate limiter.
+            self._grow()
+            if outcomes:
+                try:
+                    value: Any = outcome.Value(await fn(item))
+                except Exception as exc:
+                    value = outcome.Error(exc)
+                value = value if self._indexed else (item, value)
+            else:
+                try:
+                    value = await fn(item)
+                except Exception as exc:
+                    exc.add_note(f"raised by amap's fn for item {index}: {_short_repr(item)}")
+                    raise
+            await out.send((index, value) if ordered else value)
 
     # -- consuming -----------------------------------------------------------
 
