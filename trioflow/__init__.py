@@ -14,6 +14,11 @@ from ._admission._capacity import LimiterStatistics as LimiterStatistics
 from ._admission._face import Permit as Permit
 from ._admission._protocol import Limiter as Limiter
 
+# -- rate limits: how many start per second --
+from ._admission._rate import RateLimiter as RateLimiter
+from ._admission._rate import RateLimiterStatistics as RateLimiterStatistics
+from ._admission._rate import Reservation as Reservation
+
 # -- (later sections are added here, one block per building block) --
 from ._util import fixup_module_metadata as _fixup_module_metadata
 
