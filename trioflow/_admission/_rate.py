@@ -551,7 +551,26 @@ class RateLimiter:
         """
         if n != 1 or type(n) is not int:
             self._check_n(n)
-        if self._take_now(n, trio.current_time()):
+        now = trio.current_time()
+        if self._pending:
+            taken = self._take_now(n, now)
+        else:
+            # The hot path, _take_now inlined: nobody in line, so refill and take.
+            level = self._level
+            stamp = self._stamp
+            if now > stamp:
+                level += (now - stamp) * self._rate
+                if level > self._burst:
+                    level = self._burst
+            self._stamp = now
+            if level >= n:
+                self._level = level - n
+                self._granted += n
+                taken = True
+            else:
+                self._level = level
+                taken = False
+        if taken:
             # Granted at once: still a checkpoint, and a cancellation
             # delivered here gives the tokens straight back.
             try:
