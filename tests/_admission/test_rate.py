@@ -457,6 +457,52 @@ async def test_cancelled_slow_path_takes_nothing(autojump_clock: trio.testing.Mo
     assert trio.current_time() == pytest.approx(2.0)
 
 
+def test_cancel_racing_the_grant_gives_the_tokens_back() -> None:
+    """A waiter's wake-up, its cancellation and another task's settle, all at one instant.
+
+    At t=1 the waiter's token is due, its enclosing scope expires, and
+    another task (woken at the same instant) looks at the bucket. trio runs
+    the two tasks in random order, so across runs the waiter is sometimes
+    granted by the other task's settle *after* its abort, and must then give
+    the token back. Either way: the cancelled waiter ends with nothing, and
+    the token is in the bucket for the next caller.
+    """
+
+    async def main() -> tuple[bool, bool, int]:
+        r = tf.RateLimiter(1)
+        assert r.try_acquire()
+        got = False
+        peeked = False
+
+        async def waiter() -> None:
+            nonlocal got
+            with trio.move_on_at(1.0):
+                await r.acquire()
+                got = True
+
+        async def peeker() -> None:
+            nonlocal peeked
+            await trio.sleep_until(1.0)
+            peeked = r.try_acquire()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter)
+            nursery.start_soon(peeker)
+        # Whoever got the token at t=1 (the waiter, or the peeker), exactly one did.
+        leftover = r.try_acquire()
+        assert trio.current_time() == 1.0
+        return got, peeked, int(got) + int(peeked) + int(leftover)
+
+    outcomes = set()
+    for _ in range(60):
+        got, peeked, tokens_used = run_mock(main)
+        assert tokens_used == 1
+        outcomes.add((got, peeked))
+    # The waiter's scope always expires before it runs again; both orders happened
+    # (the chance that 60 runs all picked one order is 2**-59).
+    assert outcomes == {(False, False), (False, True)}
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     burst=st.integers(min_value=1, max_value=6),
@@ -752,6 +798,25 @@ async def test_granted_counts_tokens_net_of_give_backs(
     assert r.statistics().granted == 10
     res.cancel()
     assert r.statistics().granted == 5
+
+
+def test_configure_and_inspect_outside_trio_run() -> None:
+    """A module-level limiter can be tuned and inspected before trio.run, and from a thread."""
+    r = tf.RateLimiter(10, burst=4)
+    r.rate = 20
+    r.burst = 2  # drops tokens above the new size
+    stats = r.statistics()
+    assert (stats.rate, stats.burst, stats.tokens, stats.granted) == (20.0, 2, 2.0, 0)
+
+    async def use() -> tuple[float, tf.RateLimiterStatistics]:
+        for _ in range(4):
+            await r.acquire()
+        from_thread = await trio.to_thread.run_sync(r.statistics)
+        return trio.current_time(), from_thread
+
+    elapsed, from_thread = run_mock(use)
+    assert elapsed == pytest.approx(0.1)  # 2 at once, then 2 more at 20/s
+    assert from_thread.granted == 4
 
 
 def test_limiter_survives_more_than_one_trio_run() -> None:

@@ -77,6 +77,14 @@ class _Demand:
         self.scope: trio.CancelScope | None = None
 
 
+def _now_or_none() -> float | None:
+    """``trio.current_time()``, or ``None`` outside ``trio.run`` (or in another thread)."""
+    try:
+        return trio.current_time()
+    except RuntimeError:
+        return None
+
+
 def _check_rate(value: object, param: str = "rate") -> float:
     return check_positive_number(value, param)
 
@@ -303,9 +311,12 @@ class RateLimiter:
     @rate.setter
     def rate(self, value: float) -> None:
         rate = _check_rate(value)
-        self._settle(trio.current_time())
+        now = _now_or_none()
+        if now is not None:
+            self._settle(now)
         self._rate = rate
-        self._arm()
+        if now is not None:
+            self._arm()
 
     @property
     def burst(self) -> int:
@@ -323,7 +334,9 @@ class RateLimiter:
     @burst.setter
     def burst(self, value: int) -> None:
         burst = _check_burst(value)
-        self._settle(trio.current_time())
+        now = _now_or_none()
+        if now is not None:
+            self._settle(now)
         if self._pending:
             largest = max(d.n for d in self._queue if d.state == _PENDING)
             if largest > burst:
@@ -334,7 +347,8 @@ class RateLimiter:
         self._burst = burst
         if self._level > burst:
             self._level = float(burst)
-        self._arm()
+        if now is not None:
+            self._arm()
 
     def _check_n(self, n: int) -> None:
         check_weight(n, "n")
@@ -393,9 +407,8 @@ class RateLimiter:
             waiter.parked = False
             self._sleepers -= 1
             waiter.task.custom_sleep_data = None
-            scope = demand.scope
-            assert scope is not None
-            scope.deadline = math.inf
+            # Its scope's deadline (if armed) is left alone: the task leaves
+            # the scope before its next checkpoint, which unregisters it.
             trio.lowlevel.reschedule(waiter.task)
 
     def _due(self, demand: _Demand) -> float:
@@ -436,8 +449,10 @@ class RateLimiter:
             old.scope.deadline = math.inf
         self._armed = target
         if target is not None:
-            assert target.scope is not None
-            target.scope.deadline = due
+            scope = target.scope
+            assert scope is not None
+            if scope.deadline != due:
+                scope.deadline = due
 
     def _update(self, now: float) -> None:
         """Settle, and re-arm if anything is parked."""
@@ -661,13 +676,18 @@ class RateLimiter:
     # -- state -----------------------------------------------------------------
 
     def statistics(self) -> RateLimiterStatistics:
-        """A snapshot of the bucket now (call from trio's thread, inside ``trio.run``).
+        """A snapshot of the bucket's state.
 
-        Brings the bucket up to date first (which may wake waiters whose
-        time has come), so the figures are those of this instant.
+        Inside ``trio.run`` it brings the bucket up to date first (which may
+        wake waiters whose time has come), so the figures are those of this
+        instant. From another thread (a metrics exporter) or outside
+        ``trio.run`` it only reads: ``tokens`` is then as of the last call
+        that touched the bucket.
         """
-        self._update(trio.current_time())
-        queued = [d for d in self._queue if d.state == _PENDING]
+        now = _now_or_none()
+        if now is not None:
+            self._update(now)
+        queued = [d for d in list(self._queue) if d.state == _PENDING]
         return RateLimiterStatistics(
             name=self._name,
             rate=self._rate,
