@@ -167,6 +167,80 @@ async def test_endless_sync_source_with_consumer_that_stops() -> None:
                 break
 
 
+# -- max_per_second ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rate", [1, 4, 12.5])
+@pytest.mark.parametrize("max_at_once", [None, 2, 50])
+@pytest.mark.parametrize("source", ["sync", "async"])
+async def test_max_per_second_is_exact(
+    rate: float, max_at_once: int | None, source: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Each call takes less than two intervals, so two workers never slow the
+    # pace: starts must land exactly on k / rate.
+    starts: list[float] = []
+    interval = 1 / rate
+
+    async def work(i: int) -> int:
+        starts.append(trio.current_time())
+        await trio.sleep(interval * 1.5)
+        return i
+
+    items: Any = list(range(20)) if source == "sync" else aiter_of(list(range(20)))
+    async with tf.amap(work, items, max_at_once=max_at_once, max_per_second=rate) as results:
+        assert sorted([r async for r in results]) == list(range(20))
+    assert starts == pytest.approx([k * interval for k in range(20)])
+
+
+@pytest.mark.parametrize("seed", range(10))
+async def test_max_per_second_never_exceeded_randomized(
+    seed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    rng = random.Random(seed)
+    rate = rng.choice([0.5, 3, 10, 100])
+    starts: list[float] = []
+
+    async def work(i: int) -> int:
+        starts.append(trio.current_time())
+        await trio.sleep(rng.choice([0, 0.01, 1, 5]))
+        return i
+
+    async with tf.amap(
+        work, range(30), max_at_once=rng.choice([None, 1, 4]), max_per_second=rate
+    ) as results:
+        async for _ in results:
+            await trio.sleep(rng.choice([0, 0, 0.3]))  # a consumer of varying speed
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert min(gaps) >= 1 / rate - 1e-9
+
+
+async def test_unlimited_crew_does_not_pile_up_behind_the_rate(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # 10 starts a second, each call 1 s long: about 10 run at once. An
+    # endless source must not grow the crew past that.
+    async def work(i: int) -> int:
+        await trio.sleep(1)
+        return i
+
+    async with tf.amap(work, itertools.count(), max_per_second=10) as results:
+        async for r in results:
+            if r >= 100:
+                break
+        workers = int(repr(results).split(" workers")[0].rsplit(" ", 1)[1])
+    assert workers <= 13
+
+
+async def test_run_all_max_per_second(autojump_clock: trio.testing.MockClock) -> None:
+    starts: list[float] = []
+
+    async def stamp() -> None:
+        starts.append(trio.current_time())
+
+    await tf.run_all([stamp] * 5, max_per_second=2)
+    assert starts == [0, 0.5, 1.0, 1.5, 2.0]
+
+
 # -- errors -------------------------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ from typing import Any, Generic, Literal, TypeVar, final, overload
 import outcome
 import trio
 
+from .._admission._rate import RateLimiter
 from .._util import check_positive_number, raise_type
 
 __all__ = ["AmapResults", "amap", "run_all"]
@@ -84,8 +85,10 @@ class _Amap(Generic[T, R]):
 
     __slots__ = (
         "_aiter",
+        "_alive",
         "_exhausted",
         "_fn",
+        "_idle",
         "_in_recv",
         "_index",
         "_indexed",
@@ -103,7 +106,6 @@ class _Amap(Generic[T, R]):
         "_rate",
         "_state",
         "_window",
-        "_alive",
         "_workers",
     )
 
@@ -130,9 +132,10 @@ class _Amap(Generic[T, R]):
         self._items = items
         self._max = _check_max_at_once(max_at_once)
         rate = _check_max_per_second(max_per_second)
-        self._rate: Any = None
+        self._rate: RateLimiter | None = None
         if rate is not None:
-            self._rate = _make_rate_limiter(rate)
+            # burst=1: starts are spaced at least 1/rate apart, never bunched
+            self._rate = RateLimiter(rate, burst=1, name=f"amap {self._fn_name()}")
         self._ordered = ordered
         self._outcomes = outcomes
         self._indexed = indexed
@@ -143,6 +146,9 @@ class _Amap(Generic[T, R]):
         self._index = 0
         self._workers = 0
         self._alive = 0
+        #: workers not inside fn: looking for an item, waiting for a token,
+        #: or started and not yet running
+        self._idle = 0
         self._window: trio.Semaphore | None = None
         self._pending: dict[int, Any] = {}
         self._next_out = 0
@@ -169,7 +175,7 @@ class _Amap(Generic[T, R]):
             nursery.start_soon(self._feeder, in_send, name=f"amap feeder of {self._fn_name()}")
         else:
             self._iter = iter(items)  # pyright: ignore[reportArgumentType, reportCallIssue, reportUnknownVariableType]
-        self._workers = self._alive = 1
+        self._workers = self._alive = self._idle = 1
         nursery.start_soon(self._worker, self._out_send.clone(), name=self._worker_name())
         return AmapResults(self)
 
@@ -223,10 +229,11 @@ class _Amap(Generic[T, R]):
                     await aclose()
 
     def _grow(self) -> None:
-        """One more worker, if the limit allows: called each time a worker takes an item."""
+        """One more worker, if the limit allows: called when the last idle worker gets busy."""
         if (self._max is None or self._workers < self._max) and not self._exhausted:
             self._workers += 1
             self._alive += 1
+            self._idle += 1
             assert self._nursery is not None
             self._nursery.start_soon(self._worker, self._out_send.clone(), name=self._worker_name())
 
@@ -252,51 +259,61 @@ class _Amap(Generic[T, R]):
         outcomes = self._outcomes
         sync_source = self._iter
         in_recv = self._in_recv
-        while True:
-            if sync_source is not None:
-                if self._exhausted:
-                    return
-                if window is not None:
-                    # no checkpoint needed here: out.send() below is one
-                    try:
-                        window.acquire_nowait()
-                    except trio.WouldBlock:
-                        await window.acquire()
-                try:
-                    item = next(sync_source)
-                except StopIteration:
-                    self._exhausted = True
+        idle = True
+        try:
+            while True:
+                if sync_source is not None:
+                    if self._exhausted:
+                        return
                     if window is not None:
-                        window.release()
-                    return
-                index = self._index
-                self._index = index + 1
-            else:
-                assert in_recv is not None
-                try:
-                    index, item = await in_recv.receive()
-                except trio.EndOfChannel:
-                    self._exhausted = True
-                    return
-            if rate is not None:
-                await rate.acquire()
-            # Grow only now: a worker waiting for a rate token must not
-            # make another one, or an unlimited crew would pile up behind
-            # the rate limiter.
-            self._grow()
-            if outcomes:
-                try:
-                    value: Any = outcome.Value(await fn(item))
-                except Exception as exc:
-                    value = outcome.Error(exc)
-                value = value if self._indexed else (item, value)
-            else:
-                try:
-                    value = await fn(item)
-                except Exception as exc:
-                    exc.add_note(f"raised by amap's fn for item {index}: {_short_repr(item)}")
-                    raise
-            await out.send((index, value) if ordered else value)
+                        # no checkpoint needed here: out.send() below is one
+                        try:
+                            window.acquire_nowait()
+                        except trio.WouldBlock:
+                            await window.acquire()
+                    try:
+                        item = next(sync_source)
+                    except StopIteration:
+                        self._exhausted = True
+                        if window is not None:
+                            window.release()
+                        return
+                    index = self._index
+                    self._index = index + 1
+                else:
+                    assert in_recv is not None
+                    try:
+                        index, item = await in_recv.receive()
+                    except trio.EndOfChannel:
+                        self._exhausted = True
+                        return
+                if rate is not None and not rate.try_acquire():
+                    await rate.acquire()
+                # Busy now. Grow only when nobody else is idle: a worker still
+                # looking for an item or waiting for a rate token will take the
+                # next one, so an extra worker would only pile up behind it.
+                idle = False
+                self._idle -= 1
+                if not self._idle:
+                    self._grow()
+                if outcomes:
+                    try:
+                        value: Any = outcome.Value(await fn(item))
+                    except Exception as exc:
+                        value = outcome.Error(exc)
+                    value = value if self._indexed else (item, value)
+                else:
+                    try:
+                        value = await fn(item)
+                    except Exception as exc:
+                        exc.add_note(f"raised by amap's fn for item {index}: {_short_repr(item)}")
+                        raise
+                await out.send((index, value) if ordered else value)
+                idle = True
+                self._idle += 1
+        finally:
+            if idle:
+                self._idle -= 1
 
     # -- consuming -----------------------------------------------------------
 
@@ -324,10 +341,6 @@ class _Amap(Generic[T, R]):
     def __repr__(self) -> str:
         limit = "unlimited" if self._max is None else f"max_at_once={self._max}"
         return f"<amap of {self._fn_name()}, {limit}, {self._workers} workers, {self._state}>"
-
-
-def _make_rate_limiter(rate: float) -> Any:
-    raise NotImplementedError("max_per_second needs tf.RateLimiter, which has not landed yet")
 
 
 @overload
