@@ -67,12 +67,60 @@ async def test_empty_input() -> None:
             assert [r async for r in results] == []
 
 
-async def test_results_are_a_checkpoint() -> None:
+async def test_waiting_for_a_result_is_a_checkpoint() -> None:
     async with tf.amap(double, [1], max_at_once=1) as results:
         with trio.testing.assert_checkpoints():
             assert await results.__anext__() == 2
         with pytest.raises(StopAsyncIteration):
             await results.__anext__()
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+async def test_every_step_is_a_cancellation_point_that_loses_nothing(ordered: bool) -> None:
+    async def instant(x: int) -> int:
+        return x
+
+    async with tf.amap(instant, range(30), max_at_once=4, ordered=ordered) as results:
+        await trio.testing.wait_all_tasks_blocked()  # results are buffered now
+        for _ in range(3):
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await results.__anext__()
+                pytest.fail("a cancelled step must raise Cancelled")
+        got = [r async for r in results]
+    assert sorted(got) == list(range(30))
+    if ordered:
+        assert got == list(range(30))
+
+
+@pytest.mark.parametrize("max_at_once", [None, 4, 64])
+async def test_a_busy_consumer_still_lets_other_tasks_run(max_at_once: int | None) -> None:
+    # Results that are ready are handed over without a trip through the
+    # scheduler, but not more than 16 in a row: a sibling task keeps running.
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await trio.lowlevel.checkpoint()
+
+    async def instant(x: int) -> int:
+        return x  # no checkpoint at all
+
+    seen: list[int] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ticker)
+        async with tf.amap(instant, range(500), max_at_once=max_at_once) as results:
+            async for _ in results:
+                seen.append(ticks)
+        nursery.cancel_scope.cancel()
+    # The consumer yields at least once per 17 results (16 without a yield,
+    # then one that yields). Trio shuffles each pass's tasks, so the ticker
+    # may run before the consumer in one pass and after it in the next: two
+    # such bursts can share a tick.
+    longest = max(len(list(run)) for _, run in itertools.groupby(seen))
+    assert longest <= 2 * 17
 
 
 # -- limits and laziness ----------------------------------------------------------------------

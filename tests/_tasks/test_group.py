@@ -349,6 +349,38 @@ async def test_collect_policy_body_error_is_kept_too(
     assert [type(e) for e in info.value.exceptions] == [ValueError, OSError]
 
 
+async def test_collect_policy_failures_survive_an_outside_cancellation(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def run() -> None:
+        with trio.move_on_after(5):
+            async with tf.open_task_group(on_error="collect") as tg:
+                await tg.spawn(fail_after, 1, ValueError("before the cancel"))
+                await tg.spawn(trio.sleep_forever)
+
+    with pytest.RaisesGroup(pytest.RaisesExc(ValueError, match="before the cancel")):
+        await run()
+    assert trio.current_time() == 5
+
+
+async def test_tasks_may_spawn_after_the_body_ended(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    seen: list[int] = []
+
+    async def parent(tg: tf.TaskGroup) -> None:
+        await trio.sleep(1)  # the body has ended by now; the group is still open
+        await tg.spawn(child, 7)
+
+    async def child(n: int) -> None:
+        seen.append(n)
+
+    async with tf.open_task_group(limit=2) as tg:
+        await tg.spawn(parent, tg)
+    assert seen == [7]
+    assert tg.statistics().finished == 2
+
+
 async def test_collect_policy_does_not_swallow_base_exceptions() -> None:
     class Stop(BaseException):
         pass
