@@ -189,10 +189,12 @@ class TaskGroup:
     end and the group raises all failures together at exit. Either way no
     error is dropped, and :meth:`TaskHandle.result` re-raises each task's own.
 
-    Cost: ``start_soon`` + run of an empty task costs 1.5× a bare
-    ``nursery.start_soon`` (the task's own cancel scope is most of it, and
-    is what makes :meth:`TaskHandle.cancel` possible); see
-    ``bench/tasks.py`` and ``docs/benchmarks.md``.
+    Cost: spawn + run of an empty task is 1.55× a bare
+    ``nursery.start_soon`` with ``await spawn`` and 1.9× with
+    ``start_soon`` (anyio's task group: 2.9×), measured by
+    ``bench/tasks.py`` (``docs/benchmarks.md``). Most of it is the cancel
+    scope each task runs in, which is what makes :meth:`TaskHandle.cancel`
+    possible.
     """
 
     __slots__ = (
