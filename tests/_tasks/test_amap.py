@@ -208,6 +208,27 @@ async def test_endless_async_source_with_consumer_that_stops() -> None:
     assert live_tasks() == before
 
 
+async def test_source_cleanup_runs_and_cannot_hold_up_the_exit(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    cleanup: list[str] = []
+
+    async def source() -> AsyncIterator[int]:
+        try:
+            for i in itertools.count():
+                yield i
+        finally:
+            cleanup.append("started")
+            await trio.sleep(100)  # cancelled: the feeder is being cancelled
+            cleanup.append("never")
+
+    async with tf.amap(double, source(), max_at_once=2) as results:
+        async for _ in results:
+            break
+    assert cleanup == ["started"]
+    assert trio.current_time() == 0
+
+
 async def test_endless_sync_source_with_consumer_that_stops() -> None:
     async with tf.amap(double, itertools.count(), max_at_once=3) as results:
         async for r in results:

@@ -495,6 +495,24 @@ def test_bad_arguments(kwargs: dict[str, Any], exc: type[Exception], match: str)
         tf.open_task_group(**kwargs)
 
 
+async def test_not_an_async_function_frees_the_slot() -> None:
+    def sync_fn() -> None:
+        pass
+
+    async with tf.open_task_group(limit=1) as tg:
+        with pytest.raises(
+            TypeError, match=r"fn must be an async function, got <function .*sync_fn"
+        ):
+            tg.start_soon(sync_fn)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="which returned None rather than a coroutine"):
+            await tg.spawn(sync_fn)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="fn must be an async function, got 3"):
+            await tg.spawn(3)  # type: ignore[arg-type]
+        assert tg.limiter.borrowed_tokens == 0
+        await tg.spawn(trio.sleep, 0)
+    assert tg.statistics().finished == 1
+
+
 async def test_misuse_outside_the_block() -> None:
     tg = tf.open_task_group(name="x")
     with pytest.raises(RuntimeError, match="task group 'x' is not open"):

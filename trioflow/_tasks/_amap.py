@@ -271,8 +271,10 @@ class _Amap(Generic[T, R]):
             if aclose is not None:
                 # We made this iterator, so we close it (an async generator's
                 # finally blocks then run here, not in the garbage collector).
-                with trio.CancelScope(shield=True):
-                    await aclose()
+                # Not shielded: as anywhere in Trio, cleanup that awaits
+                # while the feeder is being cancelled is cancelled too, rather
+                # than holding up the exit for as long as it likes.
+                await aclose()
 
     def _grow(self) -> None:
         """One more worker, if the limit allows: called when the last idle worker gets busy."""

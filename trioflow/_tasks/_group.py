@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
 from typing import Any, Final, Generic, Literal, TypeVar, final
 
@@ -312,17 +312,24 @@ class TaskGroup:
             or after it exited).
         """
         self._open_nursery()
+        # Called here, as trio's start_soon does, so that a function that is
+        # not async fails at this call rather than inside the task.
+        coro = _call(fn, args)
         handle: TaskHandle[T] = TaskHandle(self)
         limiter = self._limiter
-        if limiter is None:
-            await trio.lowlevel.checkpoint()
-        else:
-            self._waiting += 1
-            try:
-                await limiter.acquire_on_behalf_of(handle)
-            finally:
-                self._waiting -= 1
-        self._launch(handle, fn, args, name)
+        try:
+            if limiter is None:
+                await trio.lowlevel.checkpoint()
+            else:
+                self._waiting += 1
+                try:
+                    await limiter.acquire_on_behalf_of(handle)
+                finally:
+                    self._waiting -= 1
+        except BaseException:
+            coro.close()
+            raise
+        self._launch(handle, coro, fn if name is None else name)
         return handle
 
     def start_soon(
@@ -344,7 +351,13 @@ class TaskGroup:
         limiter = self._limiter
         if limiter is not None:
             limiter.acquire_on_behalf_of_nowait(handle)
-        self._launch(handle, fn, args, name)
+        try:
+            coro = _call(fn, args)
+        except BaseException:
+            if limiter is not None:
+                limiter.release_on_behalf_of(handle)
+            raise
+        self._launch(handle, coro, fn if name is None else name)
         return handle
 
     async def start(
@@ -373,23 +386,22 @@ class TaskGroup:
                 self._waiting -= 1
         try:
             nursery = self._open_nursery()
-            return await nursery.start(self._run, handle, fn, args, name=name or fn)
+            return await nursery.start(
+                self._run, handle, fn, args, name=fn if name is None else name
+            )
         finally:
             if handle._state == _PENDING and limiter is not None:  # pyright: ignore[reportPrivateUsage]
                 # the task never ran, so its runner never gave the slot back
                 limiter.release_on_behalf_of(handle)
 
     def _launch(
-        self,
-        handle: TaskHandle[Any],
-        fn: Callable[..., Awaitable[Any]],
-        args: tuple[object, ...],
-        name: object,
+        self, handle: TaskHandle[Any], coro: Coroutine[Any, Any, Any], name: object
     ) -> None:
         try:
             nursery = self._open_nursery()
-            nursery.start_soon(self._run, handle, fn, args, name=name or fn)
+            nursery.start_soon(self._run, handle, coro, name=name)
         except BaseException:
+            coro.close()
             if self._limiter is not None:
                 self._limiter.release_on_behalf_of(handle)
             raise
@@ -399,13 +411,17 @@ class TaskGroup:
     async def _run(
         self,
         handle: TaskHandle[Any],
-        fn: Callable[..., Awaitable[Any]],
-        args: tuple[object, ...],
+        work: Any,
+        args: tuple[object, ...] = (),
         task_status: trio.TaskStatus[Any] | None = None,
     ) -> None:
-        # One runner for spawn/start_soon (no task_status) and start (trio
-        # passes task_status); one coroutine frame per task, not two.
-        status = None if task_status is None else _StatusProxy(task_status)
+        # One runner, one coroutine frame per task. spawn/start_soon pass the
+        # coroutine they made (``work``); start passes fn and args, and trio
+        # passes task_status, since fn must be called with it in this task.
+        status: _StatusProxy | None = None
+        if task_status is not None:
+            status = _StatusProxy(task_status)
+            work = work(*args, task_status=status)
         handle.task = trio.lowlevel.current_task()
         handle._state = _RUNNING  # pyright: ignore[reportPrivateUsage]
         running = self._running
@@ -414,15 +430,13 @@ class TaskGroup:
             # The handle's own scope is what TaskHandle.cancel() cancels.
             scope = handle._scope  # pyright: ignore[reportPrivateUsage]
             if scope.cancel_called:
-                # cancelled before it ran: fn is never called
+                # cancelled before it ran: its coroutine never takes a step
+                work.close()
                 self._cancelled += 1
                 handle._finish(_CANCELLED)  # pyright: ignore[reportPrivateUsage]
                 return
             with scope:
-                if status is None:
-                    value = await fn(*args)
-                else:
-                    value = await fn(*args, task_status=status)
+                value = await work
                 handle._value = value  # pyright: ignore[reportPrivateUsage]
                 handle._finish(_RETURNED)  # pyright: ignore[reportPrivateUsage]
                 return
@@ -513,6 +527,19 @@ class TaskGroup:
             f"<trioflow.TaskGroup {self._name!r} at {id(self):#x}, "
             f"{len(self._running)}{limit} running with {self._waiting} waiting>"
         )
+
+
+def _call(fn: Callable[..., Awaitable[Any]], args: tuple[object, ...]) -> Coroutine[Any, Any, Any]:
+    """``fn(*args)``, checked to be a coroutine (what trio can run as a task)."""
+    if not callable(fn):
+        raise_type("fn", "an async function", fn)
+    coro = fn(*args)
+    if not isinstance(coro, Coroutine):
+        raise TypeError(
+            f"fn must be an async function, got {fn!r}, which returned {coro!r} "
+            "rather than a coroutine"
+        )
+    return coro  # pyright: ignore[reportUnknownVariableType]
 
 
 def _resolve_limit(limit: object, name: str) -> Any:
