@@ -70,7 +70,7 @@ class _Demand:
 
     def __init__(self, n: int, state: int) -> None:
         self.n: Final = n
-        self.state = state
+        self.state: int = state
         #: The parked task's record (what ``task.custom_sleep_data`` holds), once a task waits.
         self.waiter: Waiter | None = None
         #: The waiting task's current cancel scope; its deadline is the wake-up timer.
