@@ -21,15 +21,18 @@ from the late wake-up. This is the batch wake that keeps 10,000/s exact on
 a machine whose shortest sleep is about 1.1 ms, where one sleep per token
 would lose most of the rate.
 
-Who wakes up at a due time? Not a background task (there is none): the first
-*parked* waiter in line is "armed" — its own cancel scope gets a deadline at
-its due time (:meth:`RateLimiter._arm`). When that deadline fires, the
-waiter's abort function keeps its place in line, the waiter settles the
-bucket (granting itself and every follower that the elapsed time pays for),
-and arms the next parked waiter. Anything that moves due times — a rate or
-burst change, a cancelled waiter, a cancelled reservation giving tokens
-back — settles and re-arms at once, so changes take effect for waiters that
-are already parked.
+Who wakes up at a due time? Not a background task (there is none): a parked
+waiter's own cancel scope serves as the alarm clock (:meth:`RateLimiter._arm`
+sets its deadline to the first parked waiter's due time). When it fires, the
+waiter's abort function keeps its place in line; the waiter settles the
+bucket (granting the head and every follower that the elapsed time pays
+for) and re-arms. Entering a cancel scope costs about as much as a
+checkpoint, so only one waiter per millisecond's worth of tokens parks in
+one (``_ALARM_SPACING``); the others park bare. If no parked waiter has a
+scope, the first in line is woken to park again with one ("promotion").
+Anything that moves due times — a rate or burst change, a cancelled waiter,
+a cancelled reservation giving tokens back — settles and re-arms at once, so
+changes take effect for waiters that are already parked.
 
 Why demands wait in a queue rather than borrowing against the future (as
 Go's ``x/time/rate`` does by letting ``tokens`` go negative): the queue lets
