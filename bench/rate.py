@@ -20,6 +20,9 @@ of REPEATS.
 Part 2, overhead: ``await limiter.acquire()`` on a limiter whose rate never
 limits, as a ratio to one bare ``trio.lowlevel.checkpoint()`` (the floor for
 any call that must be a checkpoint), median of repeats in rotating order.
+Also shown: an empty ``async def`` that only awaits a checkpoint — the floor
+for any *method* that is a checkpoint, since the coroutine layer alone costs
+something.
 
     python bench/rate.py [--repeats N] [--window S] [--quick]
 """
@@ -165,6 +168,17 @@ async def loop_checkpoint() -> float:
     return (time.perf_counter() - t0) / N_OVERHEAD
 
 
+async def _wrapper() -> None:
+    await trio.lowlevel.checkpoint()
+
+
+async def loop_wrapper() -> float:
+    t0 = time.perf_counter()
+    for _ in range(N_OVERHEAD):
+        await _wrapper()
+    return (time.perf_counter() - t0) / N_OVERHEAD
+
+
 async def loop_acquire() -> float:
     limiter = tf.RateLimiter(1e15, burst=1)
     t0 = time.perf_counter()
@@ -194,6 +208,7 @@ async def loop_try_acquire() -> float:
 def overhead(repeats: int) -> None:
     cases = {
         "checkpoint()": loop_checkpoint,
+        "async def f(): await checkpoint()": loop_wrapper,
         "await acquire()": loop_acquire,
         "async with limiter": loop_async_with,
         "try_acquire() + checkpoint()": loop_try_acquire,
@@ -208,7 +223,7 @@ def overhead(repeats: int) -> None:
     print(f"\nnon-limiting acquire ({N_OVERHEAD:,} calls, median of {repeats})")
     for name in names:
         med = statistics.median(times[name])
-        print(f"  {name:30s} {med * 1e6:7.3f} µs   {med / base:5.2f}x a checkpoint")
+        print(f"  {name:34s} {med * 1e6:7.3f} µs   {med / base:5.2f}x a checkpoint")
 
 
 def main() -> None:

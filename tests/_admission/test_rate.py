@@ -503,8 +503,119 @@ def test_cancel_racing_the_grant_gives_the_tokens_back() -> None:
     assert outcomes == {(False, False), (False, True)}
 
 
+async def test_scopeless_waiter_is_promoted_when_the_alarm_leaves(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Above 1000/s a waiter right behind the alarm parks without a timer of its own.
+
+    When the alarm is cancelled, the next waiter must be woken to take over
+    the timer; otherwise it would wait forever (here: fail_after fails).
+    """
+    r = tf.RateLimiter(10_000)
+    assert r.try_acquire()
+    alarm_scope = trio.CancelScope()
+    done: list[float] = []
+
+    async def alarm() -> None:
+        with alarm_scope:
+            await r.acquire()
+
+    async def follower() -> None:
+        await r.acquire()
+        done.append(trio.current_time())
+
+    with trio.fail_after(1):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(alarm)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(follower)
+            await trio.testing.wait_all_tasks_blocked()
+            alarm_scope.cancel()
+    assert done == pytest.approx([1e-4])
+
+
+def test_promoted_waiter_granted_before_it_runs() -> None:
+    """The alarm is cancelled; in the same instant a ready reservation gives its token back.
+
+    Depending on trio's (random) order, the follower is granted either
+    after being promoted to alarm and before running, or directly. Either
+    way it gets the token at once, and the cancelled alarm gets nothing.
+    """
+
+    async def main() -> tuple[list[float], int]:
+        r = tf.RateLimiter(10_000)
+        held = r.reserve()  # ready: holds the only token
+        alarm_scope = trio.CancelScope()
+        done: list[float] = []
+
+        async def alarm() -> None:
+            with alarm_scope:
+                await r.acquire()
+
+        async def follower() -> None:
+            await r.acquire()
+            done.append(trio.current_time())
+
+        with trio.fail_after(1):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(alarm)
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(follower)
+                await trio.testing.wait_all_tasks_blocked()
+                alarm_scope.cancel()
+                await trio.lowlevel.checkpoint()  # runs in one batch with the alarm's exit
+                held.cancel()
+        return done, r.statistics().granted
+
+    for _ in range(40):
+        done, granted = run_mock(main)
+        assert done == [0.0]
+        assert granted == 1
+
+
+def test_reservation_cancelled_as_its_waiter_wakes() -> None:
+    """The waiter's alarm fires and, in the same instant, another task cancels the reservation.
+
+    trio runs the two in random order: either the waiter got the tokens
+    first (and cancel() does nothing), or the cancel came first and the
+    waiter raises RuntimeError. Never both, never neither.
+    """
+
+    async def main() -> tuple[bool, bool]:
+        r = tf.RateLimiter(1)
+        assert r.try_acquire()
+        res = r.reserve()
+        outcome: list[bool] = []
+
+        async def waiter() -> None:
+            try:
+                await res.wait()
+            except RuntimeError:
+                outcome.append(False)
+            else:
+                outcome.append(True)
+
+        async def canceller() -> None:
+            await trio.sleep_until(1.0)
+            res.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter)
+            nursery.start_soon(canceller)
+        assert r.statistics().tokens_queued == 0
+        return outcome[0], res.cancelled
+
+    seen = set()
+    for _ in range(60):
+        got, cancelled = run_mock(main)
+        assert got != cancelled
+        seen.add(got)
+    assert seen == {True, False}
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
+    rate=st.sampled_from([10.0, 3000.0, 50_000.0]),
     burst=st.integers(min_value=1, max_value=6),
     cancels=st.lists(
         st.tuples(st.floats(min_value=0, max_value=40), st.floats(min_value=0, max_value=3)),
@@ -516,6 +627,7 @@ def test_cancel_racing_the_grant_gives_the_tokens_back() -> None:
     ),
 )
 def test_cancellations_never_leak_or_lose_tokens(
+    rate: float,
     burst: int,
     cancels: list[tuple[float, float]],
     reservations: list[tuple[float, float]],
@@ -526,9 +638,12 @@ def test_cancellations_never_leak_or_lose_tokens(
     still total r*T + b (± the largest n): a cancelled waiter or reservation
     neither keeps tokens nor makes the bucket lose any. Trio randomizes the
     order of tasks woken at the same instant, so each example is also a
-    different interleaving.
+    different interleaving. Above 1000/s most waiters park without a cancel
+    scope of their own (only every millisecond's worth is an alarm), so the
+    high rates exercise alarms deeper in line and promotions.
     """
-    rate, T = 10.0, 50.0
+    scale = 10.0 / rate  # the drawn times are for 10/s; T is 500 tokens' worth
+    T = 50.0 * scale
 
     async def main() -> tuple[int, int]:
         r = tf.RateLimiter(rate, burst=burst)
@@ -542,14 +657,14 @@ def test_cancellations_never_leak_or_lose_tokens(
 
         async def cancelled_waiter(start: float, patience: float) -> None:
             nonlocal got
-            await trio.sleep(start)
-            with trio.move_on_after(patience):
+            await trio.sleep(start * scale)
+            with trio.move_on_after(patience * scale):
                 await r.acquire(burst)
                 got += burst
 
         async def cancelled_reservation(start: float, after: float) -> None:
             nonlocal got
-            await trio.sleep(start)
+            await trio.sleep(start * scale)
             res = r.reserve(burst)
             if res.ready:
                 before = r.statistics().tokens
@@ -557,13 +672,13 @@ def test_cancellations_never_leak_or_lose_tokens(
                 assert res.cancelled
                 assert r.statistics().tokens == pytest.approx(before + burst)
             else:
-                with trio.move_on_after(after):
+                with trio.move_on_after(after * scale):
                     await res.wait()  # pending; maybe cancelled while waiting
                     got += burst
 
         with trio.move_on_at(T):
             async with trio.open_nursery() as nursery:
-                for _ in range(3):
+                for _ in range(3 if rate < 1000 else 40):
                     nursery.start_soon(looper)
                 for start, patience in cancels:
                     nursery.start_soon(cancelled_waiter, start, patience)
@@ -628,6 +743,7 @@ async def test_reservation_delay_and_ready(autojump_clock: trio.testing.MockCloc
     assert third.delay == pytest.approx(1.5)
     assert repr(second) == "<trioflow.Reservation n=1 pending of 'api'>"
     await trio.sleep(0.5)
+    assert second.delay == 0  # due now: reading the delay grants it
     assert second.ready
     assert not third.ready
     assert third.delay == pytest.approx(1.0)
@@ -820,7 +936,11 @@ def test_configure_and_inspect_outside_trio_run() -> None:
 
 
 def test_limiter_survives_more_than_one_trio_run() -> None:
-    """trio gives each run a random clock offset; a module-level limiter must cope."""
+    """Each trio.run has its own clock (trio even randomizes the real one's offset).
+
+    A module-level limiter used across runs must neither hang when the new
+    clock is behind the old one nor misbehave when it is far ahead.
+    """
     r = tf.RateLimiter(10, burst=2)
 
     async def use() -> float:
@@ -829,9 +949,14 @@ def test_limiter_survives_more_than_one_trio_run() -> None:
             await r.acquire()
         return trio.current_time() - start
 
-    assert run_mock(use) == pytest.approx(0.2)
-    elapsed = trio.run(use)  # real clock, offset unrelated to the MockClock's
-    assert elapsed < 5  # not stuck waiting for a clock from another run
+    def run_at(offset: float) -> float:
+        clock = trio.testing.MockClock(autojump_threshold=0)
+        clock.jump(offset)
+        return trio.run(use, clock=clock)
+
+    assert run_at(0) == pytest.approx(0.2)  # 2 at once, then 2 at 10/s
+    assert run_at(100_000) == pytest.approx(0.2)  # far ahead: the bucket refilled
+    assert run_at(0) == pytest.approx(0.4)  # behind: no refill, and no hang
 
 
 # -- the real clock ------------------------------------------------------------------

@@ -21,15 +21,18 @@ from the late wake-up. This is the batch wake that keeps 10,000/s exact on
 a machine whose shortest sleep is about 1.1 ms, where one sleep per token
 would lose most of the rate.
 
-Who wakes up at a due time? Not a background task (there is none): the first
-*parked* waiter in line is "armed" — its own cancel scope gets a deadline at
-its due time (:meth:`RateLimiter._arm`). When that deadline fires, the
-waiter's abort function keeps its place in line, the waiter settles the
-bucket (granting itself and every follower that the elapsed time pays for),
-and arms the next parked waiter. Anything that moves due times — a rate or
-burst change, a cancelled waiter, a cancelled reservation giving tokens
-back — settles and re-arms at once, so changes take effect for waiters that
-are already parked.
+Who wakes up at a due time? Not a background task (there is none): a parked
+waiter's own cancel scope serves as the alarm clock (:meth:`RateLimiter._arm`
+sets its deadline to the first parked waiter's due time). When it fires, the
+waiter's abort function keeps its place in line; the waiter settles the
+bucket (granting the head and every follower that the elapsed time pays
+for) and re-arms. Entering a cancel scope costs about as much as a
+checkpoint, so only one waiter per millisecond's worth of tokens parks in
+one (``_ALARM_SPACING``); the others park bare. If no parked waiter has a
+scope, the first in line is woken to park again with one ("promotion").
+Anything that moves due times — a rate or burst change, a cancelled waiter,
+a cancelled reservation giving tokens back — settles and re-arms at once, so
+changes take effect for waiters that are already parked.
 
 Why demands wait in a queue rather than borrowing against the future (as
 Go's ``x/time/rate`` does by letting ``tokens`` go negative): the queue lets
@@ -62,15 +65,28 @@ _GRANTED: Final = 1  # tokens taken from the bucket, not yet used
 _USED: Final = 2  # a task got the tokens (acquire or Reservation.wait returned)
 _CANCELLED: Final = 3  # withdrawn, or its tokens given back
 
+#: Parked waiters sit in a cancel scope (whose deadline can wake them: an
+#: "alarm") only every this many seconds' worth of tokens along the line.
+#: Entering a scope costs about as much as a checkpoint, so at 10,000/s giving
+#: one to every waiter would double the cost of each grant; one alarm per
+#: millisecond of tokens matches how often a wake-up can happen anyway (the
+#: shortest sleep here takes ~1.1 ms), so the alarm that fires is usually the
+#: head of a batch, which it grants together with the followers that are due.
+_ALARM_SPACING: Final = 0.001
+
 
 class _Demand:
     """One request for ``n`` tokens: queued, granted, used or cancelled."""
 
-    __slots__ = ("n", "scope", "state", "waiter")
+    __slots__ = ("alarm", "n", "pos", "scope", "state", "waiter")
 
-    def __init__(self, n: int, state: int) -> None:
+    def __init__(self, n: int, state: int, pos: int = 0) -> None:
         self.n: Final = n
-        self.state = state
+        self.state: int = state
+        #: Tokens enqueued on the limiter up to and including this demand.
+        self.pos: Final = pos
+        #: True once its task parks inside a cancel scope that can serve as the alarm.
+        self.alarm: bool = False
         #: The parked task's record (what ``task.custom_sleep_data`` holds), once a task waits.
         self.waiter: Waiter | None = None
         #: The waiting task's current cancel scope; its deadline is the wake-up timer.
@@ -259,12 +275,16 @@ class RateLimiter:
 
     __slots__ = (
         "__weakref__",
+        "_alarms",
         "_armed",
         "_burst",
+        "_enqueued",
         "_granted",
+        "_last_alarm_pos",
         "_level",
         "_name",
         "_pending",
+        "_promoted",
         "_queue",
         "_rate",
         "_seq",
@@ -289,6 +309,14 @@ class RateLimiter:
         self._sleepers = 0
         #: the parked demand whose scope deadline is the next wake-up
         self._armed: _Demand | None = None
+        #: demands whose tasks park inside a cancel scope (alarm candidates), in line order
+        self._alarms: deque[_Demand] = deque()
+        #: ``pos`` of the last demand that became an alarm candidate
+        self._last_alarm_pos = 0
+        #: tokens enqueued so far (gives each demand its ``pos``)
+        self._enqueued = 0
+        #: a scope-less waiter woken to become the alarm, not yet re-parked
+        self._promoted: _Demand | None = None
         self._granted = 0
         self._seq = 0
         _registry.register(self)
@@ -402,6 +430,8 @@ class RateLimiter:
         self._granted += demand.n
         if demand is self._armed:
             self._armed = None
+        if demand is self._promoted:
+            self._promoted = None
         waiter = demand.waiter
         if waiter is not None and waiter.parked:
             waiter.parked = False
@@ -429,8 +459,15 @@ class RateLimiter:
         return self._stamp + need / self._rate if need > 0 else self._stamp
 
     def _arm(self) -> None:
-        """Give the first parked waiter a wake-up at its due time (call right after a settle)."""
-        target: _Demand | None = None
+        """Set the alarm to the due time of the first parked waiter (call right after a settle).
+
+        The alarm is the first parked waiter that sits in a cancel scope;
+        usually the head itself, at worst a few places behind it, in which
+        case it wakes at the head's due time, settles (granting the head and
+        whoever else is due) and parks again. If no parked waiter has a
+        scope, the first one is woken to park again with one ("promoted").
+        """
+        first: _Demand | None = None
         due = math.inf
         if self._sleepers:
             cumulative = 0
@@ -440,10 +477,25 @@ class RateLimiter:
                 cumulative += d.n
                 waiter = d.waiter
                 if waiter is not None and waiter.parked:
-                    target = d
+                    first = d
                     need = cumulative - self._level
                     due = self._stamp + need / self._rate if need > 0 else self._stamp
                     break
+        target: _Demand | None = None
+        if first is not None:
+            alarms = self._alarms
+            while alarms and alarms[0].state != _PENDING:
+                alarms.popleft()
+            for d in alarms:
+                waiter = d.waiter
+                assert waiter is not None
+                if waiter.parked:
+                    target = d
+                    break
+                # A candidate that is awake (its alarm just fired, or it was
+                # cancelled) will settle and re-arm itself when it runs.
+                first = None
+                break
         old = self._armed
         if old is not None and old is not target and old.scope is not None:
             old.scope.deadline = math.inf
@@ -453,6 +505,16 @@ class RateLimiter:
             assert scope is not None
             if scope.deadline != due:
                 scope.deadline = due
+        elif first is not None and self._promoted is None:
+            # Nobody parked can wake up by itself: wake the first in line so
+            # it parks again inside a scope.
+            waiter = first.waiter
+            assert waiter is not None
+            waiter.parked = False
+            self._sleepers -= 1
+            waiter.task.custom_sleep_data = None
+            self._promoted = first
+            trio.lowlevel.reschedule(waiter.task)
 
     def _update(self, now: float) -> None:
         """Settle, and re-arm if anything is parked."""
@@ -475,10 +537,13 @@ class RateLimiter:
         self._pending -= 1
         if demand is self._armed:
             self._armed = None
+        if demand is self._promoted:
+            self._promoted = None
         self._update(trio.current_time())
 
     def _enqueue(self, n: int) -> _Demand:
-        demand = _Demand(n, _PENDING)
+        self._enqueued += n
+        demand = _Demand(n, _PENDING, self._enqueued)
         self._queue.append(demand)
         self._pending += 1
         return demand
@@ -528,6 +593,28 @@ class RateLimiter:
 
         try:
             while demand.state == _PENDING:
+                if self._promoted is demand:
+                    self._promoted = None
+                elif not demand.alarm and self._armed is not None:
+                    # Wanted as an alarm candidate only if it is far enough
+                    # behind the last one (see _ALARM_SPACING).
+                    spacing = self._rate * _ALARM_SPACING
+                    if demand.pos - self._last_alarm_pos < spacing:
+                        waiter.parked = True
+                        self._sleepers += 1
+                        task.custom_sleep_data = waiter
+                        self._arm()
+                        await trio.lowlevel.wait_task_rescheduled(abort)
+                        if demand.state == _PENDING:
+                            # Promoted, or cancelled: settle, then park again
+                            # (or leave, from the except clause below).
+                            self._settle(trio.current_time())
+                        continue
+                if not demand.alarm:
+                    demand.alarm = True
+                    self._alarms.append(demand)
+                    if demand.pos > self._last_alarm_pos:
+                        self._last_alarm_pos = demand.pos
                 scope = demand.scope = trio.CancelScope()
                 waiter.parked = True
                 self._sleepers += 1
@@ -536,8 +623,8 @@ class RateLimiter:
                 with scope:
                     await trio.lowlevel.wait_task_rescheduled(abort)
                 if demand.state == _PENDING:
-                    # Our deadline fired: pay out everything that is due by now,
-                    # ourselves first, and arm whoever is next.
+                    # Our deadline fired: pay out everything that is due by now
+                    # (the head first, maybe us), and arm whoever is next.
                     self._update(trio.current_time())
         except BaseException:
             if demand.state == _PENDING:
