@@ -50,14 +50,26 @@ class TaskHandle(Generic[T_co]):
     dropping it loses nothing but the result.
     """
 
-    __slots__ = ("__weakref__", "_error", "_event", "_group", "_scope", "_state", "_value", "task")
+    __slots__ = (
+        "__weakref__",
+        "_cancel_requested",
+        "_error",
+        "_event",
+        "_group",
+        "_scope",
+        "_state",
+        "_value",
+        "task",
+    )
 
     def __init__(self, group: TaskGroup) -> None:
         self._group: Final = group
         self._state = _PENDING
         self._value: Any = None
         self._error: BaseException | None = None
-        self._scope = trio.CancelScope()
+        # Made when the task starts, so a task waiting to run carries none.
+        self._scope: trio.CancelScope | None = None
+        self._cancel_requested = False
         self._event: trio.Event | None = None
         #: The :class:`trio.lowlevel.Task` once it started, else ``None``.
         self.task: trio.lowlevel.Task | None = None
@@ -105,7 +117,10 @@ class TaskHandle(Generic[T_co]):
         cancelled task is not a failure: under ``on_error="cancel"`` the
         group is not cancelled by it. Idempotent; does nothing once it is done.
         """
-        self._scope.cancel()
+        if self._scope is None:
+            self._cancel_requested = True
+        else:
+            self._scope.cancel()
 
     async def wait(self) -> None:
         """Block until the task is done (returned, failed or cancelled).
@@ -139,7 +154,7 @@ class TaskGroupStatistics:
     """How many of its tasks may run at once (the limiter's ``total_tokens``), or ``None``."""
 
     running: int
-    """Tasks started and not finished."""
+    """Tasks spawned and not finished (each holds a slot of the limit, if any)."""
 
     waiting: int
     """Calls parked in :meth:`TaskGroup.spawn` / :meth:`TaskGroup.start` waiting for a slot."""
@@ -209,7 +224,6 @@ class TaskGroup:
         "_nursery",
         "_nursery_cm",
         "_on_error",
-        "_running",
         "_waiting",
     )
 
@@ -224,8 +238,6 @@ class TaskGroup:
         self._nursery: trio.Nursery | None = None
         self._nursery_cm: Any = None
         self._entered = False
-        #: handle -> None, for every task that started and has not finished
-        self._running: dict[TaskHandle[Any], None] = {}
         self._waiting = 0
         self._finished = 0
         self._failed = 0
@@ -424,17 +436,15 @@ class TaskGroup:
             work = work(*args, task_status=status)
         handle.task = trio.lowlevel.current_task()
         handle._state = _RUNNING  # pyright: ignore[reportPrivateUsage]
-        running = self._running
-        running[handle] = None
         try:
             # The handle's own scope is what TaskHandle.cancel() cancels.
-            scope = handle._scope  # pyright: ignore[reportPrivateUsage]
-            if scope.cancel_called:
+            if handle._cancel_requested:  # pyright: ignore[reportPrivateUsage]
                 # cancelled before it ran: its coroutine never takes a step
                 work.close()
                 self._cancelled += 1
                 handle._finish(_CANCELLED)  # pyright: ignore[reportPrivateUsage]
                 return
+            scope = handle._scope = trio.CancelScope()  # pyright: ignore[reportPrivateUsage]
             with scope:
                 value = await work
                 handle._value = value  # pyright: ignore[reportPrivateUsage]
@@ -461,7 +471,6 @@ class TaskGroup:
             raise
         finally:
             self._finished += 1
-            del running[handle]
             if self._limiter is not None:
                 self._limiter.release_on_behalf_of(handle)
 
@@ -491,13 +500,18 @@ class TaskGroup:
         """
         return self._open_nursery().cancel_scope
 
+    def _running(self) -> int:
+        # The nursery already keeps the set of live tasks: no second copy.
+        nursery = self._nursery
+        return 0 if nursery is None else len(nursery.child_tasks)
+
     def statistics(self) -> TaskGroupStatistics:
         """A snapshot of the group (plain reads; safe from any thread)."""
         limiter = self._limiter
         return TaskGroupStatistics(
             name=self._name,
             limit=None if limiter is None else limiter.total_tokens,
-            running=len(self._running),
+            running=self._running(),
             waiting=self._waiting,
             finished=self._finished,
             failed=self._failed,
@@ -505,7 +519,10 @@ class TaskGroup:
         )
 
     def _trioflow_holders(self) -> list[Holding]:
-        return [Holding(h.task, 1) for h in list(self._running) if h.task is not None]
+        nursery = self._nursery
+        if nursery is None:
+            return []
+        return [Holding(task, 1) for task in nursery.child_tasks]
 
     def _trioflow_waiters(self) -> list[Waiting]:
         # Spawners park on the limiter's queue with their handle as borrower;
@@ -525,7 +542,7 @@ class TaskGroup:
         limit = "" if limiter is None else f"/{limiter.total_tokens}"
         return (
             f"<trioflow.TaskGroup {self._name!r} at {id(self):#x}, "
-            f"{len(self._running)}{limit} running with {self._waiting} waiting>"
+            f"{self._running()}{limit} running with {self._waiting} waiting>"
         )
 
 
