@@ -220,6 +220,7 @@ class TaskGroup:
         "_failures",
         "_finished",
         "_limiter",
+        "_live",
         "_name",
         "_nursery",
         "_nursery_cm",
@@ -239,6 +240,9 @@ class TaskGroup:
         self._nursery_cm: Any = None
         self._entered = False
         self._waiting = 0
+        #: tasks spawned and not finished (a plain int: statistics() may be
+        #: read from another thread, where the nursery's set is not safe)
+        self._live = 0
         self._finished = 0
         self._failed = 0
         self._cancelled = 0
@@ -396,15 +400,18 @@ class TaskGroup:
                 await limiter.acquire_on_behalf_of(handle)
             finally:
                 self._waiting -= 1
+        self._live += 1
         try:
             nursery = self._open_nursery()
             return await nursery.start(
                 self._run, handle, fn, args, name=fn if name is None else name
             )
         finally:
-            if handle._state == _PENDING and limiter is not None:  # pyright: ignore[reportPrivateUsage]
+            if handle._state == _PENDING:  # pyright: ignore[reportPrivateUsage]
                 # the task never ran, so its runner never gave the slot back
-                limiter.release_on_behalf_of(handle)
+                self._live -= 1
+                if limiter is not None:
+                    limiter.release_on_behalf_of(handle)
 
     def _launch(
         self, handle: TaskHandle[Any], coro: Coroutine[Any, Any, Any], name: object
@@ -412,6 +419,7 @@ class TaskGroup:
         try:
             nursery = self._open_nursery()
             nursery.start_soon(self._run, handle, coro, name=name)
+            self._live += 1
         except BaseException:
             coro.close()
             if self._limiter is not None:
@@ -471,6 +479,7 @@ class TaskGroup:
             raise
         finally:
             self._finished += 1
+            self._live -= 1
             if self._limiter is not None:
                 self._limiter.release_on_behalf_of(handle)
 
@@ -500,18 +509,13 @@ class TaskGroup:
         """
         return self._open_nursery().cancel_scope
 
-    def _running(self) -> int:
-        # The nursery already keeps the set of live tasks: no second copy.
-        nursery = self._nursery
-        return 0 if nursery is None else len(nursery.child_tasks)
-
     def statistics(self) -> TaskGroupStatistics:
         """A snapshot of the group (plain reads; safe from any thread)."""
         limiter = self._limiter
         return TaskGroupStatistics(
             name=self._name,
             limit=None if limiter is None else limiter.total_tokens,
-            running=self._running(),
+            running=self._live,
             waiting=self._waiting,
             finished=self._finished,
             failed=self._failed,
@@ -542,7 +546,7 @@ class TaskGroup:
         limit = "" if limiter is None else f"/{limiter.total_tokens}"
         return (
             f"<trioflow.TaskGroup {self._name!r} at {id(self):#x}, "
-            f"{self._running()}{limit} running with {self._waiting} waiting>"
+            f"{self._live}{limit} running with {self._waiting} waiting>"
         )
 
 
