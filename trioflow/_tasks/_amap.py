@@ -477,9 +477,9 @@ def amap(
     Raises:
       TypeError / ValueError: at this call, for a bad argument.
 
-    Cost: about 5–7 µs per item with 10 workers, 5–9× less than
+    Cost: about 5–7 µs per item with 10 workers, 5.7–9.3× less than
     ``aiometer.amap`` on the same run (``bench/tasks.py``,
-    ``docs/benchmarks.md``); an async source adds one hop (about 13 µs).
+    ``docs/benchmarks.md``); an async source adds one hop (13–16 µs in all).
     """
     return _Amap(
         fn,

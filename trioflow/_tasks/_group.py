@@ -204,9 +204,9 @@ class TaskGroup:
     end and the group raises all failures together at exit. Either way no
     error is dropped, and :meth:`TaskHandle.result` re-raises each task's own.
 
-    Cost: spawn + run of an empty task is 1.55× a bare
-    ``nursery.start_soon`` with ``await spawn`` and 1.9× with
-    ``start_soon`` (anyio's task group: 2.9×), measured by
+    Cost: spawn + run of an empty task is 1.4–1.8× a bare
+    ``nursery.start_soon`` with ``await spawn`` and 1.9–2.5× with
+    ``start_soon`` (anyio's task group: 2.6–3.1×), measured by
     ``bench/tasks.py`` (``docs/benchmarks.md``). Most of it is the cancel
     scope each task runs in, which is what makes :meth:`TaskHandle.cancel`
     possible.
