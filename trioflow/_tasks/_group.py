@@ -43,7 +43,7 @@ def _is_cancellation(exc: BaseException) -> bool:
 
 @final
 class TaskHandle(Generic[T_co]):
-    """One task of a :class:`TaskGroup`: whether it is done, its result, a way to cancel it.
+    """A claim ticket for one task of a :class:`TaskGroup`: is it done, its result, cancel it.
 
     Returned by :meth:`TaskGroup.spawn` and :meth:`TaskGroup.start_soon`. The
     task runs in the group's nursery whatever you do with the handle;
