@@ -146,14 +146,16 @@ def accuracy(rates: list[float], window: float, repeats: int) -> None:
         ideal1 = rate * window + 1
         print(f"\n{rate:,.0f}/s for {window:g} s (ideal at burst 1: {ideal1:,.0f} calls)")
         print(
-            f"  {'':34s} {'calls':>8s} {'vs own ideal':>13s} {'vs burst-1':>11s} {'max in 10 ms':>13s}"
+            f"  {'':34s} {'calls':>8s} {'(min-max)':>15s} {'vs own ideal':>13s}"
+            f" {'vs burst-1':>11s} {'max in 10 ms':>13s}"
         )
         for name in names:
             own = rate * window + SIDES[name][1](rate)
             med = statistics.median(counts[name])
             peak = statistics.median(peaks[name])
+            spread = f"({min(counts[name]):,}-{max(counts[name]):,})"
             print(
-                f"  {name:34s} {med:8,.0f} {med / own:12.4f}x {med / ideal1:10.4f}x"
+                f"  {name:34s} {med:8,.0f} {spread:>15s} {med / own:12.4f}x {med / ideal1:10.4f}x"
                 f" {peak:8,.0f} (ideal {rate * 0.01 + SIDES[name][1](rate):,.0f})"
             )
 
