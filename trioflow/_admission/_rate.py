@@ -752,8 +752,9 @@ class RateLimiter:
             return
         await self._park(demand)
 
-    async def __aenter__(self) -> None:
-        await self.acquire(1)
+    # ``async with limiter:`` takes one token. An alias rather than a method
+    # that awaits acquire(): one coroutine layer less on the hot path.
+    __aenter__ = acquire
 
     async def __aexit__(
         self,
