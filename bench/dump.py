@@ -1,0 +1,162 @@
+"""How long does a task dump take, and what does trioflow's bookkeeping cost?
+
+1. ``tf.debug.dump_tasks()`` (and ``format()``) on programs of 1k / 10k /
+   100k tasks in mixed states: parked on a trioflow limiter, a trio Lock,
+   a memory channel, an Event, sleeping, and runnable; nested two nurseries
+   deep. Beside it, stackscope 0.2 (``stackscope.extract(root,
+   recurse_child_tasks=True)``, then ``format()``) on the same program,
+   where it is installed and where it finishes within --stackscope-max
+   tasks (it is ~100x slower).
+2. The cost the debug bookkeeping adds to a contended limiter acquire: 1000
+   tasks on 10 tokens, with and without ``tf.debug.install()`` active (its
+   spawn instrument and deadlock check), ratio of medians, rotating order.
+
+    python bench/dump.py [--repeats N] [--sizes 1000,10000,100000] [--stackscope-max 10000]
+
+Prints medians in ms and the ratio stackscope / trioflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Any
+
+import trio
+import trio.testing
+
+import trioflow as tf
+
+try:
+    import stackscope  # pyright: ignore
+
+    HAVE_STACKSCOPE = True
+except ImportError:  # pragma: no cover
+    HAVE_STACKSCOPE = False
+
+
+async def build(nursery: trio.Nursery, n: int) -> list[Any]:
+    """n tasks in mixed states, returns what keeps them parked."""
+    limiter = tf.CapacityLimiter(1, name="api")
+    lock = trio.Lock()
+    event = trio.Event()
+    send, receive = trio.open_memory_channel[int](0)
+    await limiter.acquire()
+    await lock.acquire()
+
+    async def on_limiter() -> None:
+        async with limiter:
+            pass
+
+    async def on_lock() -> None:
+        async with lock:
+            pass
+
+    async def on_channel() -> None:
+        await receive.receive()
+
+    async def on_event() -> None:
+        await event.wait()
+
+    async def sleeper() -> None:
+        await trio.sleep(3600)
+
+    async def group(k: int) -> None:
+        async with trio.open_nursery() as inner:
+            for i in range(k):
+                fn = (on_limiter, on_lock, on_channel, on_event, sleeper)[i % 5]
+                inner.start_soon(fn)
+            await event.wait()
+
+    per = 100
+    for _ in range(n // per):
+        nursery.start_soon(group, per - 1)
+    await trio.testing.wait_all_tasks_blocked()
+    return [limiter, lock, event, send, receive]
+
+
+def time_dump(n: int, repeats: int, use_stackscope: bool) -> dict[str, float]:
+    out: dict[str, list[float]] = {"dump": [], "format": [], "stackscope": []}
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            keep = await build(nursery, n)
+            for r in range(repeats):
+                order = ["tf", "ss"] if r % 2 == 0 else ["ss", "tf"]
+                for side in order:
+                    if side == "tf":
+                        t0 = time.perf_counter()
+                        d = tf.debug.dump_tasks()
+                        t1 = time.perf_counter()
+                        d.format()
+                        t2 = time.perf_counter()
+                        out["dump"].append(t1 - t0)
+                        out["format"].append(t2 - t1)
+                    elif use_stackscope:
+                        t0 = time.perf_counter()
+                        st = stackscope.extract(  # pyright: ignore
+                            trio.lowlevel.current_root_task(), recurse_child_tasks=True
+                        )
+                        st.format()  # pyright: ignore
+                        out["stackscope"].append(time.perf_counter() - t0)
+            nursery.cancel_scope.cancel()
+            del keep
+
+    trio.run(main)
+    return {k: statistics.median(v) * 1000 for k, v in out.items() if v}
+
+
+def contended(installed: bool) -> float:
+    async def main() -> float:
+        if installed:
+            tf.debug.install(signal=None)
+        limiter = tf.CapacityLimiter(10)
+
+        async def worker() -> None:
+            for _ in range(10):
+                async with limiter:
+                    await trio.lowlevel.checkpoint()
+
+        t0 = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for _ in range(1000):
+                nursery.start_soon(worker)
+        return (time.perf_counter() - t0) / 10_000
+
+    return trio.run(main)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--sizes", default="1000,10000,100000")
+    parser.add_argument("--stackscope-max", type=int, default=10_000)
+    args = parser.parse_args()
+    print(f"stackscope available: {HAVE_STACKSCOPE}")
+    for n in [int(s) for s in args.sizes.split(",")]:
+        use_ss = HAVE_STACKSCOPE and n <= args.stackscope_max
+        reps = args.repeats if n <= 10_000 else max(2, args.repeats // 2)
+        res = time_dump(n, reps, use_ss)
+        line = (
+            f"{n:>7} tasks: dump_tasks {res['dump']:8.1f} ms   format {res['format']:8.1f} ms"
+        )
+        if "stackscope" in res:
+            ratio = res["stackscope"] / (res["dump"] + res["format"])
+            line += f"   stackscope {res['stackscope']:9.1f} ms ({ratio:.0f}x dump+format)"
+        print(line)
+
+    runs: dict[bool, list[float]] = {False: [], True: []}
+    for r in range(args.repeats * 2 + 1):
+        for side in (False, True) if r % 2 == 0 else (True, False):
+            runs[side].append(contended(side))
+    base = statistics.median(runs[False])
+    inst = statistics.median(runs[True])
+    print(
+        f"contended acquire (1000 tasks / 10 tokens): plain {base * 1e6:.2f} us, "
+        f"with install() {inst * 1e6:.2f} us, ratio {inst / base:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
