@@ -371,19 +371,29 @@ def find_leaks(dump: TaskDump | None = None, *, collect: bool = True) -> list[Le
         if r.other_holders and _exited_task_holders(r.obj, live_tasks):
             suspects.append((r, None))
         for hid in r.holders:
-            task = live_tasks.get(hid)
-            if task is not None and not _task_refers(task, r.obj):
-                suspects.append((r, by_id[hid]))
+            suspects.append((r, by_id[hid]))
     if suspects:
         gens = _suspended_async_gens()
         for r, holder in suspects:
+            task = None if holder is None else live_tasks.get(holder.id)
+            if (
+                task is not None
+                and not _is_running(task)
+                and any(_in_block(o, r.obj) for o in _owners(task))
+            ):
+                continue  # inside its async with: the normal case
             where = _held_in_generator(r.obj, gens)
-            if holder is None:
+            if where:
+                detail = (
+                    "held by a suspended async generator, outside any frame of the "
+                    f"holding task: {where}"
+                )
+            elif holder is None:
                 detail = "held by a task that has exited"
+            elif task is not None and _task_holds_in_block(task, r.obj):
+                continue  # acquired by hand, still referenced: assume it will release
             else:
                 detail = "held, but no frame of the holding task is inside a block that took it"
-            if where:
-                detail += f"; a suspended async generator holds it: {where}"
             out.append(Leak("held", holder, r.describe(), detail))
     return out
 
@@ -406,29 +416,69 @@ def _exited_task_holders(obj: object, live: dict[int, Task]) -> bool:
     return any(isinstance(b, Task) and id(b) not in alive for b in borrowers)
 
 
-def _refers(container: object, obj: object) -> bool:
-    """Does ``container`` (a coroutine, generator or frame) refer to ``obj``
-    directly, or through one object (a bound ``__aexit__``, ``self``, a
-    ``hold()`` context)?"""
+def _in_block(container: object, obj: object) -> bool:
+    """Is ``container`` (a coroutine or generator) inside an ``async with`` on ``obj``?
+
+    An active ``async with`` keeps the bound ``__aexit__`` on the frame's
+    value stack, which the gc shows among the container's referents:
+    ``obj.__aexit__`` itself, or that of a context object (``obj.hold()``)
+    one of whose fields is ``obj``.
+    """
     for r in gc.get_referents(container):
-        if r is obj:
+        if type(r) is not types.MethodType or r.__func__.__name__ != "__aexit__":
+            continue
+        cm: Any = r.__self__
+        if cm is obj or _field_is(cm, obj):
             return True
-        if type(r) is types.MethodType and r.__self__ is obj:
-            return True
-        inner: Any = getattr(r, "__self__", r)
-        d = getattr(inner, "__dict__", None)
-        if isinstance(d, dict) and any(v is obj for v in d.values()):  # pyright: ignore[reportUnknownVariableType]
-            return True
-        for slot in getattr(type(inner), "__slots__", ()):
+    return False
+
+
+def _field_is(inner: object, obj: object) -> bool:
+    d = getattr(inner, "__dict__", None)
+    if isinstance(d, dict) and any(v is obj for v in d.values()):  # pyright: ignore[reportUnknownVariableType]
+        return True
+    for klass in type(inner).__mro__:
+        for slot in klass.__dict__.get("__slots__", ()):
             if isinstance(slot, str) and getattr(inner, slot, None) is obj:
                 return True
     return False
 
 
-def _task_refers(task: Task, obj: object) -> bool:
+def _refers(container: object, obj: object) -> bool:
+    """Does ``container`` refer to ``obj`` directly or through one object (``self.limiter``)?"""
+    for r in gc.get_referents(container):
+        if r is obj or getattr(r, "__self__", None) is obj or _field_is(r, obj):
+            return True
+    return False
+
+
+def _is_running(task: Task) -> bool:
+    try:
+        return trio.lowlevel.current_task() is task
+    except RuntimeError:
+        return False
+
+
+def _owners(task: Task) -> list[object]:
+    """The coroutines/generators of a suspended ``task``'s stack, outermost first."""
     from ._dump import iter_frames
 
-    return any(_refers(owner, obj) for _f, owner in iter_frames(task))
+    return [owner for _f, owner in iter_frames(task)]
+
+
+def _task_holds_in_block(task: Task, obj: object) -> bool:
+    """Does some frame of ``task`` still have ``obj`` in hand?"""
+    if _is_running(task):
+        # An executing frame's value stack (where ``async with`` keeps
+        # ``__aexit__``) is invisible to the gc: look at its locals instead.
+        from ._dump import running_frames
+
+        frames = running_frames(task) or []
+        return any(
+            v is obj or _field_is(v, obj) for f in frames for v in f.f_locals.values()
+        )
+    owners = _owners(task)
+    return any(_in_block(o, obj) for o in owners) or any(_refers(o, obj) for o in owners)
 
 
 def _suspended_async_gens() -> list[types.AsyncGeneratorType[Any, Any]]:
@@ -441,7 +491,7 @@ def _suspended_async_gens() -> list[types.AsyncGeneratorType[Any, Any]]:
 
 def _held_in_generator(obj: object, gens: list[types.AsyncGeneratorType[Any, Any]]) -> str:
     for g in gens:
-        if _refers(g, obj):
+        if _in_block(g, obj):
             f = g.ag_frame
             return f"{g.__qualname__} at {f.f_code.co_filename}:{f.f_lineno}"
     return ""

@@ -186,6 +186,24 @@ def iter_frames(task: Task) -> Iterator[tuple[types.FrameType, object]]:
     return _iter_from(task.coro)
 
 
+def running_frames(task: Task) -> list[types.FrameType] | None:
+    """The running task's frames from the thread stack, innermost first
+    (so that ``pop()`` gives the outermost), without this package's own."""
+    coro: Any = task.coro
+    target = getattr(coro, "cr_frame", None)
+    if target is None:
+        return None
+    out: list[types.FrameType] = []
+    f: types.FrameType | None = sys._getframe(1)  # pyright: ignore[reportPrivateUsage]
+    while f is not None:
+        if not f.f_code.co_filename.startswith(_HERE_DIR):
+            out.append(f)
+        if f is target:
+            return out
+        f = f.f_back
+    return None
+
+
 def _iter_from(coro: Any) -> Iterator[tuple[types.FrameType, object]]:
     while coro is not None:
         t = type(coro)
@@ -339,6 +357,11 @@ def _dump(
         # inlined: this loop is the dump's whole cost.
         coro: Any = task.coro
         extra: list[types.FrameType] | None = None
+        if task is current:
+            # A running coroutine chain has no cr_await links: read the
+            # thread's own stack instead (which also shows the exact line a
+            # signal interrupted).
+            extra = running_frames(task)
         while True:
             if extra is not None:
                 if not extra:
@@ -547,8 +570,8 @@ def record_spawn(task: Task) -> None:
         parent = trio.lowlevel.current_task()
     except RuntimeError:  # spawned by the run itself (<init>)
         return
-    rec = record(task)
-    rec.created_by = CreatedBy(record(parent).id, parent.name, spawn_frame(in_machinery))
+    parent_id = record(parent).id  # first, so a parent's id is below its children's
+    record(task).created_by = CreatedBy(parent_id, parent.name, spawn_frame(in_machinery))
 
 
 def in_machinery(filename: str) -> bool:

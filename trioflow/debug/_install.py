@@ -26,7 +26,6 @@ import sys
 import threading
 import time
 import traceback
-import weakref
 from types import FrameType, TracebackType
 from typing import Any, TextIO
 
@@ -48,15 +47,17 @@ class _Instrument(trio.abc.Instrument):
     """Spawn records and the global deadlock check; no per-step hooks."""
 
     def __init__(self, owner: Installed) -> None:
-        self._owner = weakref.ref(owner)
+        # Strong: the run's instrument list keeps what install() set up alive
+        # even when the caller drops the handle.
+        self._owner = owner
         self._reported = False
 
     def task_spawned(self, task: Task) -> None:
         record_spawn(task)
 
     def before_io_wait(self, timeout: float) -> None:
-        owner = self._owner()
-        if owner is None or owner.on_deadlock == "ignore" or timeout == 0:
+        owner = self._owner
+        if owner.on_deadlock == "ignore" or timeout == 0:
             return
         found = all_tasks_asleep()
         if found is None:
@@ -75,9 +76,7 @@ class _Instrument(trio.abc.Instrument):
             os._exit(2)  # as Go does on "all goroutines are asleep"
 
     def after_run(self) -> None:
-        owner = self._owner()
-        if owner is not None:
-            owner.uninstall()
+        self._owner.uninstall()
 
 
 class Installed:
