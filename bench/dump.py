@@ -138,9 +138,7 @@ def main() -> None:
         use_ss = HAVE_STACKSCOPE and n <= args.stackscope_max
         reps = args.repeats if n <= 10_000 else max(2, args.repeats // 2)
         res = time_dump(n, reps, use_ss)
-        line = (
-            f"{n:>7} tasks: dump_tasks {res['dump']:8.1f} ms   format {res['format']:8.1f} ms"
-        )
+        line = f"{n:>7} tasks: dump_tasks {res['dump']:8.1f} ms   format {res['format']:8.1f} ms"
         if "stackscope" in res:
             ratio = res["stackscope"] / (res["dump"] + res["format"])
             line += f"   stackscope {res['stackscope']:9.1f} ms ({ratio:.0f}x dump+format)"

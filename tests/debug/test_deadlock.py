@@ -47,7 +47,7 @@ async def test_two_limiters_taken_crosswise() -> None:
     assert {t.name for t in dl.tasks} == {"worker-1", "worker-2"}
     assert {r.name for r in dl.resources if r is not None} == {"a", "b"}
     # cycle order: each task waits on what the next one holds
-    for i, t in enumerate(dl.tasks):
+    for i in range(len(dl.tasks)):
         nxt = dl.tasks[(i + 1) % len(dl.tasks)]
         res = dl.resources[i]
         assert res is not None
@@ -57,7 +57,8 @@ async def test_two_limiters_taken_crosswise() -> None:
     for t in dl.tasks:
         assert f'task {t.id} "{t.name}":' in report
         assert t.format() in report  # the stacks follow
-    assert "waiting on limiter 'a'" in report and "waiting on limiter 'b'" in report
+    assert "waiting on limiter 'a'" in report
+    assert "waiting on limiter 'b'" in report
     assert "which is held by task" in report
 
 
@@ -88,6 +89,7 @@ async def test_mixed_ring_of_three() -> None:
         nursery.start_soon(take, a, b, name="t1")
         nursery.start_soon(take, b, c, name="t2")
         nursery.start_soon(take, c, a, name="t3")
+        await trio.testing.wait_all_tasks_blocked()
         # and one that merely waits behind the ring: not part of it
         nursery.start_soon(take, a, b, name="behind")
         await trio.testing.wait_all_tasks_blocked()

@@ -13,9 +13,7 @@ import trioflow as tf
 from trioflow import _registry
 from trioflow.debug import BlockedOn, TaskDump, TaskInfo, dump_tasks
 
-SCHEMA = json.loads(
-    (pathlib.Path(tf.debug.__file__).parent / "taskdump.schema.json").read_text()
-)
+SCHEMA = json.loads((pathlib.Path(tf.debug.__file__).parent / "taskdump.schema.json").read_text())
 
 
 def running(dump: TaskDump) -> TaskInfo:
@@ -36,7 +34,7 @@ async def test_every_kind_of_wait_is_named(autojump_clock: trio.testing.MockCloc
     trio_limiter = trio.CapacityLimiter(1)
     sem = trio.Semaphore(0)
     done = trio.Event()
-    send, receive = trio.open_memory_channel[int](0)
+    _send, receive = trio.open_memory_channel[int](0)
     send2, _receive2 = trio.open_memory_channel[int](0)
     a, b = trio.socket.socketpair()
 
@@ -75,10 +73,10 @@ async def test_every_kind_of_wait_is_named(autojump_clock: trio.testing.MockCloc
 
         assert by_name(dump, "holder").blocked_on == BlockedOn("event", "done", done)
         assert sorted(by_name(dump, "holder").holding) == [
-            "capacity limiter <%#x>" % id(trio_limiter),
+            f"capacity limiter <{id(trio_limiter):#x}>",
             "limiter 'api'",
             "limiter 'db'",
-            "lock 'the_lock' <%#x>" % id(the_lock),
+            f"lock 'the_lock' <{id(the_lock):#x}>",
         ]
         t = by_name(dump, "on-api")
         assert t.state == "blocked"
@@ -176,7 +174,8 @@ async def test_created_by_is_recorded_only_with_install() -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(trio.sleep_forever, name="before")
         with tf.debug.install(signal=None):
-            nursery.start_soon(trio.sleep_forever, name="after"); line = _line()  # fmt: skip
+            line = _line() + 1
+            nursery.start_soon(trio.sleep_forever, name="after")
             await trio.testing.wait_all_tasks_blocked()
             dump = dump_tasks()
         me = running(dump)
@@ -228,9 +227,10 @@ async def test_format_goroutine_style(autojump_clock: trio.testing.MockClock) ->
         (first,) = [t for t in dump.tasks if t.holding == ["limiter 'db'"]]
         others = sorted(t.name for t in dump.tasks if t.name.startswith("enrich") and t != first)
         text = first.format().splitlines()
-        assert text[0] == f'task {first.id} "{first.name}" [waiting on limiter \'api\', 2.4s]:'
+        assert text[0] == f"task {first.id} \"{first.name}\" [waiting on limiter 'api', 2.4s]:"
         assert text[1] == "LimiterFace.__aenter__(...)"
-        assert text[2].startswith("\t") and "trioflow/_admission/_face.py:" in text[2]
+        assert text[2].startswith("\t")
+        assert "trioflow/_admission/_face.py:" in text[2]
         assert text[3] == "test_format_goroutine_style.<locals>.enrich(...)"
         assert text[4].startswith(f"\t{__file__}:")
         assert "holding limiter 'db'" in text
@@ -240,7 +240,7 @@ async def test_format_goroutine_style(autojump_clock: trio.testing.MockClock) ->
 
         grouped = dump.format(group=True)
         # enrich-1 and -2 wait on db, held by enrich-0: same stack, same wait
-        assert f"2 tasks [waiting on limiter 'db', 2.4s]: \"{others[0]}\", \"{others[1]}\"" in grouped
+        assert f'2 tasks [waiting on limiter \'db\', 2.4s]: "{others[0]}", "{others[1]}"' in grouped
         assert f"1 tasks [waiting on limiter 'api', 2.4s]: \"{first.name}\"" in grouped
         api.release()
         nursery.cancel_scope.cancel()
@@ -339,7 +339,7 @@ async def test_any_registered_primitive_shows_by_kind_and_name(
         await trio.sleep(0.5)
         t = by_name(dump_tasks(), "caller")
         assert t.blocked_on == BlockedOn("rate limiter", "x", bucket)
-        assert t.header() == f'task {t.id} "caller" [waiting on rate limiter \'x\', 0.5s]:'
+        assert t.header() == f"task {t.id} \"caller\" [waiting on rate limiter 'x', 0.5s]:"
         nursery.cancel_scope.cancel()
 
 

@@ -29,7 +29,8 @@ async def test_receiver_whose_senders_were_all_dropped_unclosed() -> None:
         assert len(leaks) == 1
         leak = leaks[0]
         assert leak.kind == "channel"
-        assert leak.task is not None and leak.task.name == "consumer"
+        assert leak.task is not None
+        assert leak.task.name == "consumer"
         assert leak.resource.startswith("channel receive 'receive'")
         assert "every send end was garbage-collected without being closed" in leak.detail
         assert str(leak).startswith(f'leak: task {leak.task.id} "consumer": channel receive')
@@ -67,7 +68,8 @@ async def test_token_held_by_a_suspended_async_generator() -> None:
     assert leaks[0].kind == "held"
     assert leaks[0].resource == "limiter 'api'"
     assert "held by a suspended async generator" in leaks[0].detail
-    assert "rows" in leaks[0].detail and __file__ in leaks[0].detail
+    assert "rows" in leaks[0].detail
+    assert __file__ in leaks[0].detail
     await gen.aclose()
     assert find_leaks() == []
 
@@ -134,3 +136,6 @@ async def test_token_kept_by_a_task_that_exited() -> None:
     assert [(lk.kind, lk.resource, lk.detail) for lk in leaks] == [
         ("held", "limiter 'api'", "held by a task that has exited")
     ]
+    (gone,) = api.statistics().borrowers
+    api.release_on_behalf_of(gone)
+    assert find_leaks() == []

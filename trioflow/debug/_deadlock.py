@@ -474,9 +474,7 @@ def _task_holds_in_block(task: Task, obj: object) -> bool:
         from ._dump import running_frames
 
         frames = running_frames(task) or []
-        return any(
-            v is obj or _field_is(v, obj) for f in frames for v in f.f_locals.values()
-        )
+        return any(v is obj or _field_is(v, obj) for f in frames for v in f.f_locals.values())
     owners = _owners(task)
     return any(_in_block(o, obj) for o in owners) or any(_refers(o, obj) for o in owners)
 
@@ -493,5 +491,6 @@ def _held_in_generator(obj: object, gens: list[types.AsyncGeneratorType[Any, Any
     for g in gens:
         if _in_block(g, obj):
             f = g.ag_frame
-            return f"{g.__qualname__} at {f.f_code.co_filename}:{f.f_lineno}"
+            where = "" if f is None else f" at {f.f_code.co_filename}:{f.f_lineno}"
+            return f"{g.__qualname__}{where}"
     return ""

@@ -44,6 +44,7 @@ _TRIOFLOW_DIR = os.path.dirname(os.path.dirname(__file__)) + os.sep
 
 # -- stable task ids ---------------------------------------------------------
 
+
 class _Record:
     """What trioflow remembers about one task while it lives."""
 
@@ -206,7 +207,7 @@ def running_frames(task: Task) -> list[types.FrameType] | None:
 
 def _iter_from(coro: Any) -> Iterator[tuple[types.FrameType, object]]:
     while coro is not None:
-        t = type(coro)
+        t: type[Any] = type(coro)  # pyright: ignore[reportUnknownVariableType]
         if t is _CoroutineType:
             f = coro.cr_frame
             if f is not None:
@@ -219,8 +220,8 @@ def _iter_from(coro: Any) -> Iterator[tuple[types.FrameType, object]]:
             coro = coro.gi_yieldfrom
         elif t.__name__ in ("async_generator_asend", "async_generator_athrow"):
             for ref in gc.get_referents(coro):
-                if type(ref) is types.AsyncGeneratorType:
-                    agen: Any = ref
+                agen: Any = ref
+                if type(agen) is types.AsyncGeneratorType:
                     if agen.ag_frame is not None:
                         yield agen.ag_frame, agen
                     coro = agen.ag_await
@@ -374,7 +375,7 @@ def _dump(
                 coro = coro.cr_await
             elif type(coro) is generator_type:
                 f = coro.gi_frame
-                coro = coro.gi_yieldfrom
+                coro = coro.gi_yieldfrom  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
             else:  # an async generator's asend/athrow, or something unknown
                 extra = [fr for fr, _ in _iter_from(coro)]
                 extra.reverse()

@@ -20,6 +20,7 @@ Everything stops when the ``trio.run`` ends (``after_run``) or on
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal as _signal
 import sys
@@ -138,10 +139,8 @@ class Installed:
             return
         self._installed = False
         self._stop.set()
-        try:
+        with contextlib.suppress(KeyError, RuntimeError):  # already gone with the run
             trio.lowlevel.remove_instrument(self._instrument)
-        except (KeyError, RuntimeError):
-            pass  # already gone with the run
         if self.signum is not None and threading.get_ident() == self._main_ident:
             _signal.signal(self.signum, self._old_handler)
         if self._thread is not None and self._thread is not threading.current_thread():
@@ -187,11 +186,7 @@ class Installed:
             now = time.monotonic()
             if pending:
                 waited = now - pending[0]
-                if (
-                    self.slow_step is not None
-                    and waited >= self.slow_step
-                    and not blocked_reported
-                ):
+                if self.slow_step is not None and waited >= self.slow_step and not blocked_reported:
                     blocked_reported = True
                     self.slow_reports += 1
                     self.write(self._blocked_report(waited))
@@ -200,9 +195,8 @@ class Installed:
             pending.append(now)
             try:
                 self._token.run_sync_soon(pong)
-                if (
-                    self.stuck_after is not None
-                    and now - last_stuck_check >= self.stuck_after / 4
+                if self.stuck_after is not None and now - last_stuck_check >= min(
+                    self.stuck_after / 4, 1.0
                 ):
                     last_stuck_check = now
                     self._token.run_sync_soon(self._check_stuck)
@@ -253,6 +247,11 @@ class Installed:
 _NOT_STUCK = frozenset({"sleep", "I/O", "nursery", "signal", "wait_all_tasks_blocked", "process"})
 
 
+def _check_signal(value: object) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise_type("signal", "a signal number or None", value)
+
+
 def install(
     *,
     signal: int | None = _DEFAULT_SIGNAL,
@@ -296,14 +295,15 @@ def install(
       RuntimeError: outside ``trio.run``.
       ValueError / TypeError: for a bad parameter, naming it.
     """
-    if signal is not None and (isinstance(signal, bool) or not isinstance(signal, int)):
-        raise_type("signal", "a signal number or None", signal)
+    _check_signal(signal)
     if stuck_after is not None:
         stuck_after = check_positive_number(stuck_after, "stuck_after")
     if slow_step is not None:
         slow_step = check_positive_number(slow_step, "slow_step")
     if on_deadlock not in _ON_DEADLOCK:
-        raise ValueError(f"on_deadlock must be one of 'warn', 'exit', 'ignore', got {on_deadlock!r}")
+        raise ValueError(
+            f"on_deadlock must be one of 'warn', 'exit', 'ignore', got {on_deadlock!r}"
+        )
     try:
         trio.lowlevel.current_task()
     except RuntimeError:

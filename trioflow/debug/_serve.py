@@ -26,6 +26,15 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _check_address(port: object, host: object) -> None:
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise_type("port", "an int", port)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port must be between 0 and 65535, got {port!r}")
+    if not isinstance(host, str):
+        raise_type("host", "a str", host)
+
+
 async def serve(
     port: int = 6060,
     *,
@@ -59,16 +68,9 @@ async def serve(
       ValueError: for a non-loopback ``host`` without ``allow_remote=True``,
         or a port outside 0..65535.
     """
-    if isinstance(port, bool) or not isinstance(port, int):
-        raise_type("port", "an int", port)
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port must be between 0 and 65535, got {port!r}")
-    if not isinstance(host, str):
-        raise_type("host", "a str", host)
+    _check_address(port, host)
     if not allow_remote and not _is_loopback(host):
-        raise ValueError(
-            f"host must be a loopback address unless allow_remote=True, got {host!r}"
-        )
+        raise ValueError(f"host must be a loopback address unless allow_remote=True, got {host!r}")
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound: int = listeners[0].socket.getsockname()[1]
     task_status.started(bound)

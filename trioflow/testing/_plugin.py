@@ -89,7 +89,7 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
 
 def _wrap(
     fn: Callable[..., Awaitable[object]], leak_check: bool, timeout: float
-) -> Callable[..., Awaitable[None]]:
+) -> Callable[..., Awaitable[object]]:
     if getattr(fn, "_trioflow_wrapped", False):
         return fn
 
