@@ -7,9 +7,13 @@
    recurse_child_tasks=True)``, then ``format()``) on the same program,
    where it is installed and where it finishes within --stackscope-max
    tasks (it is ~100x slower).
-2. The cost the debug bookkeeping adds to a contended limiter acquire: 1000
-   tasks on 10 tokens, with and without ``tf.debug.install()`` active (its
-   spawn instrument and deadlock check), ratio of medians, rotating order.
+2. The cost the bookkeeping adds to a contended limiter acquire (1000 tasks
+   on 10 tokens): the kernel as shipped against the same kernel with the
+   stamps dumps read stripped out (``since`` and ``custom_sleep_data``), and
+   with ``tf.debug.install()`` active (spawn records, deadlock check); plus
+   what install() adds to each spawn. CPU time (``time.process_time``), so
+   other load on a shared machine disturbs it less; ratio of medians,
+   rotating order.
 
     python bench/dump.py [--repeats N] [--sizes 1000,10000,100000] [--stackscope-max 10000]
 
@@ -107,24 +111,83 @@ def time_dump(n: int, repeats: int, use_stackscope: bool) -> dict[str, float]:
     return {k: statistics.median(v) * 1000 for k, v in out.items() if v}
 
 
-def contended(installed: bool) -> float:
-    async def main() -> float:
-        if installed:
+ROUNDS = 50
+
+
+def contended(variant: str) -> float:
+    """CPU seconds per acquire: 1000 tasks x ROUNDS acquisitions of 10 tokens.
+
+    ``variant``: ``"plain"``; ``"install"`` (tf.debug.install() active:
+    spawn records and the deadlock check); ``"no-stamps"`` (the kernel with
+    the two things dumps read stripped out: the ``since`` stamp taken when a
+    waiter queues, and ``task.custom_sleep_data`` set while it is parked).
+    """
+    from trioflow._admission import _kernel
+
+    saved = (_kernel.Kernel.enqueue, _kernel.Kernel.wait)
+    if variant == "no-stamps":
+        _kernel.Kernel.enqueue = _enqueue_no_stamp  # type: ignore[method-assign]
+        _kernel.Kernel.wait = _wait_no_sleep_data  # type: ignore[method-assign]
+
+    async def run() -> float:
+        if variant == "install":
             tf.debug.install(signal=None)
         limiter = tf.CapacityLimiter(10)
 
         async def worker() -> None:
-            for _ in range(10):
+            for _ in range(ROUNDS):
                 async with limiter:
                     await trio.lowlevel.checkpoint()
 
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         async with trio.open_nursery() as nursery:
             for _ in range(1000):
                 nursery.start_soon(worker)
-        return (time.perf_counter() - t0) / 10_000
+        return (time.process_time() - t0) / (1000 * ROUNDS)
 
-    return trio.run(main)
+    try:
+        return trio.run(run)
+    finally:
+        _kernel.Kernel.enqueue, _kernel.Kernel.wait = saved
+
+
+def _enqueue_no_stamp(self: Any, borrower: object, weight: int, lane: int, primitive: Any) -> Any:
+    from trioflow._admission._kernel import Waiter
+
+    self._seq += 1
+    waiter = Waiter(trio.lowlevel.current_task(), borrower, weight, lane, primitive, self._seq, 0.0)
+    self.queues[lane][waiter] = None
+    self.waiting += 1
+    return waiter
+
+
+async def _wait_no_sleep_data(self: Any, waiter: Any) -> None:
+    waiter.parked = True
+
+    def abort(_: Any) -> trio.lowlevel.Abort:
+        waiter.parked = False
+        self.remove(waiter)
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    await trio.lowlevel.wait_task_rescheduled(abort)
+
+
+def spawn_cost(installed: bool) -> float:
+    """CPU seconds per start_soon of a task that returns at once."""
+
+    async def noop() -> None:
+        pass
+
+    async def run() -> float:
+        if installed:
+            tf.debug.install(signal=None)
+        t0 = time.process_time()
+        async with trio.open_nursery() as nursery:
+            for _ in range(20_000):
+                nursery.start_soon(noop)
+        return (time.process_time() - t0) / 20_000
+
+    return trio.run(run)
 
 
 def main() -> None:
@@ -144,15 +207,26 @@ def main() -> None:
             line += f"   stackscope {res['stackscope']:9.1f} ms ({ratio:.0f}x dump+format)"
         print(line)
 
-    runs: dict[bool, list[float]] = {False: [], True: []}
-    for r in range(args.repeats * 2 + 1):
-        for side in (False, True) if r % 2 == 0 else (True, False):
-            runs[side].append(contended(side))
-    base = statistics.median(runs[False])
-    inst = statistics.median(runs[True])
+    variants = ["plain", "no-stamps", "install"]
+    runs: dict[str, list[float]] = {v: [] for v in variants}
+    for r in range(args.repeats * 3):
+        for v in variants[r % 3 :] + variants[: r % 3]:
+            runs[v].append(contended(v))
+    med = {v: statistics.median(x) for v, x in runs.items()}
     print(
-        f"contended acquire (1000 tasks / 10 tokens): plain {base * 1e6:.2f} us, "
-        f"with install() {inst * 1e6:.2f} us, ratio {inst / base:.3f}"
+        "contended acquire, 1000 tasks / 10 tokens, CPU per acquire: "
+        f"kernel without dump stamps {med['no-stamps'] * 1e6:.2f} us, "
+        f"as shipped {med['plain'] * 1e6:.2f} us (ratio {med['plain'] / med['no-stamps']:.3f}), "
+        f"with install() {med['install'] * 1e6:.2f} us (ratio {med['install'] / med['plain']:.3f})"
+    )
+    spawns: dict[bool, list[float]] = {False: [], True: []}
+    for r in range(args.repeats * 2):
+        for side in (False, True) if r % 2 == 0 else (True, False):
+            spawns[side].append(spawn_cost(side))
+    s0, s1 = statistics.median(spawns[False]), statistics.median(spawns[True])
+    print(
+        f"start_soon + exit, CPU per task: plain {s0 * 1e6:.2f} us, "
+        f"with install() {s1 * 1e6:.2f} us (+{(s1 - s0) * 1e6:.2f} us, ratio {s1 / s0:.3f})"
     )
 
 

@@ -62,7 +62,7 @@ async def test_endpoints() -> None:
 
         status, text = await get(port, "/debug/tasks?group=1")
         assert status == 200
-        assert "1 tasks [waiting on limiter" in text
+        assert "1 task [waiting on limiter" in text
 
         status, body = await get(port, "/debug/tasks?format=json")
         assert status == 200

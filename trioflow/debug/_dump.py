@@ -27,7 +27,7 @@ import sys
 import time
 import types
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import trio
@@ -119,6 +119,7 @@ class _Code:
         "frames",
         "hide",
         "library",
+        "machinery",
         "name",
         "self_kind",
         "wait_kind",
@@ -130,6 +131,9 @@ class _Code:
         self.filename = code.co_filename
         self.name: str = code.co_qualname
         in_trio = self.filename.startswith(_TRIO_DIR)
+        #: trio's, or trioflow.debug's / trioflow.testing's own instruments:
+        #: skipped when looking for the line that spawned a task
+        self.machinery = in_machinery(self.filename)
         #: trio's or trioflow's own code (not trioflow.debug's)
         self.library = in_trio or (
             self.filename.startswith(_TRIOFLOW_DIR) and not self.filename.startswith(_HERE_DIR)
@@ -339,7 +343,7 @@ def _dump(
         stack.append((root, None, 0))
     else:
         for nursery in reversed(root.child_nurseries):
-            for child in nursery.child_tasks:
+            for child in _ordered(nursery.child_tasks):
                 if child.name != _ENTRY_TASK_NAME:
                     stack.append((child, None, 0))
     while stack:
@@ -440,11 +444,18 @@ def _dump(
         nurseries = task.child_nurseries
         if nurseries:
             for nursery in reversed(nurseries):
-                for child in nursery.child_tasks:
+                for child in _ordered(nursery.child_tasks):
                     stack.append((child, tid, depth + 1))
 
     resources = _resources(by_task, trio_objs)
     return TaskDump(infos, resources, now, wall)
+
+
+def _ordered(tasks: frozenset[Task]) -> list[Task]:
+    """Siblings by id, newest first: popped from the walk's stack, oldest comes out first."""
+    if len(tasks) < 2:
+        return list(tasks)
+    return sorted(tasks, key=task_id, reverse=True)
 
 
 _Spot = tuple[types.FrameType, _Code, "types.FrameType | None"]
@@ -550,12 +561,16 @@ def trio_holders(obj: object) -> list[object]:
     return []
 
 
-def spawn_frame(skip: Callable[[str], bool]) -> FrameInfo | None:
-    """The innermost frame of the calling thread whose file ``skip`` rejects."""
+def spawn_frame() -> FrameInfo | None:
+    """The innermost frame of the calling thread outside trio and our instruments."""
     f: types.FrameType | None = sys._getframe(2)  # pyright: ignore[reportPrivateUsage]
+    codes = _codes
     while f is not None:
-        c = _code(f.f_code)
-        if not skip(c.filename):
+        code = f.f_code
+        c = codes.get(id(code))
+        if c is None:
+            c = _code(code)
+        if not c.machinery:
             return c.frame(f)
         f = f.f_back
     return None
@@ -572,8 +587,12 @@ def record_spawn(task: Task) -> None:
     except RuntimeError:  # spawned by the run itself (<init>)
         return
     parent_id = record(parent).id  # first, so a parent's id is below its children's
-    record(task).created_by = CreatedBy(parent_id, parent.name, spawn_frame(in_machinery))
+    record(task).created_by = CreatedBy(parent_id, parent.name, spawn_frame())
+
+
+_TESTING_DIR = os.path.join(os.path.dirname(_HERE_DIR.rstrip(os.sep)), "testing") + os.sep
 
 
 def in_machinery(filename: str) -> bool:
-    return filename.startswith(_TRIO_DIR) or filename.startswith(_HERE_DIR)
+    """trio's code, or the instruments of trioflow.debug / trioflow.testing."""
+    return filename.startswith((_TRIO_DIR, _HERE_DIR, _TESTING_DIR))

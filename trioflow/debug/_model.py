@@ -275,19 +275,16 @@ class TaskDump:
             if first.blocked_for is not None:
                 what = what.rsplit(", ", 1)[0]
                 spans = [m.blocked_for for m in members if m.blocked_for is not None]
-                lo, hi = min(spans), max(spans)
-                what += (
-                    f", {format_seconds(lo)}"
-                    if lo == hi
-                    else f", {format_seconds(lo)}..{format_seconds(hi)}"
-                )
+                lo, hi = format_seconds(min(spans)), format_seconds(max(spans))
+                what += f", {lo}" if lo == hi else f", {lo}..{hi}"
             names = sorted({m.name for m in members})
             shown = ", ".join(json.dumps(n) for n in names[:3])
             if len(names) > 3:
                 shown += f" and {len(names) - 3} more names"
             ids = [m.id for m in members]
             id_text = ", ".join(str(i) for i in ids[:8]) + (", ..." if len(ids) > 8 else "")
-            lines = [f"{len(members)} tasks [{what}]: {shown}", f"ids {id_text}"]
+            count = f"{len(members)} task{'s' if len(members) != 1 else ''}"
+            lines = [f"{count} [{what}]: {shown}", f"ids {id_text}"]
             lines += [_frame_text(f) for f in reversed(first.stack)]
             out.append("\n".join(lines))
         return head + "\n\n".join(out) + "\n"
