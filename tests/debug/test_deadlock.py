@@ -232,3 +232,47 @@ def test_no_false_positive_for_timers_sockets_and_threads() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "finished" in proc.stdout
     assert "deadlock" not in proc.stderr
+
+
+def test_a_signal_handler_that_could_wake_a_task_suppresses_the_report() -> None:
+    """A SIGTERM handler may set an event via run_sync_soon: not provably asleep."""
+    proc = _run(
+        """
+        import os, signal, threading, trio, trioflow as tf
+
+        async def main():
+            tf.debug.install(on_deadlock="exit")  # its own SIGUSR1 handler does not count
+            stop = trio.Event()
+            token = trio.lowlevel.current_trio_token()
+            signal.signal(signal.SIGTERM, lambda *_: token.run_sync_soon(stop.set))
+            # The "other process" that will send SIGTERM, without a thread of ours:
+            import subprocess, sys
+            subprocess.Popen([sys.executable, "-c",
+                f"import os, signal, time; time.sleep(0.3); os.kill({os.getpid()}, signal.SIGTERM)"])
+            await stop.wait()
+            print("stopped cleanly")
+
+        trio.run(main)
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "stopped cleanly" in proc.stdout
+    assert "deadlock" not in proc.stderr
+
+
+def test_the_example_reports_both_deadlocks() -> None:
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "examples", "deadlock.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert out.startswith("2 deadlock(s) found\n")
+    assert out.count("Found one deadlock (2 tasks):") == 2
+    for name in ("checkout-1", "refund-1", "audit", "ledger"):
+        assert f'"{name}"' in out
+    assert "waiting on limiter 'payments'" in out
+    assert "waiting on lock 'ledger_lock'" in out

@@ -18,6 +18,7 @@ report assumes the holders release their own tokens, as ``async with`` does.)
 from __future__ import annotations
 
 import gc
+import signal
 import threading
 import types
 from collections.abc import Iterable
@@ -243,7 +244,7 @@ def all_tasks_asleep() -> Deadlock | None:
     # trio's run_sync_soon task waits to read its wake-up socket: that one only.
     if io.tasks_waiting_read != 1 or io.tasks_waiting_write != 0:
         return None
-    if _other_threads():
+    if _other_threads() or _signal_handlers():
         return None
     dump = dump_tasks(include_system=True)
     tasks: list[TaskInfo] = []
@@ -269,6 +270,24 @@ def all_tasks_asleep() -> Deadlock | None:
         [t.blocked_on for t in visible.tasks],
         visible,
     )
+
+
+#: ids of signal handlers installed by trioflow.debug.install() (dumps only: they wake nobody)
+own_handlers: set[int] = set()
+
+
+def _signal_handlers() -> bool:
+    """Is a Python signal handler installed that might wake a task (other than SIGINT's)?"""
+    for sig in signal.valid_signals():
+        if sig == signal.SIGINT:
+            continue  # Ctrl-C can end any program; Go ignores it too
+        try:
+            handler = signal.getsignal(sig)
+        except (OSError, ValueError):  # pragma: no cover - platform quirks
+            continue
+        if callable(handler) and id(handler) not in own_handlers:
+            return True
+    return False
 
 
 def _other_threads() -> bool:

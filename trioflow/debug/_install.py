@@ -34,7 +34,7 @@ import trio
 from trio.lowlevel import Task
 
 from .._util import check_positive_number, raise_type
-from ._deadlock import all_tasks_asleep, find_deadlocks
+from ._deadlock import all_tasks_asleep, find_deadlocks, own_handlers
 from ._dump import dump_tasks, record_spawn
 from ._model import TaskInfo
 
@@ -98,6 +98,7 @@ class Installed:
         self._file = file
         self._instrument = _Instrument(self)
         self._old_handler: Any = None
+        self._handler: Any = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._token = trio.lowlevel.current_trio_token()
@@ -126,7 +127,9 @@ class Installed:
     def _start(self) -> None:
         trio.lowlevel.add_instrument(self._instrument)
         if self.signum is not None:
-            self._old_handler = _signal.signal(self.signum, self._on_signal)
+            self._handler = self._on_signal
+            own_handlers.add(id(self._handler))
+            self._old_handler = _signal.signal(self.signum, self._handler)
         if self.stuck_after is not None or self.slow_step is not None:
             t = threading.Thread(target=self._watch, name="trioflow watchdog", daemon=True)
             t._trioflow_watchdog = True  # type: ignore[attr-defined]
@@ -143,6 +146,7 @@ class Installed:
             trio.lowlevel.remove_instrument(self._instrument)
         if self.signum is not None and threading.get_ident() == self._main_ident:
             _signal.signal(self.signum, self._old_handler)
+            own_handlers.discard(id(self._handler))
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
 
