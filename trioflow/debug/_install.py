@@ -108,6 +108,8 @@ class Installed:
         #: (task id, id(obj)) -> first time a stuck check saw it parked there
         self._first_seen: dict[tuple[int, int], float] = {}
         self._warned: set[tuple[int, int]] = set()
+        #: seconds the last stuck check took (it throttles the next one)
+        self._check_cost = 0.0
         #: counts, for tests and the curious
         self.stuck_reports = 0
         self.slow_reports = 0
@@ -199,8 +201,11 @@ class Installed:
             pending.append(now)
             try:
                 self._token.run_sync_soon(pong)
-                if self.stuck_after is not None and now - last_stuck_check >= min(
-                    self.stuck_after / 4, 1.0
+                # A check is a full dump: at most every stuck_after/4 (1 s at
+                # most), and never more than 5% of the loop's time (a 100k-task
+                # program, ~1 s a dump, is checked every ~20 s).
+                if self.stuck_after is not None and now - last_stuck_check >= max(
+                    min(self.stuck_after / 4, 1.0), 20 * self._check_cost
                 ):
                     last_stuck_check = now
                     self._token.run_sync_soon(self._check_stuck)
@@ -219,7 +224,9 @@ class Installed:
     def _check_stuck(self) -> None:
         """In the loop: report tasks parked longer than ``stuck_after`` (once per wait)."""
         assert self.stuck_after is not None
+        t0 = time.perf_counter()
         dump = dump_tasks()
+        self._check_cost = time.perf_counter() - t0
         now = dump.time
         seen: dict[tuple[int, int], float] = {}
         stuck: list[tuple[TaskInfo, float]] = []
