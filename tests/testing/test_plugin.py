@@ -72,6 +72,14 @@ async def test_hangs():
 
 def test_sync_tests_are_untouched():
     assert True
+
+
+@pytest.mark.trioflow_timeout(0.2)
+async def test_blocks_the_loop():
+    import time
+
+    time.sleep(2.8)  # synchronous code: not even the dump can run meanwhile
+    await trio.sleep_forever()
 """
 
 
@@ -117,6 +125,7 @@ def test_plugin_on_a_scratch_file(tmp_path: pathlib.Path) -> None:
         "test_finishing_tasks_get_a_moment": "PASSED",
         "test_hangs": "FAILED",
         "test_sync_tests_are_untouched": "PASSED",
+        "test_blocks_the_loop": "FAILED",
     }, proc.stdout + proc.stderr
     out = proc.stdout
     fixture_leak = out.split("_ test_leaks_into_a_fixture_nursery _", 1)[1].split("\n_", 1)[0]
@@ -129,6 +138,13 @@ def test_plugin_on_a_scratch_file(tmp_path: pathlib.Path) -> None:
     assert "test exceeded trioflow_timeout=0.5s; every task at that moment:" in hang
     assert '"lock-holder" [sleep]' in hang
     assert "[waiting on lock 'lock'" in hang
+    # the loop was blocked: the main thread's stack went straight to stderr,
+    # and once the loop ran again the test was dumped and failed as usual
+    blocked = out.split("_ test_blocks_the_loop _", 1)[1].split("\n_", 1)[0]
+    assert "test exceeded trioflow_timeout=0.2s and the trio loop is blocked" in blocked
+    assert "time.sleep(2.8)" in blocked
+    assert "When the loop ran again:" in blocked
+    assert "test exceeded trioflow_timeout=0.2s; every task at that moment:" in blocked
 
 
 def test_ini_options(tmp_path: pathlib.Path) -> None:

@@ -139,6 +139,7 @@ class _Watcher:
         self._main = threading.get_ident()
         self._done = threading.Event()
         self._fired = threading.Event()
+        self._blocked = ""
         self._thread = threading.Thread(target=self._run, name="trioflow test timeout", daemon=True)
         self._thread._trioflow_watchdog = True  # type: ignore[attr-defined]
         self._thread.start()
@@ -158,11 +159,16 @@ class _Watcher:
             return
         frame = sys._current_frames().get(self._main)  # pyright: ignore[reportPrivateUsage]
         stack = "".join(traceback.format_stack(frame)) if frame is not None else ""
-        sys.__stderr__.write(  # pyright: ignore[reportOptionalMemberAccess]
+        self._blocked = (
             f"trioflow: test exceeded trioflow_timeout={self._timeout}s and the trio loop is "
             "blocked by synchronous code; main thread stack (most recent call last):\n" + stack
         )
-        sys.__stderr__.flush()  # pyright: ignore[reportOptionalMemberAccess]
+        # Now, in case the loop never comes back (pytest shows it with -s, or
+        # in the test's captured stderr); and in the failure report otherwise.
+        err = sys.__stderr__
+        if err is not None:
+            err.write(self._blocked)
+            err.flush()
 
     def _on_timeout(self) -> None:
         self._fired.set()
@@ -172,6 +178,8 @@ class _Watcher:
             f"trioflow: test exceeded trioflow_timeout={self._timeout}s; "
             f"every task at that moment:\n\n{dump_tasks().format()}"
         )
+        if self._blocked:
+            text = f"{self._blocked}\nWhen the loop ran again:\n{text}"
         self._report.append(text)
         sys.stderr.write(text)
         self._scope.cancel()
