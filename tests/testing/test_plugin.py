@@ -74,6 +74,35 @@ def test_sync_tests_are_untouched():
     assert True
 
 
+@pytest.mark.trioflow_timeout(30)  # a safety net: the deadlock is caught at once
+async def test_deadlocks():
+    a, b = trio.Lock(), trio.Lock()
+    both = trio.Event()
+
+    async def take(x, y, name):
+        async with x:
+            if name == "second":
+                both.set()
+            await both.wait()
+            async with y:
+                pass
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(take, a, b, "first", name="first")
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(take, b, a, "second", name="second")
+
+
+@pytest.fixture
+def autojump_clock():
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+async def test_deadlocks_under_an_autojump_clock(autojump_clock):
+    await trio.sleep(5)  # virtual time: fine
+    await trio.Event().wait()  # nobody will ever set it
+
+
 @pytest.mark.trioflow_timeout(0.2)
 async def test_blocks_the_loop():
     import time
@@ -126,6 +155,8 @@ def test_plugin_on_a_scratch_file(tmp_path: pathlib.Path) -> None:
         "test_hangs": "FAILED",
         "test_sync_tests_are_untouched": "PASSED",
         "test_blocks_the_loop": "FAILED",
+        "test_deadlocks": "FAILED",
+        "test_deadlocks_under_an_autojump_clock": "FAILED",
     }, proc.stdout + proc.stderr
     out = proc.stdout
     fixture_leak = out.split("_ test_leaks_into_a_fixture_nursery _", 1)[1].split("\n_", 1)[0]
@@ -140,6 +171,14 @@ def test_plugin_on_a_scratch_file(tmp_path: pathlib.Path) -> None:
     assert "[waiting on lock 'lock'" in hang
     # the loop was blocked: the main thread's stack went straight to stderr,
     # and once the loop ran again the test was dumped and failed as usual
+    dl = out.split("_ test_deadlocks _", 1)[1].split("\n_", 1)[0]
+    assert "trioflow: the test deadlocked." in dl
+    assert "exceeded" not in dl
+    assert "Found one deadlock (2 tasks):" in dl
+    assert '"first"' in dl and '"second"' in dl
+    jump = out.split("_ test_deadlocks_under_an_autojump_clock _", 1)[1].split("\n_", 1)[0]
+    assert "trioflow: all tasks are asleep - deadlock!" in jump
+    assert "[waiting on event" in jump
     blocked = out.split("_ test_blocks_the_loop _", 1)[1].split("\n_", 1)[0]
     assert "test exceeded trioflow_timeout=0.2s and the trio loop is blocked" in blocked
     assert "time.sleep(2.8)" in blocked
@@ -159,7 +198,12 @@ def test_ini_options(tmp_path: pathlib.Path) -> None:
             await trio.Event().wait()
         """
     )
-    proc = run_pytest(tmp_path, body, "trioflow_leak_check = false\ntrioflow_timeout = 0.3\n")
+    # with the deadlock check off, the Event().wait() hang is caught by the timeout
+    proc = run_pytest(
+        tmp_path,
+        body,
+        "trioflow_leak_check = false\ntrioflow_timeout = 0.3\ntrioflow_deadlock_check = false\n",
+    )
     assert outcomes(proc.stdout) == {"test_leaks": "PASSED", "test_hangs": "FAILED"}, proc.stdout
     assert "exceeded trioflow_timeout=0.3s" in proc.stdout
 

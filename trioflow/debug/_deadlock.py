@@ -222,6 +222,19 @@ def _cycle(start: int, comp: set[int], edges: dict[int, list[int]]) -> list[int]
 _WAKEABLE = frozenset({"sleep", "I/O", "thread", "wait_all_tasks_blocked", "signal", "process"})
 
 
+def loop_may_sleep(timeout: float) -> bool:
+    """For ``before_io_wait``: could this iteration be one where every task sleeps?
+
+    A zero timeout usually means tasks are runnable (the cheap way out on the
+    hot path), except under a clock that autojumps, which asks for a zero
+    timeout whenever it is idle.
+    """
+    if timeout != 0:
+        return True
+    clock = trio.lowlevel.current_clock()
+    return getattr(clock, "autojump_threshold", float("inf")) != float("inf")
+
+
 def all_tasks_asleep() -> Deadlock | None:
     """From the run loop, just before it would sleep: is every task stuck for good?
 

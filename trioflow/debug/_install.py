@@ -34,7 +34,7 @@ import trio
 from trio.lowlevel import Task
 
 from .._util import check_positive_number, raise_type
-from ._deadlock import all_tasks_asleep, find_deadlocks, own_handlers
+from ._deadlock import all_tasks_asleep, find_deadlocks, loop_may_sleep, own_handlers
 from ._dump import dump_tasks, record_spawn
 from ._model import TaskInfo
 
@@ -58,7 +58,7 @@ class _Instrument(trio.abc.Instrument):
 
     def before_io_wait(self, timeout: float) -> None:
         owner = self._owner
-        if owner.on_deadlock == "ignore" or timeout == 0:
+        if owner.on_deadlock == "ignore" or not loop_may_sleep(timeout):
             return
         found = all_tasks_asleep()
         if found is None:

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import trio
 
+from ..debug._deadlock import all_tasks_asleep, find_deadlocks, loop_may_sleep
 from ..debug._dump import dump_tasks, record_spawn
 from ._leaks import leftover_tasks, live_tasks
 
@@ -28,6 +29,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(
         "trioflow_leak_check",
         "fail a trio test that leaves tasks running or parked after it returns (trioflow)",
+        type="bool",
+        default=True,
+    )
+    parser.addini(
+        "trioflow_deadlock_check",
+        "fail a trio test at once, with a dump, when all its tasks are asleep for good (trioflow)",
         type="bool",
         default=True,
     )
@@ -51,6 +58,33 @@ def pytest_configure(config: pytest.Config) -> None:
 class _SpawnRecorder(trio.abc.Instrument):
     def task_spawned(self, task: trio.lowlevel.Task) -> None:
         record_spawn(task)
+
+
+class _DeadlockWatch(trio.abc.Instrument):
+    """Fails the test at once when every task is asleep for good (no timeout needed)."""
+
+    def __init__(self, scope: trio.CancelScope, report: list[str]) -> None:
+        self._scope = scope
+        self._report = report
+
+    def before_io_wait(self, timeout: float) -> None:
+        if self._report or not loop_may_sleep(timeout):
+            return
+        found = all_tasks_asleep()
+        if found is None:
+            return
+        text = "trioflow: the test deadlocked.\n" + found.format()
+        for ring in find_deadlocks(found.dump):
+            text += "\n" + ring.format()
+        self._report.append(text)
+        self._scope.cancel()
+        # The loop already chose to sleep "forever" before asking us: poke its
+        # wake-up socket so the cancelled tasks run now.
+        trio.lowlevel.current_trio_token().run_sync_soon(_nothing)
+
+
+def _nothing() -> None:
+    pass
 
 
 def _timeout_for(item: pytest.Item) -> float:
@@ -78,17 +112,18 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
             item.get_closest_marker("trioflow_allow_leaks") is None
         )
         timeout = _timeout_for(item)
+        deadlock_check = bool(item.config.getini("trioflow_deadlock_check"))
         obj: Any = item.obj
         hyp = getattr(obj, "hypothesis", None)
         if hyp is not None:
-            hyp.inner_test = _wrap(hyp.inner_test, leak_check, timeout)
+            hyp.inner_test = _wrap(hyp.inner_test, leak_check, timeout, deadlock_check)
         elif not getattr(obj, "_trioflow_wrapped", False):
-            item.obj = _wrap(obj, leak_check, timeout)
+            item.obj = _wrap(obj, leak_check, timeout, deadlock_check)
     yield
 
 
 def _wrap(
-    fn: Callable[..., Awaitable[object]], leak_check: bool, timeout: float
+    fn: Callable[..., Awaitable[object]], leak_check: bool, timeout: float, deadlock_check: bool
 ) -> Callable[..., Awaitable[object]]:
     if getattr(fn, "_trioflow_wrapped", False):
         return fn
@@ -103,11 +138,16 @@ def _wrap(
             report: list[str] = []
             with trio.CancelScope() as scope:
                 watcher = _Watcher(timeout, scope, report) if timeout > 0 else None
+                watch = _DeadlockWatch(scope, report) if deadlock_check else None
+                if watch is not None:
+                    trio.lowlevel.add_instrument(watch)
                 try:
                     await fn(*args, **kwargs)
                 finally:
                     if watcher is not None:
                         watcher.stop()
+                    if watch is not None:
+                        trio.lowlevel.remove_instrument(watch)
             if report:
                 pytest.fail(report[0], pytrace=False)
             if leak_check:
