@@ -16,6 +16,10 @@ that pytest-trio runs it:
   ``@pytest.mark.trioflow_timeout(seconds)``, it prints the task dump and
   fails the test by cancelling it. If synchronous code blocks the loop so
   that even the dump cannot run, the main thread's stack is printed instead.
+* **fails a deadlocked test at once** — when every task is asleep for good
+  (see :func:`trioflow.debug.install`'s "all tasks are asleep"), with the
+  dump and any cycle, without waiting for a timeout. Turn it off with
+  ``trioflow_deadlock_check = false``;
 * records who spawned each task, so dumps show ``created by``.
 
 :func:`leftover_tasks` is the check itself, for use outside pytest.
