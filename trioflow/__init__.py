@@ -14,6 +14,17 @@ from ._admission._capacity import LimiterStatistics as LimiterStatistics
 from ._admission._face import Permit as Permit
 from ._admission._protocol import Limiter as Limiter
 
+# -- pipelines: stages with workers, back-pressure, retries, dead letters --
+from ._pipeline._pipeline import Pipeline as Pipeline
+from ._pipeline._report import DeadLetter as DeadLetter
+from ._pipeline._report import Latency as Latency
+from ._pipeline._report import PipelineReport as PipelineReport
+from ._pipeline._report import StageReport as StageReport
+from ._pipeline._retry import Backoff as Backoff
+from ._pipeline._retry import Retry as Retry
+from ._pipeline._runtime import Outputs as Outputs
+from ._pipeline._runtime import PipelineRun as PipelineRun
+
 # -- (later sections are added here, one block per building block) --
 from ._util import fixup_module_metadata as _fixup_module_metadata
 
