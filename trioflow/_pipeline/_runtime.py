@@ -316,7 +316,14 @@ class PipelineRun:
         self._scope.cancel()
 
     async def wait(self) -> PipelineReport:
-        """Wait until the run is over and return the final report (a checkpoint)."""
+        """Wait until the run is over and return the final report.
+
+        Outputs that arrive meanwhile are consumed and counted as delivered
+        (a pipeline whose last stage is a sink needs nobody to read them), so
+        do not call it while another task reads ``run.outputs``. A checkpoint;
+        cancelling it leaves the run going.
+        """
+        await self.discard_outputs()
         await self._done.wait()
         return self.report
 
