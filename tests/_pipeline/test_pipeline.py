@@ -351,7 +351,7 @@ async def test_fail_through_open_keeps_the_report(autojump_clock: trio.testing.M
         raise ValueError(x)
 
     run: tf.PipelineRun | None = None
-    with pytest.raises(ValueError, match="0"):
+    with pytest.raises(ValueError, match="0"):  # noqa: PT012
         async with tf.Pipeline("f").map(boom).open(range(3)) as run:
             async for _ in run.outputs:
                 pass
@@ -378,7 +378,7 @@ async def test_body_exception_cancels_the_run_and_propagates_unwrapped(
         await trio.sleep(100)
         return x
 
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError):  # noqa: PT012
         async with tf.Pipeline("b").map(slow, workers=4).open(range(10)) as run:
             await trio.sleep(1)
             raise KeyError("user")
@@ -412,19 +412,17 @@ async def test_stop_drains_admitted_items_and_reads_no_more(
 
     yielded = [0]
     outs: list[int] = []
-    async with (
-        tf.Pipeline("s").map(work, workers=2, buffer=2).open(counting_source(yielded)) as run
-    ):
-        async with trio.open_nursery() as nursery:
+    pipe = tf.Pipeline("s").map(work, workers=2, buffer=2)
+    async with pipe.open(counting_source(yielded)) as run, trio.open_nursery() as nursery:
 
-            async def consume() -> None:
-                async for x in run.outputs:
-                    outs.append(x)
+        async def consume() -> None:
+            async for x in run.outputs:
+                outs.append(x)
 
-            nursery.start_soon(consume)
-            await trio.sleep(4)
-            read = yielded[0]
-            await run.stop(grace=100)
+        nursery.start_soon(consume)
+        await trio.sleep(4)
+        read = yielded[0]
+        await run.stop(grace=100)
     r = run.report
     assert r.unfinished == 0
     assert r.source_items == len(outs) == read
@@ -633,7 +631,7 @@ def test_more_bad_configuration() -> None:
         tf.Pipeline("x").batch(2, -1)
     with pytest.raises(ValueError, match="name must not be empty"):
         tf.Pipeline("")
-    with pytest.raises(TypeError, match="dead_letters must be a trio.MemorySendChannel"):
+    with pytest.raises(TypeError, match=r"dead_letters must be a trio.MemorySendChannel"):
         tf.Pipeline("x", dead_letters=[])  # type: ignore[arg-type]
     # default names are made unique; a filter may be sync
     pipe = tf.Pipeline("x").map(ident).map(ident).filter(bool)
@@ -655,9 +653,9 @@ def test_retry_and_backoff_validation_and_jitter() -> None:
         tf.Retry(0)
     with pytest.raises(TypeError, match="retry_on must be an Exception subclass"):
         tf.Retry(2, retry_on=KeyboardInterrupt)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="backoff must be a trioflow.Backoff"):
+    with pytest.raises(TypeError, match=r"backoff must be a trioflow.Backoff"):
         tf.Retry(2, backoff=1.0)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="factor must be >= 1, got 0.5"):
+    with pytest.raises(ValueError, match=r"factor must be >= 1, got 0.5"):
         tf.Backoff.exponential(1, factor=0.5)
     with pytest.raises(ValueError, match="maximum must be >= initial"):
         tf.Backoff.exponential(1, maximum=0.5)
