@@ -38,7 +38,8 @@ async def main() -> None:
         outer.cancel_scope.cancel()
     stats = limiter.statistics()
     print(f"finished {len(done)} jobs; at the end: {stats}")
-    assert stats.borrowed_tokens == 0 and stats.tasks_waiting == 0
+    assert stats.borrowed_tokens == 0
+    assert stats.tasks_waiting == 0
 
 
 if __name__ == "__main__":

@@ -14,6 +14,11 @@ from ._admission._capacity import LimiterStatistics as LimiterStatistics
 from ._admission._face import Permit as Permit
 from ._admission._protocol import Limiter as Limiter
 
+# -- rate limits: how many start per second --
+from ._admission._rate import RateLimiter as RateLimiter
+from ._admission._rate import RateLimiterStatistics as RateLimiterStatistics
+from ._admission._rate import Reservation as Reservation
+
 # -- pipelines: stages with workers, back-pressure, retries, dead letters --
 from ._pipeline._pipeline import Pipeline as Pipeline
 from ._pipeline._report import DeadLetter as DeadLetter

@@ -314,6 +314,21 @@ async def test_limiter_bounds_concurrency_across_workers(
     assert trio.current_time() == 5
 
 
+async def test_rate_limits_attempts_and_workers_show_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    api = tf.RateLimiter(5, name="api")
+    starts: list[float] = []
+
+    async def call(x: int) -> int:
+        starts.append(trio.current_time())
+        return x
+
+    report = await tf.Pipeline("r").map(call, workers=4, rate=api).run(range(10))
+    assert report.delivered == 10
+    assert sorted(starts) == pytest.approx([i * 0.2 for i in range(10)])
+
+
 async def test_trio_capacity_limiter_is_accepted(autojump_clock: trio.testing.MockClock) -> None:
     limiter = trio.CapacityLimiter(1)
     report = await tf.Pipeline("l").map(ident, workers=3, limiter=limiter).run(range(5))

@@ -11,6 +11,7 @@ import attrs
 import trio
 
 from .._admission._protocol import Limiter
+from .._admission._rate import RateLimiter
 from .._util import raise_type
 from ._report import DeadLetter, PipelineReport
 from ._retry import Retry
@@ -128,7 +129,7 @@ class Pipeline:
         workers: int,
         buffer: int,
         limiter: Limiter | trio.CapacityLimiter | None,
-        rate: object,
+        rate: RateLimiter | None,
         retry: Retry | None,
         timeout: float | None,
         on_error: OnError,
@@ -159,7 +160,7 @@ class Pipeline:
         workers: int = 1,
         buffer: int = 0,
         limiter: Limiter | trio.CapacityLimiter | None = None,
-        rate: object = None,
+        rate: RateLimiter | None = None,
         retry: Retry | None = None,
         timeout: float | None = None,
         on_error: OnError = "fail",
@@ -227,7 +228,7 @@ class Pipeline:
         workers: int = 1,
         buffer: int = 0,
         limiter: Limiter | trio.CapacityLimiter | None = None,
-        rate: object = None,
+        rate: RateLimiter | None = None,
         retry: Retry | None = None,
         timeout: float | None = None,
         on_error: OnError = "fail",
@@ -262,7 +263,7 @@ class Pipeline:
         workers: int = 1,
         buffer: int = 0,
         limiter: Limiter | trio.CapacityLimiter | None = None,
-        rate: object = None,
+        rate: RateLimiter | None = None,
         retry: Retry | None = None,
         timeout: float | None = None,
         on_error: OnError = "fail",
@@ -299,7 +300,7 @@ class Pipeline:
         workers: int = 1,
         buffer: int = 0,
         limiter: Limiter | trio.CapacityLimiter | None = None,
-        rate: object = None,
+        rate: RateLimiter | None = None,
         retry: Retry | None = None,
         timeout: float | None = None,
         on_error: OnError = "fail",

@@ -28,6 +28,7 @@ import trio
 
 from .. import _registry
 from .._admission._protocol import Limiter
+from .._admission._rate import RateLimiter
 from .._registry import Holding, Waiting
 from .._util import check_positive_number, raise_type
 from ._envelope import DEAD, FILTERED, SKIPPED, UNFINISHED, Envelope, Ledger
@@ -62,12 +63,9 @@ def _fn_name(fn: object) -> str:
     return type(fn).__name__ if not inspect.isfunction(fn) else "lambda"
 
 
-def check_rate(rate: object) -> object:
-    """``rate=`` is a rate limiter: anything with ``async acquire(n=1)`` (``tf.RateLimiter``)."""
-    if rate is None:
-        return None
-    acquire = getattr(rate, "acquire", None)
-    if not (callable(acquire) and inspect.iscoroutinefunction(acquire)):
+def check_rate(rate: object) -> RateLimiter | None:
+    """``rate=`` is a :class:`~trioflow.RateLimiter` (or ``None``)."""
+    if rate is not None and not isinstance(rate, RateLimiter):
         raise_type("rate", "a trioflow.RateLimiter (or None)", rate)
     return rate
 
@@ -82,7 +80,7 @@ class StageSpec:
     workers: int = 1
     buffer: int = 0
     limiter: Limiter | trio.CapacityLimiter | None = None
-    rate: Any = None
+    rate: RateLimiter | None = None
     retry: Retry | None = None
     timeout: float | None = None
     on_error: OnError = "fail"
@@ -135,7 +133,7 @@ def make_spec(
     n_buffer = check_count(buffer, "buffer", 0)
     if limiter is not None and not isinstance(limiter, Limiter | trio.CapacityLimiter):
         raise_type("limiter", "a trioflow.Limiter (or None)", limiter)
-    check_rate(rate)
+    rate_limiter = check_rate(rate)
     if retry is not None and not isinstance(retry, Retry):
         raise_type("retry", "a trioflow.Retry (or None)", retry)
     t = None if timeout is None else check_positive_number(timeout, "timeout")
@@ -179,7 +177,7 @@ def make_spec(
         workers=n_workers,
         buffer=n_buffer,
         limiter=limiter,  # pyright: ignore[reportArgumentType]
-        rate=rate,
+        rate=rate_limiter,
         retry=retry,
         timeout=t,
         on_error=on_error,  # pyright: ignore[reportArgumentType]

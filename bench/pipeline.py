@@ -1,0 +1,155 @@
+"""What does a trioflow Pipeline cost per item, next to the same topology by hand?
+
+Prints, in one process and one run:
+
+* a 3-stage pipeline of trivial async work (``x + 1`` three times) run with
+  ``Pipeline.run`` vs. the same topology hand-written with trio memory
+  channels (a reader task, one channel before each stage, a counting sink),
+  with 1 and with 4 workers per stage, same buffer sizes (0): the ratio
+  trioflow / hand-written per item (goal: <= 1.1);
+* ``executor="process"`` with 2 workers on a CPU-bound function vs. the same
+  calls made one after another in this process: the speed-up.
+
+Each figure is the median of N repeats (default 5) run in rotating order, so
+drift on a shared machine hits both sides alike.
+
+    python bench/pipeline.py [--repeats N] [--items N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+
+import trio
+
+import trioflow as tf
+
+
+async def inc(x: int) -> int:
+    return x + 1
+
+
+async def hand_written(items: int, workers: int) -> float:
+    """reader -> [ch] -> inc xW -> [ch] -> inc xW -> [ch] -> inc xW -> count."""
+    delivered = 0
+    t0 = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        chans = [trio.open_memory_channel[int](0) for _ in range(3)]
+
+        async def reader() -> None:
+            async with chans[0][0]:
+                for i in range(items):
+                    await chans[0][0].send(i)
+
+        async def stage(k: int) -> None:
+            nonlocal delivered
+            receive = chans[k][1]
+            if k < 2:
+                send = chans[k + 1][0]
+                async with send, trio.open_nursery() as inner:
+
+                    async def worker() -> None:
+                        async for x in receive:
+                            await send.send(await inc(x))
+
+                    for _ in range(workers):
+                        inner.start_soon(worker)
+            else:
+                async with trio.open_nursery() as inner:
+
+                    async def sink() -> None:
+                        nonlocal delivered
+                        async for x in receive:
+                            await inc(x)
+                            delivered += 1
+
+                    for _ in range(workers):
+                        inner.start_soon(sink)
+
+        nursery.start_soon(reader)
+        for k in range(3):
+            nursery.start_soon(stage, k)
+    assert delivered == items
+    return (time.perf_counter() - t0) / items
+
+
+async def with_trioflow(items: int, workers: int) -> float:
+    pipe = (
+        tf.Pipeline("bench")
+        .map(inc, workers=workers, name="a")
+        .map(inc, workers=workers, name="b")
+        .map(inc, workers=workers, name="c")
+    )
+    t0 = time.perf_counter()
+    report = await pipe.run(range(items))
+    dt = time.perf_counter() - t0
+    assert report.delivered == items
+    return dt / items
+
+
+def cpu(n: int) -> int:
+    return sum(i * i for i in range(n))
+
+
+CPU_N = 2_000_000
+CPU_ITEMS = 12
+
+
+async def cpu_serial() -> float:
+    t0 = time.perf_counter()
+    for _ in range(CPU_ITEMS):
+        cpu(CPU_N)
+    return time.perf_counter() - t0
+
+
+async def cpu_process() -> float:
+    pipe = tf.Pipeline("cpu").map(cpu, executor="process", workers=os.cpu_count() or 2)
+    t0 = time.perf_counter()
+    report = await pipe.run([CPU_N] * CPU_ITEMS)
+    assert report.delivered == CPU_ITEMS
+    return time.perf_counter() - t0
+
+
+def median_ratio(
+    repeats: int, a: Callable[[], Awaitable[float]], b: Callable[[], Awaitable[float]]
+) -> tuple[float, float, float]:
+    ta: list[float] = []
+    tb: list[float] = []
+    for r in range(repeats):
+        order = [(a, ta), (b, tb)] if r % 2 == 0 else [(b, tb), (a, ta)]
+        for fn, out in order:
+            out.append(trio.run(fn))
+    ma, mb = statistics.median(ta), statistics.median(tb)
+    return ma, mb, ma / mb
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--items", type=int, default=20_000)
+    args = parser.parse_args()
+    n = args.items
+    print(f"trio {trio.__version__}, {os.cpu_count()} CPUs, {n} items, {args.repeats} repeats")
+    for workers in (1, 4):
+        ours, base, ratio = median_ratio(
+            args.repeats,
+            lambda w=workers: with_trioflow(n, w),
+            lambda w=workers: hand_written(n, w),
+        )
+        print(
+            f"3 stages x {workers} worker(s): trioflow {ours * 1e6:.2f} us/item, "
+            f"hand-written {base * 1e6:.2f} us/item, ratio {ratio:.2f} (goal <= 1.1)"
+        )
+    serial, proc, _ = median_ratio(max(1, args.repeats // 2), cpu_serial, cpu_process)
+    print(
+        f"CPU-bound x{CPU_ITEMS}: serial in-process {serial:.2f} s, executor='process' "
+        f"{proc:.2f} s (incl. worker start-up), speed-up {serial / proc:.2f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()
