@@ -7,13 +7,15 @@ Prints, in one process and one run:
   channels (a reader task, one channel before each stage, a counting sink),
   with 1 and with 4 workers per stage, same buffer sizes (0): the ratio
   trioflow / hand-written per item (goal: <= 1.1);
-* ``executor="process"`` with 2 workers on a CPU-bound function vs. the same
-  calls made one after another in this process: the speed-up.
+* ``executor="process"`` with one worker per CPU on a CPU-bound function vs.
+  the same calls made one after another in this process (the speed-up), and
+  vs. the same calls made straight through ``trio_parallel`` (the pipeline's
+  overhead on top of it).
 
 Each figure is the median of N repeats (default 5) run in rotating order, so
 drift on a shared machine hits both sides alike.
 
-    python bench/pipeline.py [--repeats N] [--items N]
+    PYTHONPATH=. python bench/pipeline.py [--repeats N] [--items N]
 """
 
 from __future__ import annotations
@@ -114,6 +116,23 @@ async def cpu_process() -> float:
     return time.perf_counter() - t0
 
 
+async def cpu_raw_trio_parallel() -> float:
+    """The same jobs straight through trio-parallel, as many at once as there are CPUs."""
+    import trio_parallel
+
+    t0 = time.perf_counter()
+    limiter = trio.CapacityLimiter(os.cpu_count() or 2)
+    async with trio_parallel.open_worker_context() as ctx, trio.open_nursery() as nursery:
+
+        async def one() -> None:
+            async with limiter:
+                await ctx.run_sync(cpu, CPU_N)
+
+        for _ in range(CPU_ITEMS):
+            nursery.start_soon(one)
+    return time.perf_counter() - t0
+
+
 def median_ratio(
     repeats: int, a: Callable[[], Awaitable[float]], b: Callable[[], Awaitable[float]]
 ) -> tuple[float, float, float]:
@@ -144,11 +163,15 @@ def main() -> None:
             f"3 stages x {workers} worker(s): trioflow {ours * 1e6:.2f} us/item, "
             f"hand-written {base * 1e6:.2f} us/item, ratio {ratio:.2f} (goal <= 1.1)"
         )
-    serial, proc, _ = median_ratio(max(1, args.repeats // 2), cpu_serial, cpu_process)
+    reps = max(1, args.repeats // 2)
+    serial, proc, _ = median_ratio(reps, cpu_serial, cpu_process)
+    raw, proc2, _ = median_ratio(reps, cpu_raw_trio_parallel, cpu_process)
     print(
         f"CPU-bound x{CPU_ITEMS}: serial in-process {serial:.2f} s, executor='process' "
-        f"{proc:.2f} s (incl. worker start-up), speed-up {serial / proc:.2f}x"
+        f"{proc:.2f} s (incl. worker start-up): speed-up {serial / proc:.2f}x; "
+        f"raw trio-parallel {raw:.2f} s vs pipeline {proc2:.2f} s: ratio {proc2 / raw:.2f}"
     )
+    print(f"load average during the run: {os.getloadavg()}")
 
 
 if __name__ == "__main__":

@@ -230,8 +230,16 @@ class PipelineRun:
                 if isinstance(source, AsyncIterable):
                     await self._read_async(source, send)
                 else:
+                    # _admit, inlined: one coroutine frame less per item.
+                    settle = self.ledger.settle
                     for raw in source:
-                        await self._admit(raw, send)
+                        env = Envelope(self.source_items, raw)
+                        self.source_items += 1
+                        try:
+                            await send.send(env)
+                        except BaseException:
+                            settle(env, UNFINISHED)
+                            raise
                         if self._stopping:
                             break
         except Exception as exc:
