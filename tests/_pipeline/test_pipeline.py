@@ -686,3 +686,114 @@ def test_retry_and_backoff_validation_and_jitter() -> None:
     half = tf.Backoff.constant(2.0, jitter=0.5)
     assert all(1.0 <= half.delay(1) <= 2.0 for _ in range(100))
     assert math.isinf(tf.Backoff.exponential(1).maximum)
+
+
+# -- more stage kinds, checkpoints and cancellation -------------------------------------
+
+
+async def test_flat_map_filter_and_each(autojump_clock: trio.testing.MockClock) -> None:
+    seen: list[int] = []
+
+    async def split(x: int) -> list[int]:
+        return [x] * x  # 0 -> nothing (counted as filtered)
+
+    async def even(x: int) -> bool:
+        await trio.sleep(0)
+        return x % 2 == 0
+
+    async def note(x: int) -> None:
+        seen.append(x)
+
+    pipe = tf.Pipeline("f").flat_map(split, ordered=True, workers=3).filter(even).each(note)
+    async with pipe.open(range(5)) as run:
+        got = [x async for x in run.outputs]
+    assert got == seen == [2, 2, 4, 4, 4, 4]
+    r = run.report
+    s = r.stages["split"]
+    assert (s.received, s.emitted, s.filtered) == (5, 4, 1)
+    assert r.stages["even"].received == 10
+    # source items: 0 split into nothing, 1 and 3 were filtered, 2 and 4 delivered
+    assert (r.delivered, r.filtered, r.unfinished) == (2, 3, 0)
+
+
+async def test_dead_letter_of_a_batch_keeps_the_list(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def write(batch: list[int]) -> None:
+        if 3 in batch:
+            raise OSError("db down")
+
+    report = await tf.Pipeline("d").batch(2).each(write, on_error="dead_letter").run(range(5))
+    [letter] = report.dead_letters
+    assert letter.item == [2, 3]
+    assert letter.stage == "write"
+    assert (report.delivered, report.dead_lettered) == (3, 2)
+
+
+async def test_pipeline_is_reusable_and_builders_do_not_mutate(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    base = tf.Pipeline("r").map(ident)
+    longer = base.filter(bool)
+    assert base.stages == ("ident",)
+    assert longer.stages == ("ident", "bool")
+    first = await longer.run(range(4))
+    second = await longer.run(range(4))
+    assert first.delivered == second.delivered == 3
+    assert "ident -> bool" in repr(longer)
+
+
+async def test_outputs_receive_is_a_checkpoint_and_cancellation_takes_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def slow(x: int) -> int:
+        await trio.sleep(1)
+        return x
+
+    async with tf.Pipeline("c").map(slow).open(range(3)) as run:
+        assert run.outputs is not None
+        with trio.move_on_after(0.5):
+            await run.outputs.receive()  # cancelled while parked
+        with trio.testing.assert_checkpoints():
+            assert await run.outputs.receive() == 0
+        with trio.CancelScope() as cs:
+            cs.cancel()
+            await run.outputs.receive()  # cancelled before it could take item 1
+        assert [x async for x in run.outputs] == [1, 2]
+    assert run.report.delivered == 3
+
+
+async def test_stop_is_a_checkpoint_and_a_cancelled_stop_leaves_the_drain_going(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def slow(x: int) -> int:
+        await trio.sleep(10)
+        return x
+
+    async with tf.Pipeline("s").map(slow, workers=2).open(range(100)) as run:
+        await trio.sleep(1)
+        with trio.move_on_after(1):
+            await run.stop(grace=50)  # the caller gives up waiting...
+        assert run.running  # ...the drain goes on, within its grace
+        snapshot = run.report
+        assert snapshot.unfinished == snapshot.source_items == 3
+        assert await run.wait() == run.report
+        with trio.testing.assert_checkpoints():
+            await run.stop()  # already over: returns at once, still a checkpoint
+    r = run.report
+    assert (r.source_items, r.delivered, r.unfinished) == (3, 3, 0)
+    assert trio.current_time() == 20  # items 0, 1 from 0 to 10 s; item 2 from 10 to 20 s
+
+
+async def test_grace_zero_cancels_right_after_the_reader_stops(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def slow(x: int) -> int:
+        await trio.sleep(10)
+        return x
+
+    async with tf.Pipeline("s").map(slow).open(range(10)) as run:
+        await trio.sleep(1)
+        await run.stop(grace=0)
+    assert trio.current_time() == 1
+    assert run.report.unfinished == run.report.source_items
