@@ -257,7 +257,7 @@ async def _run_scenario(sc: Scenario) -> None:
 
 
 @settings(
-    max_examples=200,
+    max_examples=300,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )

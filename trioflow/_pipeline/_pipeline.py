@@ -53,6 +53,10 @@ class Pipeline:
     Every source item ends in exactly one of: delivered (out of the last
     stage), filtered, skipped, dead-lettered, or unfinished (the run was
     stopped, cancelled or failed first) — see :class:`PipelineReport`.
+
+    Cost: per item and stage, about what the same topology hand-written
+    with trio memory channels costs (``bench/pipeline.py``: 1.18x with one
+    worker per stage, no measurable difference with four).
     """
 
     __slots__ = ("_dead_letters", "_name", "_stages")
