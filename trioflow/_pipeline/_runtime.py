@@ -104,12 +104,14 @@ class PipelineRun:
             s, r = trio.open_memory_channel[Envelope](spec.buffer)
             self._senders.append(s)
             self._receivers.append(r)
-        self.outputs: Outputs | None = None
+        s, r = trio.open_memory_channel[Envelope](0)
         if with_outputs:
-            s, r = trio.open_memory_channel[Envelope](0)
             self._senders.append(s)
             self._receivers.append(r)
-            self.outputs = Outputs(r, self.ledger)
+        else:
+            s.close()  # run(): the last stage delivers to a sink; outputs is empty
+        #: the last stage's items (empty for ``pipe.run()``)
+        self.outputs: Final = Outputs(r, self.ledger)
         self.stages: list[StageRun] = []
         last = len(specs) - 1
         for i, spec in enumerate(specs):
@@ -347,6 +349,5 @@ class PipelineRun:
 
     async def discard_outputs(self) -> None:
         """Consume (and count as delivered) outputs nobody reads, so the run can finish."""
-        if self.outputs is not None:
-            async for _ in self.outputs:
-                pass
+        async for _ in self.outputs:
+            pass
