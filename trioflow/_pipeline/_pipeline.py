@@ -55,8 +55,8 @@ class Pipeline:
     stopped, cancelled or failed first) — see :class:`PipelineReport`.
 
     Cost: per item and stage, about what the same topology hand-written
-    with trio memory channels costs (``bench/pipeline.py``: 1.18x with one
-    worker per stage, no measurable difference with four).
+    with trio memory channels costs (``bench/pipeline.py``: 1.05-1.15x with
+    one worker per stage, 1.03-1.04x with four).
     """
 
     __slots__ = ("_dead_letters", "_name", "_stages")
