@@ -294,10 +294,15 @@ class LimiterFace:
         # The uncontended path, inlined (this is the hot one): nobody waits,
         # the token fits, the task holds none yet. Anything else goes the
         # general way.
+        # A lane policy's fast-path check (``admits``) stands in for "fits".
+        admits = kernel.admits
         if (
             kernel.waiting
-            or kernel.admits is not None
-            or kernel.total - kernel.borrowed < 1
+            or (
+                kernel.total - kernel.borrowed < 1
+                if admits is None
+                else not admits(kernel, self._lane, 1)
+            )
             or task in kernel.holders
             or self._feedback is not None
         ):
@@ -308,6 +313,7 @@ class LimiterFace:
             await trio.lowlevel.checkpoint()
         except BaseException:
             kernel.release(task, None, self._what)
+            kernel.lane_granted[self._lane] -= 1  # never happened, as far as anyone counts
             raise
 
     async def __aexit__(
