@@ -22,6 +22,20 @@ from ._admission._lanes import PriorityLimiter as PriorityLimiter
 from ._admission._lanes import PriorityLimiterStatistics as PriorityLimiterStatistics
 from ._admission._protocol import Limiter as Limiter
 
+# -- rate limits: how many start per second --
+from ._admission._rate import RateLimiter as RateLimiter
+from ._admission._rate import RateLimiterStatistics as RateLimiterStatistics
+from ._admission._rate import Reservation as Reservation
+
+# -- running many tasks: task groups and parallel map --
+from ._tasks._amap import AmapResults as AmapResults
+from ._tasks._amap import amap as amap
+from ._tasks._amap import run_all as run_all
+from ._tasks._group import TaskGroup as TaskGroup
+from ._tasks._group import TaskGroupStatistics as TaskGroupStatistics
+from ._tasks._group import TaskHandle as TaskHandle
+from ._tasks._group import open_task_group as open_task_group
+
 # -- (later sections are added here, one block per building block) --
 from ._util import fixup_module_metadata as _fixup_module_metadata
 

@@ -73,7 +73,7 @@ class Waiter:
         #: ``trio.current_time()`` when the waiter queued.
         self.since: Final = since
         #: True while the task sleeps in ``wait_task_rescheduled``.
-        self.parked = False
+        self.parked: bool = False
 
     def __repr__(self) -> str:
         return f"<Waiter {self.task.name!r} weight={self.weight} lane={self.lane}>"
