@@ -233,8 +233,9 @@ class LimiterFace:
             waiter = kernel.enqueue(borrower, weight, lane, self)
             # With the plain FIFO policy a newcomer that did not fit above
             # cannot be granted now (the queue was settled by the last
-            # change); a lane policy may rank it ahead of others, so ask it.
-            if kernel.admits is not None:
+            # change); a lane policy may rank it ahead of others, so ask it
+            # (only if a token is free: under contention none is).
+            if kernel.admits is not None and kernel.total - kernel.borrowed > 0:
                 kernel.pump()
             if waiter in kernel.queues[lane]:
                 # Parking is the checkpoint; a cancellation while parked

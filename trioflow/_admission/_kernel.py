@@ -201,7 +201,9 @@ class Kernel:
     def pump(self) -> None:
         """Grant to waiters until the policy says nobody fits. Call after any change."""
         policy = self.policy
-        while self.waiting:
+        # Every weight is >= 1, so with no token free nobody can go, whatever
+        # the policy: under contention this skips a policy call per release.
+        while self.waiting and self.total - self.borrowed > 0:
             waiter = policy(self)
             if waiter is None:
                 return

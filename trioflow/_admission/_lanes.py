@@ -273,63 +273,79 @@ class _LanePolicy:
     def choose(self, kernel: Kernel) -> Waiter | None:
         """Pick the next waiter to grant (see the module docstring for the order).
 
-        Runs on every release and arrival while anyone waits, so it is
-        written for speed: no tuples built, one unpack per lane, and the clock
-        is read only when a ``max_wait`` could change the answer.
+        Runs on every release (and arrival, when a token is free) while
+        anyone waits, so it is written for speed: no tuples built, one unpack
+        per lane, and two passes so that the common case under saturation —
+        the lane that just released is below its reserve again — never reads
+        the clock; the second pass reads it only when a ``max_wait`` could
+        change the answer.
         """
-        if kernel.total - kernel.borrowed <= 0:
+        free = kernel.total - kernel.borrowed
+        if free <= 0:
             # Every weight is >= 1: nobody fits, whoever would be chosen.
             return None
         in_use = kernel.lane_in_use
-        top = self.top
-        now: float | None = None
+        rows = self.rows
         best: Waiter | None = None
-        # The best so far ranks by (tier, priority, arrival); tier 0 = its
-        # lane is below its reserve, tier 1 = everyone else.
-        best_tier = 2
         best_priority = 0
         best_seq = 0
-        best_promoted = False
-        for i, queue, cap, reserve, priority, max_wait in self.rows:
+        # Pass 1: lanes below their reserve, by (priority, arrival).
+        for i, queue, cap, reserve, priority, _ in rows:
+            used = in_use[i]
+            if used >= reserve:
+                continue
             # The lane's head; an empty lane is skipped. (A for/break reads
             # the first key faster than next(iter(queue)).)
             for head in queue:  # noqa: B007
                 break
             else:
                 continue
-            used = in_use[i]
             if used + head.weight > cap:
                 continue
-            promoted = False
-            if used < reserve:
-                tier = 0
-            else:
-                if best_tier == 0:
-                    continue
-                tier = 1
-                if (
-                    max_wait is not None
-                    and priority != top
-                    # even promoted it would lose to the best so far: skip the clock
-                    and not (best_tier == 1 and best_priority == top and best_seq < head.seq)
-                ):
-                    if now is None:
-                        now = trio.current_time()
-                    if now - head.since >= max_wait:
-                        priority = top
-                        promoted = True
-            if tier < best_tier or (
-                tier == best_tier
-                and (
-                    priority < best_priority or (priority == best_priority and head.seq < best_seq)
-                )
+            if (
+                best is None
+                or priority < best_priority
+                or (priority == best_priority and head.seq < best_seq)
             ):
                 best = head
-                best_tier = tier
+                best_priority = priority
+                best_seq = head.seq
+        if best is not None:
+            return best if best.weight <= free else None
+        # Pass 2: everyone else, by (priority, arrival), a head that has
+        # waited max_wait counting as the top priority.
+        top = self.top
+        now: float | None = None
+        best_promoted = False
+        for i, queue, cap, _, priority, max_wait in rows:
+            for head in queue:  # noqa: B007
+                break
+            else:
+                continue
+            if in_use[i] + head.weight > cap:
+                continue
+            promoted = False
+            if (
+                max_wait is not None
+                and priority != top
+                # even promoted it would lose to the best so far: skip the clock
+                and not (best is not None and best_priority == top and best_seq < head.seq)
+            ):
+                if now is None:
+                    now = trio.current_time()
+                if now - head.since >= max_wait:
+                    priority = top
+                    promoted = True
+            if (
+                best is None
+                or priority < best_priority
+                or (priority == best_priority and head.seq < best_seq)
+            ):
+                best = head
                 best_priority = priority
                 best_seq = head.seq
                 best_promoted = promoted
-        if best is None or best.weight > kernel.total - kernel.borrowed:
+        if best is None or best.weight > free:
             return None
         if best_promoted:
             self.promoted[best.lane] += 1
