@@ -214,6 +214,7 @@ class _LanePolicy:
 
     __slots__ = (
         "caps",
+        "heads",
         "lanes",
         "max_waits",
         "priorities",
@@ -232,6 +233,14 @@ class _LanePolicy:
         self.top: Final = min(self.priorities)
         #: grants that ``max_wait`` promotion decided, per lane
         self.promoted = [0] * len(lanes)
+        #: Each lane's head as last seen. Reading a dict's first key costs
+        #: time in proportion to the entries deleted before it (a FIFO of
+        #: 300 waiters: about 1 µs), so the head is looked up again only
+        #: when it has left its queue. That check is exact: waiters join
+        #: at the end and never come back, so a head still queued is still
+        #: the head. (A stale entry keeps one finished waiter alive until
+        #: its lane is next looked at.)
+        self.heads: list[Waiter | None] = [None] * len(lanes)
         self.reserved: list[int | float] = []
         self.caps: list[int | float] = []
         #: the kernel's queues, once :meth:`attach` has run
@@ -286,6 +295,7 @@ class _LanePolicy:
             return None
         in_use = kernel.lane_in_use
         rows = self.rows
+        heads = self.heads
         best: Waiter | None = None
         best_priority = 0
         best_seq = 0
@@ -294,12 +304,16 @@ class _LanePolicy:
             used = in_use[i]
             if used >= reserve:
                 continue
-            # The lane's head; an empty lane is skipped. (A for/break reads
-            # the first key faster than next(iter(queue)).)
-            for head in queue:  # noqa: B007
-                break
-            else:
-                continue
+            head = heads[i]
+            if head is None or head not in queue:
+                # The lane's head; an empty lane is skipped. (A for/break
+                # reads the first key faster than next(iter(queue)).)
+                for head in queue:  # noqa: B007
+                    break
+                else:
+                    heads[i] = None
+                    continue
+                heads[i] = head
             if used + head.weight > cap:
                 continue
             if (
@@ -318,10 +332,14 @@ class _LanePolicy:
         now: float | None = None
         best_promoted = False
         for i, queue, cap, _, priority, max_wait in rows:
-            for head in queue:  # noqa: B007
-                break
-            else:
-                continue
+            head = heads[i]
+            if head is None or head not in queue:
+                for head in queue:  # noqa: B007
+                    break
+                else:
+                    heads[i] = None
+                    continue
+                heads[i] = head
             if in_use[i] + head.weight > cap:
                 continue
             promoted = False
