@@ -253,9 +253,12 @@ class RateLimiter:
     :meth:`reserve` never block and are not checkpoints. Tokens are spent,
     never returned: there is no ``release``.
 
-    Cost: an ``acquire()`` that does not have to wait is one checkpoint plus a
-    few arithmetic operations, measured at 1.0x the time of a bare
-    :func:`trio.lowlevel.checkpoint` (``bench/rate.py``, ``docs/benchmarks.md``).
+    Cost: an ``acquire()`` that does not have to wait is one checkpoint plus
+    one clock read and a few float operations, measured at 1.1-1.3x the time
+    of a bare :func:`trio.lowlevel.checkpoint` on a loaded 2-vCPU machine,
+    where an empty ``async def`` around a checkpoint measures 1.0-1.5x
+    (``bench/rate.py``, ``docs/benchmarks.md``). A grant to a task that had
+    to wait costs one wake-up of that task.
 
     Args:
       rate: tokens added per second: a finite number > 0 (e.g. ``0.5`` for one
@@ -749,8 +752,9 @@ class RateLimiter:
             return
         await self._park(demand)
 
-    async def __aenter__(self) -> None:
-        await self.acquire(1)
+    # ``async with limiter:`` takes one token. An alias rather than a method
+    # that awaits acquire(): one coroutine layer less on the hot path.
+    __aenter__ = acquire
 
     async def __aexit__(
         self,
