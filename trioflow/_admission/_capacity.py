@@ -14,7 +14,7 @@ from ..adaptive._base import Algorithm
 from ._face import Feedback, LimiterFace, check_overload, fmt_tokens
 from ._kernel import Kernel
 
-__all__ = ["CapacityLimiter", "LimiterStatistics"]
+__all__ = ["CapacityLimiter", "LimiterStatistics", "adapt_total", "resolve_algorithm"]
 
 
 @attrs.frozen
@@ -53,6 +53,16 @@ def resolve_algorithm(
     algorithm.limit = int(min(max(start, algorithm.min_limit), algorithm.max_limit))
     assert callable(apply)
     return Feedback(algorithm, exc_types, apply)  # pyright: ignore[reportArgumentType]
+
+
+def adapt_total(feedback: Feedback | None, total: int | float) -> int | float:
+    """A total set by hand on an adaptive limiter: clamp it to the algorithm's
+    bounds and make it the algorithm's current limit (``math.inf`` passes)."""
+    if feedback is not None and total != float("inf"):
+        algorithm = feedback.algorithm
+        algorithm.limit = int(min(max(total, algorithm.min_limit), algorithm.max_limit))
+        return algorithm.limit
+    return total
 
 
 @final
@@ -141,12 +151,7 @@ class CapacityLimiter(LimiterFace):
 
     @total_tokens.setter
     def total_tokens(self, value: int | float) -> None:
-        total = check_total_tokens(value)
-        if self._feedback is not None and total != float("inf"):
-            algorithm = self._feedback.algorithm
-            algorithm.limit = int(min(max(total, algorithm.min_limit), algorithm.max_limit))
-            total = algorithm.limit
-        self._kernel.set_total(total)
+        self._kernel.set_total(adapt_total(self._feedback, check_total_tokens(value)))
 
     @property
     def available_tokens(self) -> int | float:

@@ -125,6 +125,7 @@ class Kernel:
         "holders",
         "lane_granted",
         "lane_in_use",
+        "lane_what",
         "policy",
         "queues",
         "total",
@@ -154,6 +155,9 @@ class Kernel:
         #: Fast-path check when nobody waits: may ``weight`` tokens go to
         #: ``lane`` right now? ``None`` means "if they fit in the total".
         self.admits = admits
+        #: How error messages name each lane's face (``"lane 'api/batch'"``);
+        #: ``None`` for a one-lane kernel, whose face names itself.
+        self.lane_what: list[str] | None = None
         self._seq = 0
 
     # -- queries -----------------------------------------------------------
@@ -197,7 +201,9 @@ class Kernel:
     def pump(self) -> None:
         """Grant to waiters until the policy says nobody fits. Call after any change."""
         policy = self.policy
-        while self.waiting:
+        # Every weight is >= 1, so with no token free nobody can go, whatever
+        # the policy: under contention this skips a policy call per release.
+        while self.waiting and self.total - self.borrowed > 0:
             waiter = policy(self)
             if waiter is None:
                 return
@@ -206,9 +212,13 @@ class Kernel:
     # -- acquire / release -------------------------------------------------
 
     def check_borrower(self, borrower: object, what: str) -> None:
-        if borrower in self.holders:
+        hold = self.holders.get(borrower)
+        if hold is not None:
+            # With lanes, what it holds may be another face of this kernel: name it.
+            held = what if self.lane_what is None else self.lane_what[hold.lane]
+            shared = "" if held == what else f", which shares its tokens with {what}"
             raise RuntimeError(
-                f"this borrower is already holding tokens of {what}; "
+                f"this borrower is already holding tokens of {held}{shared}; "
                 "release them before acquiring again"
             )
 
