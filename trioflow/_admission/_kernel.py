@@ -119,6 +119,7 @@ class Kernel:
     """The shared waiter queue. Not public: limiters wrap it."""
 
     __slots__ = (
+        "_holes",
         "_seq",
         "admits",
         "borrowed",
@@ -159,6 +160,8 @@ class Kernel:
         #: ``None`` for a one-lane kernel, whose face names itself.
         self.lane_what: list[str] | None = None
         self._seq = 0
+        #: removals per lane since that lane's dict was last compacted
+        self._holes = [0] * lanes
 
     # -- queries -----------------------------------------------------------
 
@@ -181,9 +184,26 @@ class Kernel:
 
     # -- the grant loop ----------------------------------------------------
 
-    def _grant(self, waiter: Waiter) -> None:
-        del self.queues[waiter.lane][waiter]
+    def _unqueue(self, waiter: Waiter) -> None:
+        lane = waiter.lane
+        queue = self.queues[lane]
+        del queue[waiter]
         self.waiting -= 1
+        # A dict keeps the slots of deleted keys until it is rebuilt, and
+        # finding its first key walks over them: a long FIFO drained from
+        # the front would make every head lookup slower. Compact in place
+        # (same object: policies may keep references) once the holes
+        # outnumber the waiters, which keeps the cost amortized O(1).
+        holes = self._holes[lane] + 1
+        if holes > 64 and holes > len(queue):
+            keep = list(queue)
+            queue.clear()
+            queue.update(dict.fromkeys(keep))
+            holes = 0
+        self._holes[lane] = holes
+
+    def _grant(self, waiter: Waiter) -> None:
+        self._unqueue(waiter)
         self._add_holder(waiter.borrower, waiter.weight, waiter.lane)
         if waiter.parked:
             waiter.parked = False
@@ -265,8 +285,7 @@ class Kernel:
 
     def remove(self, waiter: Waiter) -> None:
         """Withdraw a queued waiter (cancelled or a failed nowait attempt)."""
-        del self.queues[waiter.lane][waiter]
-        self.waiting -= 1
+        self._unqueue(waiter)
         # The withdrawn waiter may have been a heavy head blocking lighter
         # ones, or a lane the policy was saving capacity for.
         self.pump()
