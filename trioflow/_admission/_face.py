@@ -42,7 +42,7 @@ def check_overload(value: object) -> tuple[type[BaseException], ...]:
 class Feedback:
     """Feeds finished holds of an adaptive limiter to its algorithm and applies the new limit."""
 
-    __slots__ = ("algorithm", "apply", "overload", "samples")
+    __slots__ = ("algorithm", "apply", "overload", "paused", "samples")
 
     def __init__(
         self,
@@ -56,6 +56,8 @@ class Feedback:
         self.apply: Final = apply
         #: samples fed so far
         self.samples = 0
+        #: total_tokens was set to 0 by hand: learn, but do not apply, until resumed
+        self.paused = False
 
     def is_overload(self, exc: BaseException | None) -> bool:
         if exc is None:
@@ -84,7 +86,9 @@ class Feedback:
             start=hold.start, rtt=now - hold.start, inflight=hold.inflight, dropped=dropped
         )
         self.samples += 1
-        self.apply(self.algorithm.update(sample))
+        limit = self.algorithm.update(sample)
+        if not self.paused:
+            self.apply(limit)
 
 
 @final
@@ -333,7 +337,13 @@ class LimiterFace:
         if feedback is not None:
             hold = self._kernel.holders.get(borrower)
             if hold is not None:
-                feedback.finish(hold, exc, permit)
+                try:
+                    feedback.finish(hold, exc, permit)
+                finally:
+                    # An algorithm that raises (a LoadFeedback whose read_load
+                    # failed) must not cost the tokens: they go back first.
+                    self._kernel.release(borrower, None, self._what)
+                return
         self._kernel.release(borrower, None, self._what)
 
     def hold(self, weight: int = 1) -> _HoldContext:
