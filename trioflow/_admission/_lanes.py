@@ -50,7 +50,7 @@ from .._util import (
     raise_type,
 )
 from ..adaptive._base import Algorithm
-from ._capacity import LimiterStatistics, adapt_total, resolve_algorithm
+from ._capacity import LimiterStatistics, PoolState, adapt_total, resolve_algorithm
 from ._face import Feedback, LimiterFace, fmt_tokens
 from ._kernel import Kernel, Waiter, fits_total
 
@@ -588,7 +588,7 @@ class LaneLimiter(LimiterFace):
 
 
 @final
-class PriorityLimiter:
+class PriorityLimiter(PoolState):
     """One sack of tokens shared by lanes of work with priorities and reserved shares.
 
     Picture one downstream quota shared by interactive requests and batch
@@ -743,27 +743,10 @@ class PriorityLimiter:
         """Tokens held now, all lanes."""
         return self._kernel.borrowed
 
-    @property
-    def available_tokens(self) -> int | float:
-        """Tokens free now, all lanes (never negative)."""
-        return max(0, self._kernel.total - self._kernel.borrowed)
-
-    @property
-    def algorithm(self) -> Algorithm | None:
-        """The adaptive algorithm driving ``total_tokens``, if any."""
-        return None if self._feedback is None else self._feedback.algorithm
-
     def statistics(self) -> PriorityLimiterStatistics:
         """A snapshot of the pool and of every lane (plain reads; safe from any thread)."""
-        kernel = self._kernel
-        return PriorityLimiterStatistics(
-            name=self._name,
-            total_tokens=kernel.total,
-            borrowed_tokens=kernel.borrowed,
-            tasks_waiting=kernel.waiting,
-            borrowers=list(kernel.holders),
-            algorithm=None if self._feedback is None else self._feedback.algorithm.state(),
-            lanes={h.lane.name: h.statistics() for h in self._handles},
+        return self._snapshot(
+            PriorityLimiterStatistics, lanes={h.lane.name: h.statistics() for h in self._handles}
         )
 
     def _trioflow_holders(self) -> list[Holding]:
