@@ -11,7 +11,8 @@ It is a trio server on a real socket speaking HTTP/1.1 through ``h11``
   adaptive limiter in front of it has something to adapt to.
 
 Endpoints: ``GET /enrich?id=N`` (JSON), ``POST /webhook`` (JSON body echoed
-with a receipt), ``GET /health``. Start it inside your own nursery::
+with a receipt; the ``Idempotency-Key`` header of every accepted call is
+counted in ``stats.webhooks``), ``GET /health``. Start it inside your own nursery::
 
     api = LocalAPI(capacity=20, latency=0.02)
     port = await nursery.start(api.serve)
@@ -24,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -44,6 +46,9 @@ class APIStats:
     failed: int = 0
     in_progress: int = 0
     peak_in_progress: int = 0
+    webhooks: Counter[str] = attrs.field(factory=Counter[str])
+    """``POST /webhook`` calls answered 200, by ``Idempotency-Key`` header
+    (a key counted twice is a delivery the sender repeated)."""
 
 
 @attrs.define(eq=False)
@@ -159,8 +164,13 @@ class LocalAPI:
                 doc = json.loads(body or b"null")
             except ValueError:
                 return 400, {"error": "body is not JSON"}
-            return await self._work(lambda: {"received": doc, "receipt": self._rng.getrandbits(32)})
+            key = dict(request.headers).get(b"idempotency-key", b"").decode()
+            return await self._work(lambda: self._receive(doc, key))
         return 404, {"error": f"no route {url.path}"}
+
+    def _receive(self, doc: object, key: str) -> dict[str, Any]:
+        self.stats.webhooks[key] += 1
+        return {"received": doc, "receipt": self._rng.getrandbits(32)}
 
     def _enrich(self, ident: str) -> dict[str, Any]:
         rng = random.Random(ident)  # the same id always enriches the same way
