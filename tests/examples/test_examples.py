@@ -222,7 +222,10 @@ def test_webhook_dispatcher_accounts_for_every_delivery(tmp_path: pathlib.Path) 
     records = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
     audit_records = [r for r in records if r["subscriber"] == "audit"]
     assert len(audit_records) == 60
-    assert all(r["attempts"] == 4 and "500 from audit" in r["error"] for r in audit_records)
+    for record in audit_records:
+        # Its last attempt got a 500, or (on a loaded machine) no answer in time.
+        assert record["attempts"] == 4, record
+        assert "500 from audit" in record["error"] or "no answer within" in record["error"], record
     assert re.search(
         r"conservation: 240 deliveries = \d+ delivered \+ \d+ dead-lettered \+ 0 unfinished +OK",
         out,
