@@ -7,6 +7,8 @@ It is a trio server on a real socket speaking HTTP/1.1 through ``h11``
   in line; beyond that it answers ``503`` at once (overload);
 * each request takes a lognormal time (``latency`` mean, ``sigma``);
 * ``fail_rate`` of requests answer ``500`` (a bug, not overload);
+* ``reject(body)`` may refuse a webhook with ``422`` (a client error: the
+  sender should not retry it);
 * ``degrade(at, capacity=..., latency=...)`` changes the above mid-run, so an
   adaptive limiter in front of it has something to adapt to.
 
@@ -59,6 +61,8 @@ class LocalAPI:
     max_queue: int = 200
     fail_rate: float = 0.0
     seed: int | None = None
+    reject: Callable[[Any], str | None] | None = None
+    """For ``POST /webhook``: given the JSON body, a reason to refuse it (``422``), or ``None``."""
     stats: APIStats = attrs.field(factory=APIStats)
     _slots: trio.Semaphore | None = attrs.field(default=None, init=False)
     _queued: int = attrs.field(default=0, init=False)
@@ -164,6 +168,9 @@ class LocalAPI:
                 doc = json.loads(body or b"null")
             except ValueError:
                 return 400, {"error": "body is not JSON"}
+            reason = self.reject(doc) if self.reject is not None else None
+            if reason is not None:
+                return 422, {"error": reason}
             key = dict(request.headers).get(b"idempotency-key", b"").decode()
             return await self._work(lambda: self._receive(doc, key))
         return 404, {"error": f"no route {url.path}"}

@@ -45,9 +45,10 @@ everything in flight. Here is the same job done right, with trioflow:
   out on our side but went through on theirs — why webhooks carry one).
 
 The subscribers are four real HTTP servers on 127.0.0.1 (``local_api.py``),
-started in this program's own nursery: ``billing`` is healthy, ``crm`` fails
-30% of calls with a 500, ``analytics`` is slow (some calls exceed the
-timeout), and ``audit`` is down for a while mid-run.
+started in this program's own nursery: ``billing`` is healthy but refuses
+(422) the one event in 40 that comes without an amount, ``crm`` fails 30% of
+calls with a 500, ``analytics`` is slow (some calls exceed the timeout), and
+``audit`` is down for a while mid-run.
 
     python examples/webhook_dispatcher.py               # 200 events, done in a few seconds
     python examples/webhook_dispatcher.py --events 100000 --rate 800   # then Ctrl-C
@@ -110,12 +111,22 @@ class Subscriber:
     """Keys of the deliveries this subscriber answered 200 to."""
 
 
+def needs_amount(event: Any) -> str | None:
+    if isinstance(event, dict) and "amount_cents" not in event:
+        return "amount_cents is required"
+    return None
+
+
 def make_subscribers(seed: int, outage: tuple[float, float]) -> list[Subscriber]:
     audit = LocalAPI(capacity=20, latency=0.015, seed=seed + 4)
     audit.degrade(at=outage[0], fail_rate=1.0)
     audit.degrade(at=outage[1], fail_rate=0.0)
     return [
-        Subscriber("billing", "healthy", LocalAPI(capacity=20, latency=0.01, seed=seed + 1)),
+        Subscriber(
+            "billing",
+            "healthy; 422 if no amount",
+            LocalAPI(capacity=20, latency=0.01, seed=seed + 1, reject=needs_amount),
+        ),
         Subscriber(
             "crm",
             "30% of calls fail (500)",
@@ -165,7 +176,10 @@ async def generate_events(n: int, per_second: float) -> AsyncIterator[dict[str, 
     for i in range(n):
         if per_second:
             await trio.sleep(1 / per_second)
-        yield {"id": i, "type": kinds[i % len(kinds)], "amount_cents": (i * 7919) % 100_000}
+        event: dict[str, Any] = {"id": i, "type": kinds[i % len(kinds)]}
+        if i % 40 != 39:  # a producer bug: one event in 40 has no amount
+            event["amount_cents"] = (i * 7919) % 100_000
+        yield event
 
 
 def error_text(exc: BaseException, timeout: float) -> str:

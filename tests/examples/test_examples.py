@@ -218,10 +218,19 @@ def test_webhook_dispatcher_accounts_for_every_delivery(tmp_path: pathlib.Path) 
     assert audit["delivered"] == 0
     assert audit["dead_lettered"] == 60
     assert audit["retries"] == 3 * 60
-    assert summary["subscribers"]["billing"]["delivered"] == 60
+    # billing refuses (422) the one event in 40 without an amount: dead-lettered
+    # after one attempt, never retried.
+    billing = summary["subscribers"]["billing"]
+    assert billing["dead_lettered"] == 1
+    assert billing["delivered"] == 59
+    assert billing["retries"] == 0
     records = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
     audit_records = [r for r in records if r["subscriber"] == "audit"]
     assert len(audit_records) == 60
+    (refused,) = [r for r in records if r["subscriber"] == "billing"]
+    assert refused["event"]["id"] == 39
+    assert refused["attempts"] == 1
+    assert "Rejected: 422 from billing" in refused["error"]
     for record in audit_records:
         # Its last attempt got a 500, or (on a loaded machine) no answer in time.
         assert record["attempts"] == 4, record
