@@ -7,7 +7,9 @@ its home module is one hop away (``trioflow/_admission/_capacity.py`` for
 """
 
 from . import adaptive as adaptive
+from . import debug as debug
 from . import telemetry as telemetry
+from . import testing as testing
 
 # -- admission: who may run now --
 from ._admission._capacity import CapacityLimiter as CapacityLimiter
@@ -22,6 +24,31 @@ from ._admission._lanes import PriorityLimiter as PriorityLimiter
 from ._admission._lanes import PriorityLimiterStatistics as PriorityLimiterStatistics
 from ._admission._protocol import Limiter as Limiter
 
+# -- rate limits: how many start per second --
+from ._admission._rate import RateLimiter as RateLimiter
+from ._admission._rate import RateLimiterStatistics as RateLimiterStatistics
+from ._admission._rate import Reservation as Reservation
+
+# -- pipelines: stages with workers, back-pressure, retries, dead letters --
+from ._pipeline._pipeline import Pipeline as Pipeline
+from ._pipeline._report import DeadLetter as DeadLetter
+from ._pipeline._report import Latency as Latency
+from ._pipeline._report import PipelineReport as PipelineReport
+from ._pipeline._report import StageReport as StageReport
+from ._pipeline._retry import Backoff as Backoff
+from ._pipeline._retry import Retry as Retry
+from ._pipeline._runtime import Outputs as Outputs
+from ._pipeline._runtime import PipelineRun as PipelineRun
+
+# -- running many tasks: task groups and parallel map --
+from ._tasks._amap import AmapResults as AmapResults
+from ._tasks._amap import amap as amap
+from ._tasks._amap import run_all as run_all
+from ._tasks._group import TaskGroup as TaskGroup
+from ._tasks._group import TaskGroupStatistics as TaskGroupStatistics
+from ._tasks._group import TaskHandle as TaskHandle
+from ._tasks._group import open_task_group as open_task_group
+
 # -- (later sections are added here, one block per building block) --
 from ._util import fixup_module_metadata as _fixup_module_metadata
 
@@ -30,4 +57,6 @@ __version__ = "0.1.0.dev0"
 _fixup_module_metadata(__name__, globals())
 _fixup_module_metadata(adaptive.__name__, adaptive.__dict__)
 _fixup_module_metadata(telemetry.__name__, telemetry.__dict__)
+_fixup_module_metadata(debug.__name__, debug.__dict__)
+_fixup_module_metadata(testing.__name__, testing.__dict__)
 del _fixup_module_metadata

@@ -1027,3 +1027,57 @@ def test_property_lanes_weights_cancellation_resizing(
     assert kernel.holders == {}
     assert kernel.lane_in_use == [0] * len(LANES)
     assert [limiter[lane.name].statistics().granted for lane in LANES] == granted_per_lane
+
+
+# -- what telemetry reads ------------------------------------------------------------------
+
+
+async def test_real_lanes_in_metrics_and_wait_histogram(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from opentelemetry.sdk.metrics.export import HistogramDataPoint, NumberDataPoint
+
+    from tests.telemetry.conftest import close_otel, make_otel
+
+    otel = make_otel()
+    try:
+        limiter = two_lanes(4)
+        interactive, batch = limiter["interactive"], limiter["batch"]
+        batch.acquire_on_behalf_of_nowait("job", weight=3)
+
+        def gauge(name: str) -> dict[tuple[tuple[str, object], ...], float]:
+            out: dict[tuple[tuple[str, object], ...], float] = {}
+            for p in otel.metrics()[name].data.data_points:
+                assert isinstance(p, NumberDataPoint)
+                out[tuple(sorted((p.attributes or {}).items()))] = p.value
+            return out
+
+        key = (("trioflow.lane", "batch"), ("trioflow.name", "api"))
+        assert gauge("trioflow.limiter.in_use")[key] == 3
+        assert gauge("trioflow.limiter.limit")[key] == 4
+        # the limiter itself is not read again (its lanes already are)
+        assert (("trioflow.name", "api"),) not in gauge("trioflow.limiter.in_use")
+
+        async def wait_for_two() -> None:
+            async with interactive.hold(2):
+                pass
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait_for_two)
+            await trio.sleep(1.5)
+            assert (
+                gauge("trioflow.limiter.waiting")[
+                    (("trioflow.lane", "interactive"), ("trioflow.name", "api"))
+                ]
+                == 1
+            )
+            batch.release_on_behalf_of("job")
+        [point] = [
+            p
+            for p in otel.metrics()["trioflow.limiter.wait.duration"].data.data_points
+            if isinstance(p, HistogramDataPoint)
+        ]
+        assert point.sum == 1.5
+        assert dict(point.attributes or {})["trioflow.kind"] == "lane"
+    finally:
+        close_otel(otel)

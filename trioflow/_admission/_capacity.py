@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections.abc import Callable, Mapping
-from typing import final
+from typing import Any, TypeVar, final
 
 import attrs
 import trio
@@ -46,6 +46,9 @@ class LimiterStatistics:
 #: one algorithm instance holds one limit, so sharing it between two limiters
 #: would make each undo the other.
 _attached: dict[int, weakref.ref[Algorithm]] = {}
+
+
+S = TypeVar("S", bound=LimiterStatistics)
 
 
 def _attach(algorithm: Algorithm) -> None:
@@ -125,8 +128,46 @@ def adapt_total(feedback: Feedback | None, total: int | float) -> int | float:
     return algorithm.limit
 
 
+class PoolState:
+    """What every limiter that owns a kernel reports about the whole pool.
+
+    Shared by :class:`CapacityLimiter` and :class:`~trioflow.PriorityLimiter`
+    (whose lanes report their own share).
+    """
+
+    __slots__ = ()
+
+    _kernel: Kernel
+    _feedback: Feedback | None
+    _name: str
+
+    @property
+    def available_tokens(self) -> int | float:
+        """Tokens free now (never negative)."""
+        return max(0, self._kernel.total - self._kernel.borrowed)
+
+    @property
+    def algorithm(self) -> Algorithm | None:
+        """The adaptive algorithm driving ``total_tokens``, if any."""
+        return None if self._feedback is None else self._feedback.algorithm
+
+    def _snapshot(self, cls: type[S], **extra: Any) -> S:
+        """A statistics record of the pool (plain reads; safe from any thread)."""
+        kernel = self._kernel
+        feedback = self._feedback
+        return cls(
+            name=self._name,
+            total_tokens=kernel.total,
+            borrowed_tokens=kernel.borrowed,
+            tasks_waiting=kernel.waiting,
+            borrowers=list(kernel.holders),
+            algorithm=None if feedback is None else feedback.algorithm.state(),
+            **extra,
+        )
+
+
 @final
-class CapacityLimiter(LimiterFace):
+class CapacityLimiter(PoolState, LimiterFace):
     """A sack of ``total_tokens`` tokens; a task must hold some to run a block.
 
     Like :class:`trio.CapacityLimiter`, and a drop-in replacement for it
@@ -219,27 +260,9 @@ class CapacityLimiter(LimiterFace):
     def total_tokens(self, value: int | float) -> None:
         self._kernel.set_total(adapt_total(self._feedback, check_total_tokens(value)))
 
-    @property
-    def available_tokens(self) -> int | float:
-        """Tokens free now (never negative)."""
-        return max(0, self._kernel.total - self._kernel.borrowed)
-
-    @property
-    def algorithm(self) -> Algorithm | None:
-        """The adaptive algorithm driving ``total_tokens``, if any."""
-        return None if self._feedback is None else self._feedback.algorithm
-
     def statistics(self) -> LimiterStatistics:
         """A snapshot of the limiter's state (plain reads; safe from any thread)."""
-        kernel = self._kernel
-        return LimiterStatistics(
-            name=self._name,
-            total_tokens=kernel.total,
-            borrowed_tokens=kernel.borrowed,
-            tasks_waiting=kernel.waiting,
-            borrowers=list(kernel.holders),
-            algorithm=None if self._feedback is None else self._feedback.algorithm.state(),
-        )
+        return self._snapshot(LimiterStatistics)
 
     def __repr__(self) -> str:
         kernel = self._kernel

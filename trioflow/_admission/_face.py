@@ -237,8 +237,9 @@ class LimiterFace:
             waiter = kernel.enqueue(borrower, weight, lane, self)
             # With the plain FIFO policy a newcomer that did not fit above
             # cannot be granted now (the queue was settled by the last
-            # change); a lane policy may rank it ahead of others, so ask it.
-            if kernel.admits is not None:
+            # change); a lane policy may rank it ahead of others, so ask it
+            # (only if a token is free: under contention none is).
+            if kernel.admits is not None and kernel.total - kernel.borrowed > 0:
                 kernel.pump()
             if waiter in kernel.queues[lane]:
                 # Parking is the checkpoint; a cancellation while parked
@@ -298,10 +299,15 @@ class LimiterFace:
         # The uncontended path, inlined (this is the hot one): nobody waits,
         # the token fits, the task holds none yet. Anything else goes the
         # general way.
+        # A lane policy's fast-path check (``admits``) stands in for "fits".
+        admits = kernel.admits
         if (
             kernel.waiting
-            or kernel.admits is not None
-            or kernel.total - kernel.borrowed < 1
+            or (
+                kernel.total - kernel.borrowed < 1
+                if admits is None
+                else not admits(kernel, self._lane, 1)
+            )
             or task in kernel.holders
             or self._feedback is not None
         ):
@@ -312,6 +318,7 @@ class LimiterFace:
             await trio.lowlevel.checkpoint()
         except BaseException:
             kernel.release(task, None, self._what)
+            kernel.lane_granted[self._lane] -= 1  # never happened, as far as anyone counts
             raise
 
     async def __aexit__(

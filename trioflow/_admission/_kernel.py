@@ -73,7 +73,7 @@ class Waiter:
         #: ``trio.current_time()`` when the waiter queued.
         self.since: Final = since
         #: True while the task sleeps in ``wait_task_rescheduled``.
-        self.parked = False
+        self.parked: bool = False
 
     def __repr__(self) -> str:
         return f"<Waiter {self.task.name!r} weight={self.weight} lane={self.lane}>"
@@ -119,6 +119,7 @@ class Kernel:
     """The shared waiter queue. Not public: limiters wrap it."""
 
     __slots__ = (
+        "_holes",
         "_seq",
         "admits",
         "borrowed",
@@ -159,6 +160,8 @@ class Kernel:
         #: ``None`` for a one-lane kernel, whose face names itself.
         self.lane_what: list[str] | None = None
         self._seq = 0
+        #: removals per lane since that lane's dict was last compacted
+        self._holes = [0] * lanes
 
     # -- queries -----------------------------------------------------------
 
@@ -181,9 +184,26 @@ class Kernel:
 
     # -- the grant loop ----------------------------------------------------
 
-    def _grant(self, waiter: Waiter) -> None:
-        del self.queues[waiter.lane][waiter]
+    def _unqueue(self, waiter: Waiter) -> None:
+        lane = waiter.lane
+        queue = self.queues[lane]
+        del queue[waiter]
         self.waiting -= 1
+        # A dict keeps the slots of deleted keys until it is rebuilt, and
+        # finding its first key walks over them: a long FIFO drained from
+        # the front would make every head lookup slower. Compact in place
+        # (same object: policies may keep references) once the holes
+        # outnumber the waiters, which keeps the cost amortized O(1).
+        holes = self._holes[lane] + 1
+        if holes > 64 and holes > len(queue):
+            keep = list(queue)
+            queue.clear()
+            queue.update(dict.fromkeys(keep))
+            holes = 0
+        self._holes[lane] = holes
+
+    def _grant(self, waiter: Waiter) -> None:
+        self._unqueue(waiter)
         self._add_holder(waiter.borrower, waiter.weight, waiter.lane)
         if waiter.parked:
             waiter.parked = False
@@ -201,7 +221,9 @@ class Kernel:
     def pump(self) -> None:
         """Grant to waiters until the policy says nobody fits. Call after any change."""
         policy = self.policy
-        while self.waiting:
+        # Every weight is >= 1, so with no token free nobody can go, whatever
+        # the policy: under contention this skips a policy call per release.
+        while self.waiting and self.total - self.borrowed > 0:
             waiter = policy(self)
             if waiter is None:
                 return
@@ -263,8 +285,7 @@ class Kernel:
 
     def remove(self, waiter: Waiter) -> None:
         """Withdraw a queued waiter (cancelled or a failed nowait attempt)."""
-        del self.queues[waiter.lane][waiter]
-        self.waiting -= 1
+        self._unqueue(waiter)
         # The withdrawn waiter may have been a heavy head blocking lighter
         # ones, or a lane the policy was saving capacity for.
         self.pump()

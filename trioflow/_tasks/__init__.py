@@ -1,0 +1,1 @@
+"""Running many tasks: task groups with limits and error policies, parallel map."""
