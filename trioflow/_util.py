@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, NoReturn
+from typing import Any
+
+from .adaptive._checks import check_fraction as check_fraction
+from .adaptive._checks import check_positive_number as check_positive_number
+from .adaptive._checks import raise_type as raise_type
 
 
 def fixup_module_metadata(module_name: str, namespace: Mapping[str, Any]) -> None:
@@ -36,14 +40,6 @@ def fixup_module_metadata(module_name: str, namespace: Mapping[str, Any]) -> Non
             fix_one(name, name, obj)
 
 
-def _type_name(value: object) -> str:
-    return type(value).__name__
-
-
-def raise_type(param: str, expected: str, value: object) -> NoReturn:
-    raise TypeError(f"{param} must be {expected}, got {value!r} ({_type_name(value)})")
-
-
 def check_total_tokens(value: object, param: str = "total_tokens") -> int | float:
     """``total_tokens`` is a non-negative int, or ``math.inf`` (0 pauses admission)."""
     if isinstance(value, bool) or not (
@@ -64,28 +60,7 @@ def check_weight(value: object, param: str = "weight") -> int:
     return value
 
 
-def check_positive_number(value: object, param: str, *, allow_zero: bool = False) -> float:
-    """A finite positive real number (``int`` or ``float``, not ``bool``)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise_type(param, "a number", value)
-    if math.isnan(value) or math.isinf(value):
-        raise ValueError(f"{param} must be finite, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{param} must be {bound}, got {value!r}")
-    return float(value)
-
-
 def check_optional_name(value: object, param: str = "name") -> str | None:
     if value is not None and not isinstance(value, str):
         raise_type(param, "a str or None", value)
     return value
-
-
-def check_fraction(value: object, param: str) -> float:
-    """A number in [0, 1]."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise_type(param, "a number between 0 and 1", value)
-    if math.isnan(value) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{param} must be between 0 and 1, got {value!r}")
-    return float(value)

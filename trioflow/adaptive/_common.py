@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from .._util import check_positive_number, raise_type
 from ._base import Sample
+from ._checks import check_positive_number, raise_type
 
 __all__ = ["Window", "WindowSummary", "check_bounds", "check_count", "clamp"]
 

@@ -7,8 +7,8 @@ from collections.abc import Callable, Mapping
 
 import attrs
 
-from .._util import check_fraction, check_positive_number, raise_type
 from ._base import Sample
+from ._checks import check_fraction, check_positive_number, raise_type
 from ._common import check_bounds
 
 __all__ = ["LoadFeedback"]

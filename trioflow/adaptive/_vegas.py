@@ -8,8 +8,8 @@ from collections.abc import Mapping
 
 import attrs
 
-from .._util import check_fraction, check_positive_number
 from ._base import Sample
+from ._checks import check_fraction, check_positive_number
 from ._common import Window, check_bounds, check_count, clamp
 
 __all__ = ["Vegas"]
