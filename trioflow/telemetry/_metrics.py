@@ -81,7 +81,7 @@ class InstrumentSpec:
     """One observable instrument: its name, shape and unit."""
 
     name: str
-    shape: Literal["updown", "gauge"]
+    shape: Literal["updown", "gauge", "counter"]
     unit: str
     description: str
 
@@ -112,6 +112,24 @@ OBSERVED: Final = (
         "gauge",
         "{token}",
         "Tokens a rate limiter's bucket holds now.",
+    ),
+    InstrumentSpec(
+        "trioflow.task_group.running",
+        "updown",
+        "{task}",
+        "Tasks of a task group spawned and not finished.",
+    ),
+    InstrumentSpec(
+        "trioflow.task_group.waiting",
+        "updown",
+        "{task}",
+        "Calls parked in a task group's spawn() or start() waiting for a slot.",
+    ),
+    InstrumentSpec(
+        "trioflow.task_group.tasks",
+        "counter",
+        "{task}",
+        "Tasks of a task group that finished, by trioflow.outcome (returned, failed, cancelled).",
     ),
 )
 
@@ -144,11 +162,30 @@ def read_rate(obj: Any) -> Reading:
     return {} if tokens is None else {"trioflow.rate.tokens": tokens}
 
 
+def read_task_group(obj: Any) -> Reading:
+    """A task group: tasks running, spawners waiting, finished tasks by outcome.
+
+    ``returned`` is read from its own counter, not derived, so a reading
+    taken between two of the group's increments never runs backwards.
+    """
+    stats = obj.statistics()
+    return {
+        "trioflow.task_group.running": stats.running,
+        "trioflow.task_group.waiting": stats.waiting,
+        "trioflow.task_group.tasks": [
+            ({"trioflow.outcome": "returned"}, obj._returned),
+            ({"trioflow.outcome": "failed"}, stats.failed),
+            ({"trioflow.outcome": "cancelled"}, stats.cancelled),
+        ],
+    }
+
+
 #: Registry ``kind`` -> what to report for a primitive of that kind.
 READERS: dict[str, Reader] = {
     "limiter": read_limiter,
     "lane": read_limiter,
     "rate limiter": read_rate,
+    "task_group": read_task_group,
 }
 
 
@@ -207,6 +244,10 @@ class Instruments:
             callback = self._callback(spec.name)
             if spec.shape == "updown":
                 meter.create_observable_up_down_counter(
+                    spec.name, [callback], unit=spec.unit, description=spec.description
+                )
+            elif spec.shape == "counter":
+                meter.create_observable_counter(
                     spec.name, [callback], unit=spec.unit, description=spec.description
                 )
             else:
