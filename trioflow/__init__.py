@@ -20,6 +20,17 @@ from ._admission._rate import RateLimiter as RateLimiter
 from ._admission._rate import RateLimiterStatistics as RateLimiterStatistics
 from ._admission._rate import Reservation as Reservation
 
+# -- pipelines: stages with workers, back-pressure, retries, dead letters --
+from ._pipeline._pipeline import Pipeline as Pipeline
+from ._pipeline._report import DeadLetter as DeadLetter
+from ._pipeline._report import Latency as Latency
+from ._pipeline._report import PipelineReport as PipelineReport
+from ._pipeline._report import StageReport as StageReport
+from ._pipeline._retry import Backoff as Backoff
+from ._pipeline._retry import Retry as Retry
+from ._pipeline._runtime import Outputs as Outputs
+from ._pipeline._runtime import PipelineRun as PipelineRun
+
 # -- running many tasks: task groups and parallel map --
 from ._tasks._amap import AmapResults as AmapResults
 from ._tasks._amap import amap as amap

@@ -1,0 +1,1 @@
+"""Pipelines: stages with workers, back-pressure, batching, retries and dead letters."""
