@@ -8,6 +8,8 @@ its home module is one hop away (``trioflow/_admission/_capacity.py`` for
 
 from . import adaptive as adaptive
 from . import telemetry as telemetry
+from . import debug as debug
+from . import testing as testing
 
 # -- admission: who may run now --
 from ._admission._capacity import CapacityLimiter as CapacityLimiter
@@ -48,4 +50,6 @@ __version__ = "0.1.0.dev0"
 _fixup_module_metadata(__name__, globals())
 _fixup_module_metadata(adaptive.__name__, adaptive.__dict__)
 _fixup_module_metadata(telemetry.__name__, telemetry.__dict__)
+_fixup_module_metadata(debug.__name__, debug.__dict__)
+_fixup_module_metadata(testing.__name__, testing.__dict__)
 del _fixup_module_metadata

@@ -1,0 +1,371 @@
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import jsonschema
+import pytest
+import trio
+import trio.testing
+
+import trioflow as tf
+from trioflow import _registry
+from trioflow.debug import BlockedOn, TaskDump, TaskInfo, dump_tasks
+
+SCHEMA = json.loads((pathlib.Path(tf.debug.__file__).parent / "taskdump.schema.json").read_text())
+
+
+def running(dump: TaskDump) -> TaskInfo:
+    (me,) = [t for t in dump.tasks if t.state == "running"]
+    return me
+
+
+def by_name(dump: TaskDump, name: str) -> TaskInfo:
+    matches = [t for t in dump.tasks if t.name == name]
+    assert len(matches) == 1, [t.name for t in dump.tasks]
+    return matches[0]
+
+
+async def test_every_kind_of_wait_is_named(autojump_clock: trio.testing.MockClock) -> None:
+    api = tf.CapacityLimiter(1, name="api")
+    db = tf.CapacityLimiter(2, name="db")
+    the_lock = trio.Lock()
+    trio_limiter = trio.CapacityLimiter(1)
+    sem = trio.Semaphore(0)
+    done = trio.Event()
+    _send, receive = trio.open_memory_channel[int](0)
+    send2, _receive2 = trio.open_memory_channel[int](0)
+    a, b = trio.socket.socketpair()
+
+    async def holder() -> None:
+        async with db, api, the_lock:
+            await trio_limiter.acquire()
+            await done.wait()
+
+    async def on_api() -> None:
+        async with api:
+            pass
+
+    async def on_lock() -> None:
+        async with the_lock:
+            pass
+
+    async def on_channel() -> None:
+        await receive.receive()
+
+    async def sender() -> None:
+        await send2.send(1)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(holder, name="holder")
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(on_api, name="on-api")
+        nursery.start_soon(on_lock, name="on-lock")
+        nursery.start_soon(trio_limiter.acquire, name="on-trio-limiter")
+        nursery.start_soon(sem.acquire, name="on-sem")
+        nursery.start_soon(on_channel, name="on-channel")
+        nursery.start_soon(sender, name="sender")
+        nursery.start_soon(trio.sleep, 1000, name="sleeper")
+        nursery.start_soon(a.recv, 1, name="on-io")
+        await trio.sleep(2.5)
+        dump = dump_tasks()
+
+        assert by_name(dump, "holder").blocked_on == BlockedOn("event", "done", done)
+        assert sorted(by_name(dump, "holder").holding) == [
+            f"capacity limiter <{id(trio_limiter):#x}>",
+            "limiter 'api'",
+            "limiter 'db'",
+            f"lock 'the_lock' <{id(the_lock):#x}>",
+        ]
+        t = by_name(dump, "on-api")
+        assert t.state == "blocked"
+        assert t.blocked_on == BlockedOn("limiter", "api", api)
+        assert t.blocked_for == 2.5  # stamped when it parked, read on trio's clock
+        assert by_name(dump, "on-lock").blocked_on == BlockedOn("lock", "the_lock", the_lock)
+        assert by_name(dump, "on-lock").blocked_for is None  # trio keeps no stamp
+        assert by_name(dump, "on-trio-limiter").blocked_on == BlockedOn(
+            "capacity limiter", "", trio_limiter
+        )
+        assert by_name(dump, "on-sem").blocked_on == BlockedOn("semaphore", "", sem)
+        assert by_name(dump, "on-channel").blocked_on == BlockedOn(
+            "channel receive", "receive", receive
+        )
+        assert by_name(dump, "sender").blocked_on == BlockedOn("channel send", "send2", send2)
+        assert by_name(dump, "sleeper").blocked_on == BlockedOn("sleep", "", None)
+        assert by_name(dump, "on-io").blocked_on == BlockedOn("I/O", "", None)
+        me = running(dump)
+        assert me.state == "running"
+        assert me.blocked_on is None
+        for name in ("holder", "on-api", "sleeper"):
+            assert by_name(dump, name).parent_id == me.id
+            assert by_name(dump, name).depth == me.depth + 1
+
+        # who holds and who waits, per primitive
+        res = {r.describe(): r for r in dump.resources}
+        assert res["limiter 'api'"].holders == [by_name(dump, "holder").id]
+        assert res["limiter 'api'"].waiters == [by_name(dump, "on-api").id]
+        done.set()
+        nursery.cancel_scope.cancel()
+    a.close()
+    b.close()
+
+
+async def test_stack_is_outermost_first_and_trimmed_at_the_library_call() -> None:
+    async def inner() -> None:
+        await trio.sleep(1000)
+
+    async def outer() -> None:
+        await inner()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(outer, name="outer")
+        await trio.testing.wait_all_tasks_blocked()
+        t = by_name(dump_tasks(), "outer")
+        assert [f.function for f in t.stack] == [
+            "test_stack_is_outermost_first_and_trimmed_at_the_library_call.<locals>.outer",
+            "test_stack_is_outermost_first_and_trimmed_at_the_library_call.<locals>.inner",
+            "sleep",
+        ]
+        assert t.stack[0].filename == __file__
+        full = by_name(dump_tasks(full_stacks=True), "outer")
+        assert len(full.stack) > len(t.stack)
+        assert full.stack[: len(t.stack)] == t.stack
+        nursery.cancel_scope.cancel()
+
+
+async def test_frames_inside_an_async_generator_are_shown() -> None:
+    async def gen() -> Any:
+        await trio.sleep_forever()
+        yield 1
+
+    async def consumer() -> None:
+        async for _ in gen():
+            pass
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(consumer, name="consumer")
+        await trio.testing.wait_all_tasks_blocked()
+        t = by_name(dump_tasks(), "consumer")
+        names = [f.function.rsplit(".", 1)[-1] for f in t.stack]
+        assert names == ["consumer", "gen", "sleep_forever"]
+        assert t.blocked_on == BlockedOn("sleep", "", None)
+        nursery.cancel_scope.cancel()
+
+
+async def test_runnable_state() -> None:
+    async def spinner() -> None:
+        while True:
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(spinner, name="spinner")
+        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint()
+        # The spinner was rescheduled by its own checkpoint: it is queued, not parked.
+        t = by_name(dump_tasks(), "spinner")
+        assert t.state == "runnable"
+        assert t.blocked_on is None
+        assert "[runnable]" in t.header()
+        nursery.cancel_scope.cancel()
+
+
+def test_created_by_is_recorded_only_with_install() -> None:
+    # A plain trio.run: under trioflow's pytest plugin, trio tests always record spawners.
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.sleep_forever, name="before")
+            with tf.debug.install(signal=None):
+                line = _line() + 1
+                nursery.start_soon(trio.sleep_forever, name="after")
+                await trio.testing.wait_all_tasks_blocked()
+                dump = dump_tasks()
+            me = running(dump)
+            assert by_name(dump, "before").created_by is None
+            created = by_name(dump, "after").created_by
+            assert created is not None
+            assert created.task_id == me.id
+            assert created.name == me.name
+            assert created.frame is not None
+            assert (created.frame.filename, created.frame.lineno) == (__file__, line)
+            text = by_name(dump, "after").format()
+            assert f'created by "{me.name}" in task {me.id}\n\t{__file__}:{line}' in text
+            assert "in a nursery of task" in by_name(dump, "before").format()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def _line() -> int:
+    import sys
+
+    return sys._getframe(1).f_lineno
+
+
+async def test_ids_are_stable_across_dumps() -> None:
+    async with trio.open_nursery() as nursery:
+        for i in range(5):
+            nursery.start_soon(trio.sleep_forever, name=f"t{i}")
+        await trio.testing.wait_all_tasks_blocked()
+        first = {t.name: t.id for t in dump_tasks()}
+        second = {t.name: t.id for t in dump_tasks()}
+        assert first == second
+        assert len(set(first.values())) == len(first)
+        nursery.cancel_scope.cancel()
+
+
+async def test_format_goroutine_style(autojump_clock: trio.testing.MockClock) -> None:
+    api = tf.CapacityLimiter(1, name="api")
+    db = tf.CapacityLimiter(1, name="db")
+
+    async def enrich() -> None:
+        async with db, api:
+            pass
+
+    async with trio.open_nursery() as nursery:
+        await api.acquire()
+        for i in range(3):
+            nursery.start_soon(enrich, name=f"enrich-{i}")
+        await trio.sleep(2.4)
+        dump = dump_tasks()
+        # trio runs new tasks in random order: the first to run holds db
+        (first,) = [t for t in dump.tasks if t.holding == ["limiter 'db'"]]
+        others = sorted(t.name for t in dump.tasks if t.name.startswith("enrich") and t != first)
+        text = first.format().splitlines()
+        assert text[0] == f"task {first.id} \"{first.name}\" [waiting on limiter 'api', 2.4s]:"
+        assert text[1] == "LimiterFace.__aenter__(...)"
+        assert text[2].startswith("\t")
+        assert "trioflow/_admission/_face.py:" in text[2]
+        assert text[3] == "test_format_goroutine_style.<locals>.enrich(...)"
+        assert text[4].startswith(f"\t{__file__}:")
+        assert "holding limiter 'db'" in text
+        full = dump.format()
+        assert full.startswith(f"trioflow task dump: {len(dump)} tasks\n")
+        assert first.format() in full
+
+        grouped = dump.format(group=True)
+        # enrich-1 and -2 wait on db, held by enrich-0: same stack, same wait
+        assert f'2 tasks [waiting on limiter \'db\', 2.4s]: "{others[0]}", "{others[1]}"' in grouped
+        assert f"1 task [waiting on limiter 'api', 2.4s]: \"{first.name}\"" in grouped
+        api.release()
+        nursery.cancel_scope.cancel()
+
+
+async def test_json_follows_the_schema(autojump_clock: trio.testing.MockClock) -> None:
+    api = tf.CapacityLimiter(1, name="api")
+    lock = trio.Lock()
+
+    async def worker() -> None:
+        async with api, lock:
+            await trio.sleep_forever()
+
+    with tf.debug.install(signal=None):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(worker, name="w1")
+            nursery.start_soon(worker, name="w2")
+            await trio.sleep(1)
+            doc = json.loads(dump_tasks().to_json())
+            jsonschema.validate(doc, SCHEMA)
+            assert doc["schema"] == tf.debug.SCHEMA_VERSION == "trioflow.taskdump/1"
+            tasks = {t["name"]: t for t in doc["tasks"]}
+            # trio runs new tasks in random order: one holds, the other waits
+            holder, waiter = sorted(
+                (tasks["w1"], tasks["w2"]), key=lambda t: t["blocked_on"]["kind"] == "limiter"
+            )
+            assert waiter["blocked_on"]["kind"] == "limiter"
+            assert waiter["blocked_on"]["name"] == "api"
+            assert waiter["blocked_on"]["obj_id"] == f"{id(api):#x}"
+            assert waiter["blocked_for"] == 1.0
+            assert holder["blocked_on"]["kind"] == "sleep"
+            assert holder["holding"] == ["limiter 'api'"]  # trio's lock: nobody waits on it
+            assert holder["created_by"]["frame"]["filename"] == __file__
+            api_res = [r for r in doc["resources"] if r["name"] == "api"]
+            assert api_res[0]["holders"] == [holder["id"]]
+            assert api_res[0]["waiters"] == [waiter["id"]]
+            # a document that breaks the schema is caught (the check can fail)
+            doc["tasks"][0]["state"] = "sleeping"
+            with pytest.raises(jsonschema.ValidationError):
+                jsonschema.validate(doc, SCHEMA)
+            nursery.cancel_scope.cancel()
+
+
+def test_dump_outside_trio_run_is_an_error() -> None:
+    with pytest.raises(RuntimeError, match=r"dump_tasks\(\) must be called from inside trio.run"):
+        dump_tasks()
+
+
+async def test_include_system_shows_trio_s_own_tasks() -> None:
+    names = {t.name for t in dump_tasks(include_system=True)}
+    assert "<init>" in names
+    assert "<TrioToken.run_sync_soon task>" in names
+    assert "<init>" not in {t.name for t in dump_tasks()}
+
+
+class _Bucket:
+    """The registry protocol as a rate limiter implements it: enough to park on."""
+
+    kind = "rate limiter"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.waiters: list[_Wait] = []
+        _registry.register(self)
+
+    def _trioflow_holders(self) -> list[_registry.Holding]:
+        return []
+
+    def _trioflow_waiters(self) -> list[_registry.Waiting]:
+        return list(self.waiters)
+
+    async def acquire(self) -> None:
+        task = trio.lowlevel.current_task()
+        w = _Wait(task, self, 1, trio.current_time())
+        self.waiters.append(w)
+        task.custom_sleep_data = w
+        await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.SUCCEEDED)
+
+
+class _Wait:
+    def __init__(self, task: trio.lowlevel.Task, primitive: Any, weight: int, since: float):
+        self.task = task
+        self.primitive = primitive
+        self.weight = weight
+        self.since = since
+
+
+async def test_any_registered_primitive_shows_by_kind_and_name(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A rate limiter (or lane, task group, stage) that follows the registry
+    protocol appears in dumps as itself, with no change to the debug code."""
+    bucket = _Bucket("x")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(bucket.acquire, name="caller")
+        await trio.sleep(0.5)
+        t = by_name(dump_tasks(), "caller")
+        assert t.blocked_on == BlockedOn("rate limiter", "x", bucket)
+        assert t.header() == f"task {t.id} \"caller\" [waiting on rate limiter 'x', 0.5s]:"
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.skipif(not hasattr(tf, "RateLimiter"), reason="RateLimiter not merged yet")
+async def test_waiting_on_a_real_rate_limiter(autojump_clock: trio.testing.MockClock) -> None:
+    rate = tf.RateLimiter(1, burst=1, name="x")  # type: ignore[attr-defined]
+    async with trio.open_nursery() as nursery:
+        await rate.acquire()
+        nursery.start_soon(rate.acquire, name="caller")
+        await trio.testing.wait_all_tasks_blocked()
+        t = by_name(dump_tasks(), "caller")
+        assert "rate limiter 'x'" in t.header()
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_running_task_shows_its_whole_stack() -> None:
+    async def deeper() -> TaskDump:
+        return dump_tasks()
+
+    dump = await deeper()
+    me = running(dump)
+    names = [f.function.rsplit(".", 1)[-1] for f in me.stack]
+    assert names[-2:] == ["test_the_running_task_shows_its_whole_stack", "deeper"]
+    assert me.stack[-1].filename == __file__

@@ -1,0 +1,214 @@
+"""The pytest plugin, run the way a user runs it: pytest on a test file, in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import textwrap
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+SCRATCH = """
+import pytest
+import trio
+import trio.testing
+
+
+@pytest.fixture
+async def background():
+    async with trio.open_nursery() as nursery:
+        yield nursery
+        nursery.cancel_scope.cancel()
+
+
+async def test_clean():
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.sleep, 0.001)
+
+
+async def test_leaks_into_a_fixture_nursery(background):
+    event = trio.Event()
+    background.start_soon(event.wait, name="forgotten-waiter")
+
+
+async def test_leaks_a_system_task():
+    async def pump():
+        while True:
+            await trio.sleep(1)
+
+    trio.lowlevel.spawn_system_task(pump, name="forgotten-pump")
+
+
+@pytest.mark.trioflow_allow_leaks
+async def test_allowed_to_leak(background):
+    background.start_soon(trio.sleep_forever, name="tolerated")
+
+
+async def test_nursery_fixture_tasks_are_cancelled_by_design(nursery):
+    nursery.start_soon(trio.sleep_forever, name="nursery-fixture-task")
+
+
+async def test_finishing_tasks_get_a_moment(background):
+    background.start_soon(trio.lowlevel.checkpoint, name="almost-done")
+
+
+@pytest.mark.trioflow_timeout(0.5)
+async def test_hangs():
+    lock = trio.Lock()
+
+    async def holder():
+        async with lock:
+            await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(holder, name="lock-holder")
+        await trio.testing.wait_all_tasks_blocked()
+        async with lock:
+            pass
+
+
+def test_sync_tests_are_untouched():
+    assert True
+
+
+@pytest.mark.trioflow_timeout(30)  # a safety net: the deadlock is caught at once
+async def test_deadlocks():
+    a, b = trio.Lock(), trio.Lock()
+    both = trio.Event()
+
+    async def take(x, y, name):
+        async with x:
+            if name == "second":
+                both.set()
+            await both.wait()
+            async with y:
+                pass
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(take, a, b, "first", name="first")
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(take, b, a, "second", name="second")
+
+
+@pytest.fixture
+def autojump_clock():
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+async def test_deadlocks_under_an_autojump_clock(autojump_clock):
+    await trio.sleep(5)  # virtual time: fine
+    await trio.Event().wait()  # nobody will ever set it
+
+
+@pytest.mark.trioflow_timeout(0.2)
+async def test_blocks_the_loop():
+    import time
+
+    time.sleep(2.8)  # synchronous code: not even the dump can run meanwhile
+    await trio.sleep_forever()
+"""
+
+
+def run_pytest(
+    tmp_path: pathlib.Path, body: str, ini: str = ""
+) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "test_scratch.py").write_text(body)
+    (tmp_path / "pytest.ini").write_text(f"[pytest]\ntrio_mode = true\n{ini}")
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "trioflow.testing._plugin",
+            "-v",
+            "-p",
+            "no:cacheprovider",
+            "test_scratch.py",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+    )
+
+
+def outcomes(stdout: str) -> dict[str, str]:
+    return dict(re.findall(r"test_scratch\.py::(\w+) (PASSED|FAILED|ERROR)", stdout))
+
+
+def test_plugin_on_a_scratch_file(tmp_path: pathlib.Path) -> None:
+    proc = run_pytest(tmp_path, SCRATCH)
+    got = outcomes(proc.stdout)
+    assert got == {
+        "test_clean": "PASSED",
+        "test_leaks_into_a_fixture_nursery": "FAILED",
+        "test_leaks_a_system_task": "FAILED",
+        "test_allowed_to_leak": "PASSED",
+        "test_nursery_fixture_tasks_are_cancelled_by_design": "PASSED",
+        "test_finishing_tasks_get_a_moment": "PASSED",
+        "test_hangs": "FAILED",
+        "test_sync_tests_are_untouched": "PASSED",
+        "test_blocks_the_loop": "FAILED",
+        "test_deadlocks": "FAILED",
+        "test_deadlocks_under_an_autojump_clock": "FAILED",
+    }, proc.stdout + proc.stderr
+    out = proc.stdout
+    fixture_leak = out.split("_ test_leaks_into_a_fixture_nursery _", 1)[1].split("\n_", 1)[0]
+    assert "the test left 1 task running or parked after it returned" in fixture_leak
+    assert '"forgotten-waiter" [waiting on event' in fixture_leak
+    assert "created by" in fixture_leak  # the plugin records spawners
+    system_leak = out.split("_ test_leaks_a_system_task _", 1)[1].split("\n_", 1)[0]
+    assert '"forgotten-pump" [sleep' in system_leak
+    hang = out.split("_ test_hangs _", 1)[1].split("\n_", 1)[0]
+    assert "test exceeded trioflow_timeout=0.5s; every task at that moment:" in hang
+    assert '"lock-holder" [sleep]' in hang
+    assert "[waiting on lock 'lock'" in hang
+    # the loop was blocked: the main thread's stack went straight to stderr,
+    # and once the loop ran again the test was dumped and failed as usual
+    dl = out.split("_ test_deadlocks _", 1)[1].split("\n_", 1)[0]
+    assert "trioflow: the test deadlocked." in dl
+    assert "exceeded" not in dl
+    assert "Found one deadlock (2 tasks):" in dl
+    assert '"first"' in dl
+    assert '"second"' in dl
+    jump = out.split("_ test_deadlocks_under_an_autojump_clock _", 1)[1].split("\n_", 1)[0]
+    assert "trioflow: all tasks are asleep - deadlock!" in jump
+    assert "[waiting on event" in jump
+    blocked = out.split("_ test_blocks_the_loop _", 1)[1].split("\n_", 1)[0]
+    assert "test exceeded trioflow_timeout=0.2s and the trio loop is blocked" in blocked
+    assert "time.sleep(2.8)" in blocked
+    assert "When the loop ran again:" in blocked
+    assert "test exceeded trioflow_timeout=0.2s; every task at that moment:" in blocked
+
+
+def test_ini_options(tmp_path: pathlib.Path) -> None:
+    body = textwrap.dedent(
+        """
+        import trio
+
+        async def test_leaks():
+            trio.lowlevel.spawn_system_task(trio.sleep_forever, name="left-behind")
+
+        async def test_hangs():
+            await trio.Event().wait()
+        """
+    )
+    # with the deadlock check off, the Event().wait() hang is caught by the timeout
+    proc = run_pytest(
+        tmp_path,
+        body,
+        "trioflow_leak_check = false\ntrioflow_timeout = 0.3\ntrioflow_deadlock_check = false\n",
+    )
+    assert outcomes(proc.stdout) == {"test_leaks": "PASSED", "test_hangs": "FAILED"}, proc.stdout
+    assert "exceeded trioflow_timeout=0.3s" in proc.stdout
+
+    proc = run_pytest(tmp_path, body, "trioflow_timeout = soon\n")
+    assert "trioflow_timeout ini option must be a number of seconds, got 'soon'" in (
+        proc.stdout + proc.stderr
+    )
