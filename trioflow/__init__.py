@@ -7,8 +7,8 @@ its home module is one hop away (``trioflow/_admission/_capacity.py`` for
 """
 
 from . import adaptive as adaptive
-from . import telemetry as telemetry
 from . import debug as debug
+from . import telemetry as telemetry
 from . import testing as testing
 
 # -- admission: who may run now --
