@@ -62,6 +62,8 @@ class StageCfg:
     fail_p: float
     size: int
     max_wait: float | None
+    timeout: float | None = None
+    limited: bool = False
 
 
 stage_cfgs = st.builds(
@@ -75,6 +77,8 @@ stage_cfgs = st.builds(
     fail_p=st.sampled_from([0.0, 0.2, 0.5]),
     size=st.integers(1, 4),
     max_wait=st.sampled_from([None, 0.5, 3.0]),
+    timeout=st.sampled_from([None, None, 1.0]),
+    limited=st.booleans(),
 )
 
 
@@ -111,11 +115,15 @@ class Observed:
         self.delivered: list[int] = []
         self.filtered: set[int] = set()
         self.skipped: set[int] = set()
+        #: ids whose last attempt will time out in a "skip" stage (skipped, or
+        #: unfinished if the run ends during that attempt)
+        self.timing_out: set[int] = set()
         self.calls: dict[tuple[int, tuple[int, ...]], int] = {}
 
 
 def build(sc: Scenario, seen: Observed) -> tf.Pipeline:
     pipe = tf.Pipeline("prop")
+    shared = tf.CapacityLimiter(2, name="shared")
     for i, cfg in enumerate(sc.stages):
         if cfg.kind == "batch":
             pipe = pipe.batch(cfg.size, cfg.max_wait, buffer=cfg.buffer, name=f"s{i}")
@@ -127,7 +135,15 @@ def build(sc: Scenario, seen: Observed) -> tf.Pipeline:
                 key = (i, ids)
                 attempt = seen.calls.get(key, 0) + 1
                 seen.calls[key] = attempt
-                await trio.sleep(3.0 * h(sc.seed, "delay", key, attempt) ** 2)
+                delay = 3.0 * h(sc.seed, "delay", key, attempt) ** 2
+                if (
+                    cfg.timeout is not None
+                    and delay >= cfg.timeout
+                    and attempt >= cfg.attempts
+                    and cfg.on_error == "skip"
+                ):
+                    seen.timing_out.update(ids)
+                await trio.sleep(delay)
                 if h(sc.seed, "fail", key, attempt) < cfg.fail_p:
                     if attempt >= cfg.attempts and cfg.on_error == "skip":
                         seen.skipped.update(ids)
@@ -150,6 +166,8 @@ def build(sc: Scenario, seen: Observed) -> tf.Pipeline:
             "retry": tf.Retry(cfg.attempts, backoff=tf.Backoff.exponential(0.1, jitter=0.5)),
             "on_error": cfg.on_error,
             "name": f"s{i}",
+            "timeout": cfg.timeout,
+            "limiter": shared if cfg.limited else None,
         }
         pipe = getattr(pipe, cfg.kind)(make(), **kwargs)
     return pipe
@@ -200,7 +218,7 @@ async def _run_scenario(sc: Scenario) -> None:
                     if sc.ending == "stop":
                         await trio.sleep(sc.end_at)
                         await run.stop(grace=sc.grace)
-        except ValueError as exc:
+        except (ValueError, trio.TooSlowError) as exc:  # a stage with on_error="fail"
             failure = exc
     if run is None:
         # Cancelled before the block began: no run object to report from.
@@ -247,7 +265,10 @@ async def _run_scenario(sc: Scenario) -> None:
         assert {s for s, f in fate.items() if f == DELIVERED} == set(seen.delivered)
         assert {s for s, f in fate.items() if f == DEAD} == dead_ids
         assert {s for s, f in fate.items() if f == FILTERED} == seen.filtered
-        assert {s for s, f in fate.items() if f == SKIPPED} == seen.skipped
+        skipped = {s for s, f in fate.items() if f == SKIPPED}
+        assert seen.skipped <= skipped <= seen.skipped | seen.timing_out
+        for sid in seen.timing_out - skipped:
+            assert fate[sid] in (UNFINISHED, SKIPPED, DEAD) or sid in seen.skipped
 
     # A run that ended by itself finished everything (unless a stage failed it).
     if failure is not None:

@@ -554,6 +554,26 @@ async def test_stages_and_pipeline_register_and_name_their_workers(
         gate.set()
 
 
+async def test_task_roles_name_the_limiter_a_worker_waits_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    api = tf.RateLimiter(1, name="api")
+    pool = tf.CapacityLimiter(1, name="api-connections")
+
+    async def enrich(x: int) -> int:
+        await trio.sleep(10)
+        return x
+
+    pipe = tf.Pipeline("events").map(enrich, workers=3, rate=api, limiter=pool)
+    async with pipe.open(range(3)) as run:
+        await trio.sleep(1.5)  # item 0 runs, item 1 got a rate token at 1 s, item 2 waits
+        roles = sorted(run.stages[0].task_roles().values())
+        run.cancel()
+    assert sum(r.endswith(", waiting on rate limiter 'api'") for r in roles) == 1
+    assert sum(r.endswith(", waiting on limiter 'api-connections'") for r in roles) == 1
+    assert all(r.startswith("stage enrich, worker ") for r in roles)
+
+
 async def test_latency_and_busy_time(autojump_clock: trio.testing.MockClock) -> None:
     async def one(x: int) -> int:
         await trio.sleep(1)

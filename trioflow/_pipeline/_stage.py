@@ -253,11 +253,18 @@ class Worker:
     """The item it works on (``None`` while it waits for one)."""
 
     def describe(self) -> str:
-        """``stage enrich, worker 3 of 50, running item #12``."""
+        """``stage enrich, worker 3 of 50, running <item #12>, waiting on rate limiter 'api'``.
+
+        The last part names the trioflow primitive the task is parked on, if
+        any (read from the task's ``custom_sleep_data``; see ``_registry``).
+        """
         s = self.stage
         text = f"stage {s.name}, worker {self.index} of {len(s.workers)}, {self.state}"
         if self.item is not None:
             text += f" {self.item!r}"
+        data = self.task.custom_sleep_data if self.task is not None else None
+        if isinstance(data, Waiting):
+            text += f", waiting on {data.primitive.kind} {data.primitive.name!r}"
         return text
 
 
