@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# Document the source tree this file sits in, whatever is installed.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 project = "trioflow"
 author = "the trioflow developers"
 copyright = "2026, the trioflow developers"

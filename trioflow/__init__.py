@@ -15,6 +15,13 @@ from . import testing as testing
 from ._admission._capacity import CapacityLimiter as CapacityLimiter
 from ._admission._capacity import LimiterStatistics as LimiterStatistics
 from ._admission._face import Permit as Permit
+
+# -- admission: priority lanes (one kernel, a lane handle per lane) --
+from ._admission._lanes import Lane as Lane
+from ._admission._lanes import LaneLimiter as LaneLimiter
+from ._admission._lanes import LaneStatistics as LaneStatistics
+from ._admission._lanes import PriorityLimiter as PriorityLimiter
+from ._admission._lanes import PriorityLimiterStatistics as PriorityLimiterStatistics
 from ._admission._protocol import Limiter as Limiter
 
 # -- rate limits: how many start per second --

@@ -123,8 +123,8 @@ def run_pytest(
             sys.executable,
             "-m",
             "pytest",
-            "-p",
-            "trioflow.testing._plugin",
+            # The plugin comes in through its pytest11 entry point, as it
+            # does for a user who installed trioflow.
             "-v",
             "-p",
             "no:cacheprovider",

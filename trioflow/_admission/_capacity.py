@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import final
+import contextlib
+import weakref
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, final
 
 import attrs
 import trio
@@ -14,7 +16,7 @@ from ..adaptive._base import Algorithm
 from ._face import Feedback, LimiterFace, check_overload, fmt_tokens
 from ._kernel import Kernel
 
-__all__ = ["CapacityLimiter", "LimiterStatistics"]
+__all__ = ["CapacityLimiter", "LimiterStatistics", "adapt_total", "resolve_algorithm"]
 
 
 @attrs.frozen
@@ -40,23 +42,132 @@ class LimiterStatistics:
     """For an adaptive limiter, the algorithm's state (its ``state()``); else ``None``."""
 
 
+#: Algorithms driving a limiter now, by id (an algorithm need not be hashable):
+#: one algorithm instance holds one limit, so sharing it between two limiters
+#: would make each undo the other.
+_attached: dict[int, weakref.ref[Algorithm]] = {}
+
+
+S = TypeVar("S", bound=LimiterStatistics)
+
+
+def _attach(algorithm: Algorithm) -> None:
+    key = id(algorithm)
+    ref = _attached.get(key)
+    if ref is not None and ref() is algorithm:
+        raise ValueError(
+            f"algorithm {algorithm!r} already drives another limiter; give each limiter its own"
+        )
+
+    def forget(dead: weakref.ref[Algorithm]) -> None:
+        if _attached.get(key) is dead:
+            del _attached[key]
+
+    with contextlib.suppress(TypeError):  # cannot be weakly referenced: not tracked
+        _attached[key] = weakref.ref(algorithm, forget)
+
+
+def check_adaptive_total(algorithm: Algorithm, total_tokens: int | float, param: str) -> int:
+    """A total for an adaptive limiter is an int within the algorithm's bounds."""
+    lo, hi = algorithm.min_limit, algorithm.max_limit
+    if not (isinstance(total_tokens, int) and lo <= total_tokens <= hi):
+        raise ValueError(
+            f"{param} must be between the algorithm's min_limit={lo} and "
+            f"max_limit={hi}, got {total_tokens!r}"
+        )
+    return total_tokens
+
+
 def resolve_algorithm(
-    algorithm: object, total_tokens: int | float, overload: object, apply: object
+    algorithm: object,
+    total_tokens: int | float | None,
+    overload: object,
+    apply: Callable[[int], None],
 ) -> Feedback | None:
-    """Check ``algorithm=``/``overload=`` and seed the algorithm with the starting limit."""
+    """Check ``algorithm=``/``overload=`` and decide the starting limit.
+
+    The starting limit is ``total_tokens`` when given (it must lie within the
+    algorithm's bounds: a silent clamp would hide a typo), else the
+    algorithm's own ``limit`` (its ``initial_limit``).
+    """
     if algorithm is None:
+        if total_tokens is None:
+            raise TypeError(
+                "total_tokens must be an int or math.inf, got None (NoneType); "
+                "it may be omitted only with algorithm="
+            )
         return None
     if not isinstance(algorithm, Algorithm):
         raise_type("algorithm", "an algorithm from trioflow.adaptive (or None)", algorithm)
     exc_types = check_overload(overload)
-    start = total_tokens if total_tokens != float("inf") else algorithm.max_limit
-    algorithm.limit = int(min(max(start, algorithm.min_limit), algorithm.max_limit))
-    assert callable(apply)
-    return Feedback(algorithm, exc_types, apply)  # pyright: ignore[reportArgumentType]
+    if total_tokens is not None:
+        algorithm.limit = check_adaptive_total(algorithm, total_tokens, "total_tokens")
+    _attach(algorithm)
+    return Feedback(algorithm, exc_types, apply)
+
+
+def adapt_total(feedback: Feedback | None, total: int | float) -> int | float:
+    """A total set by hand; on an adaptive limiter it becomes the algorithm's limit.
+
+    It is clamped to the algorithm's bounds (``math.inf`` means
+    ``max_limit``): at run time the setter is an operator's override, and
+    the algorithm's bounds are the envelope it was given. (At construction
+    a total outside the bounds is an error instead: two numbers written
+    together that contradict each other.) 0 pauses an adaptive limiter as it
+    pauses a fixed one: the algorithm keeps learning from blocks still
+    running, but its limit is not applied until a non-zero total resumes.
+    """
+    if feedback is None:
+        return total
+    if total == 0:
+        feedback.paused = True
+        return 0
+    algorithm = feedback.algorithm
+    algorithm.limit = int(min(max(total, algorithm.min_limit), algorithm.max_limit))
+    feedback.paused = False
+    return algorithm.limit
+
+
+class PoolState:
+    """What every limiter that owns a kernel reports about the whole pool.
+
+    Shared by :class:`CapacityLimiter` and :class:`~trioflow.PriorityLimiter`
+    (whose lanes report their own share).
+    """
+
+    __slots__ = ()
+
+    _kernel: Kernel
+    _feedback: Feedback | None
+    _name: str
+
+    @property
+    def available_tokens(self) -> int | float:
+        """Tokens free now (never negative)."""
+        return max(0, self._kernel.total - self._kernel.borrowed)
+
+    @property
+    def algorithm(self) -> Algorithm | None:
+        """The adaptive algorithm driving ``total_tokens``, if any."""
+        return None if self._feedback is None else self._feedback.algorithm
+
+    def _snapshot(self, cls: type[S], **extra: Any) -> S:
+        """A statistics record of the pool (plain reads; safe from any thread)."""
+        kernel = self._kernel
+        feedback = self._feedback
+        return cls(
+            name=self._name,
+            total_tokens=kernel.total,
+            borrowed_tokens=kernel.borrowed,
+            tasks_waiting=kernel.waiting,
+            borrowers=list(kernel.holders),
+            algorithm=None if feedback is None else feedback.algorithm.state(),
+            **extra,
+        )
 
 
 @final
-class CapacityLimiter(LimiterFace):
+class CapacityLimiter(PoolState, LimiterFace):
     """A sack of ``total_tokens`` tokens; a task must hold some to run a block.
 
     Like :class:`trio.CapacityLimiter`, and a drop-in replacement for it
@@ -88,8 +199,13 @@ class CapacityLimiter(LimiterFace):
       total_tokens: tokens in the sack: a non-negative int, or ``math.inf``.
         0 pauses admission until it is raised. Settable at any time: growing
         wakes waiters at once; shrinking never takes back tokens already held.
-        With ``algorithm=``, the starting limit (clamped to the algorithm's
-        ``min_limit``/``max_limit``).
+        Required without ``algorithm=``. With ``algorithm=``, the starting
+        limit (an int within the algorithm's ``min_limit``/``max_limit``, else
+        :exc:`ValueError`); omit it to start at the algorithm's
+        ``initial_limit``. Setting it later on an adaptive limiter moves the
+        algorithm's limit too, clamped to its bounds (``math.inf`` means
+        ``max_limit``), except 0, which pauses admission (the algorithm keeps
+        learning; its limit applies again on resume).
       name: what task dumps, metrics and ``repr`` call it.
       algorithm: an adaptive algorithm from :mod:`trioflow.adaptive`, or ``None``
         for a fixed limit.
@@ -110,18 +226,19 @@ class CapacityLimiter(LimiterFace):
 
     def __init__(
         self,
-        total_tokens: int | float,
+        total_tokens: int | float | None = None,
         *,
         name: str | None = None,
         algorithm: Algorithm | None = None,
         overload: type[BaseException] | tuple[type[BaseException], ...] = trio.TooSlowError,
     ) -> None:
-        total = check_total_tokens(total_tokens)
+        total = None if total_tokens is None else check_total_tokens(total_tokens)
         self._name = check_optional_name(name) or _registry.default_name(self.kind)
         self._what = f"limiter {self._name!r}"
         self._feedback = resolve_algorithm(algorithm, total, overload, self._apply_limit)
         if self._feedback is not None:
             total = self._feedback.algorithm.limit
+        assert total is not None
         self._kernel = Kernel(total)
         self._lane = 0
         _registry.register(self)
@@ -141,34 +258,11 @@ class CapacityLimiter(LimiterFace):
 
     @total_tokens.setter
     def total_tokens(self, value: int | float) -> None:
-        total = check_total_tokens(value)
-        if self._feedback is not None and total != float("inf"):
-            algorithm = self._feedback.algorithm
-            algorithm.limit = int(min(max(total, algorithm.min_limit), algorithm.max_limit))
-            total = algorithm.limit
-        self._kernel.set_total(total)
-
-    @property
-    def available_tokens(self) -> int | float:
-        """Tokens free now (never negative)."""
-        return max(0, self._kernel.total - self._kernel.borrowed)
-
-    @property
-    def algorithm(self) -> Algorithm | None:
-        """The adaptive algorithm driving ``total_tokens``, if any."""
-        return None if self._feedback is None else self._feedback.algorithm
+        self._kernel.set_total(adapt_total(self._feedback, check_total_tokens(value)))
 
     def statistics(self) -> LimiterStatistics:
         """A snapshot of the limiter's state (plain reads; safe from any thread)."""
-        kernel = self._kernel
-        return LimiterStatistics(
-            name=self._name,
-            total_tokens=kernel.total,
-            borrowed_tokens=kernel.borrowed,
-            tasks_waiting=kernel.waiting,
-            borrowers=list(kernel.holders),
-            algorithm=None if self._feedback is None else self._feedback.algorithm.state(),
-        )
+        return self._snapshot(LimiterStatistics)
 
     def __repr__(self) -> str:
         kernel = self._kernel

@@ -42,7 +42,7 @@ def check_overload(value: object) -> tuple[type[BaseException], ...]:
 class Feedback:
     """Feeds finished holds of an adaptive limiter to its algorithm and applies the new limit."""
 
-    __slots__ = ("algorithm", "apply", "overload", "samples")
+    __slots__ = ("algorithm", "apply", "overload", "paused", "samples")
 
     def __init__(
         self,
@@ -56,6 +56,8 @@ class Feedback:
         self.apply: Final = apply
         #: samples fed so far
         self.samples = 0
+        #: total_tokens was set to 0 by hand: learn, but do not apply, until resumed
+        self.paused = False
 
     def is_overload(self, exc: BaseException | None) -> bool:
         if exc is None:
@@ -84,7 +86,9 @@ class Feedback:
             start=hold.start, rtt=now - hold.start, inflight=hold.inflight, dropped=dropped
         )
         self.samples += 1
-        self.apply(self.algorithm.update(sample))
+        limit = self.algorithm.update(sample)
+        if not self.paused:
+            self.apply(limit)
 
 
 @final
@@ -233,8 +237,9 @@ class LimiterFace:
             waiter = kernel.enqueue(borrower, weight, lane, self)
             # With the plain FIFO policy a newcomer that did not fit above
             # cannot be granted now (the queue was settled by the last
-            # change); a lane policy may rank it ahead of others, so ask it.
-            if kernel.admits is not None:
+            # change); a lane policy may rank it ahead of others, so ask it
+            # (only if a token is free: under contention none is).
+            if kernel.admits is not None and kernel.total - kernel.borrowed > 0:
                 kernel.pump()
             if waiter in kernel.queues[lane]:
                 # Parking is the checkpoint; a cancellation while parked
@@ -252,6 +257,7 @@ class LimiterFace:
             await trio.lowlevel.checkpoint()
         except BaseException:
             kernel.release(borrower, None, self._what)
+            kernel.lane_granted[lane] -= 1  # never happened, as far as anyone counts
             raise
         if self._feedback is not None:
             self._start_sample(borrower)
@@ -293,10 +299,15 @@ class LimiterFace:
         # The uncontended path, inlined (this is the hot one): nobody waits,
         # the token fits, the task holds none yet. Anything else goes the
         # general way.
+        # A lane policy's fast-path check (``admits``) stands in for "fits".
+        admits = kernel.admits
         if (
             kernel.waiting
-            or kernel.admits is not None
-            or kernel.total - kernel.borrowed < 1
+            or (
+                kernel.total - kernel.borrowed < 1
+                if admits is None
+                else not admits(kernel, self._lane, 1)
+            )
             or task in kernel.holders
             or self._feedback is not None
         ):
@@ -307,6 +318,7 @@ class LimiterFace:
             await trio.lowlevel.checkpoint()
         except BaseException:
             kernel.release(task, None, self._what)
+            kernel.lane_granted[self._lane] -= 1  # never happened, as far as anyone counts
             raise
 
     async def __aexit__(
@@ -325,7 +337,13 @@ class LimiterFace:
         if feedback is not None:
             hold = self._kernel.holders.get(borrower)
             if hold is not None:
-                feedback.finish(hold, exc, permit)
+                try:
+                    feedback.finish(hold, exc, permit)
+                finally:
+                    # An algorithm that raises (a LoadFeedback whose read_load
+                    # failed) must not cost the tokens: they go back first.
+                    self._kernel.release(borrower, None, self._what)
+                return
         self._kernel.release(borrower, None, self._what)
 
     def hold(self, weight: int = 1) -> _HoldContext:

@@ -119,12 +119,14 @@ class Kernel:
     """The shared waiter queue. Not public: limiters wrap it."""
 
     __slots__ = (
+        "_holes",
         "_seq",
         "admits",
         "borrowed",
         "holders",
         "lane_granted",
         "lane_in_use",
+        "lane_what",
         "policy",
         "queues",
         "total",
@@ -154,7 +156,12 @@ class Kernel:
         #: Fast-path check when nobody waits: may ``weight`` tokens go to
         #: ``lane`` right now? ``None`` means "if they fit in the total".
         self.admits = admits
+        #: How error messages name each lane's face (``"lane 'api/batch'"``);
+        #: ``None`` for a one-lane kernel, whose face names itself.
+        self.lane_what: list[str] | None = None
         self._seq = 0
+        #: removals per lane since that lane's dict was last compacted
+        self._holes = [0] * lanes
 
     # -- queries -----------------------------------------------------------
 
@@ -177,9 +184,26 @@ class Kernel:
 
     # -- the grant loop ----------------------------------------------------
 
-    def _grant(self, waiter: Waiter) -> None:
-        del self.queues[waiter.lane][waiter]
+    def _unqueue(self, waiter: Waiter) -> None:
+        lane = waiter.lane
+        queue = self.queues[lane]
+        del queue[waiter]
         self.waiting -= 1
+        # A dict keeps the slots of deleted keys until it is rebuilt, and
+        # finding its first key walks over them: a long FIFO drained from
+        # the front would make every head lookup slower. Compact in place
+        # (same object: policies may keep references) once the holes
+        # outnumber the waiters, which keeps the cost amortized O(1).
+        holes = self._holes[lane] + 1
+        if holes > 64 and holes > len(queue):
+            keep = list(queue)
+            queue.clear()
+            queue.update(dict.fromkeys(keep))
+            holes = 0
+        self._holes[lane] = holes
+
+    def _grant(self, waiter: Waiter) -> None:
+        self._unqueue(waiter)
         self._add_holder(waiter.borrower, waiter.weight, waiter.lane)
         if waiter.parked:
             waiter.parked = False
@@ -197,7 +221,9 @@ class Kernel:
     def pump(self) -> None:
         """Grant to waiters until the policy says nobody fits. Call after any change."""
         policy = self.policy
-        while self.waiting:
+        # Every weight is >= 1, so with no token free nobody can go, whatever
+        # the policy: under contention this skips a policy call per release.
+        while self.waiting and self.total - self.borrowed > 0:
             waiter = policy(self)
             if waiter is None:
                 return
@@ -206,9 +232,13 @@ class Kernel:
     # -- acquire / release -------------------------------------------------
 
     def check_borrower(self, borrower: object, what: str) -> None:
-        if borrower in self.holders:
+        hold = self.holders.get(borrower)
+        if hold is not None:
+            # With lanes, what it holds may be another face of this kernel: name it.
+            held = what if self.lane_what is None else self.lane_what[hold.lane]
+            shared = "" if held == what else f", which shares its tokens with {what}"
             raise RuntimeError(
-                f"this borrower is already holding tokens of {what}; "
+                f"this borrower is already holding tokens of {held}{shared}; "
                 "release them before acquiring again"
             )
 
@@ -255,8 +285,7 @@ class Kernel:
 
     def remove(self, waiter: Waiter) -> None:
         """Withdraw a queued waiter (cancelled or a failed nowait attempt)."""
-        del self.queues[waiter.lane][waiter]
-        self.waiting -= 1
+        self._unqueue(waiter)
         # The withdrawn waiter may have been a heavy head blocking lighter
         # ones, or a lane the policy was saving capacity for.
         self.pump()

@@ -37,12 +37,12 @@ class Envelope:
         ctx: object | None = None,
     ) -> None:
         #: the source item's index (for a batch: its first part's)
-        self.id = id
-        self.payload = payload
+        self.id: int = id
+        self.payload: object = payload
         #: the envelopes a batch (or a child of a batch) stands for; None for one item
-        self.parts = parts
+        self.parts: list[Envelope] | None = parts
         #: telemetry's slot: the item's trace context, carried across stages
-        self.ctx = ctx
+        self.ctx: object | None = ctx
 
     def __repr__(self) -> str:
         if self.parts is None:
@@ -57,7 +57,7 @@ class Ledger:
 
     def __init__(self) -> None:
         #: settled source items by fate (index: FILTERED..UNFINISHED)
-        self.counts = [0, 0, 0, 0, 0]
+        self.counts: list[int] = [0, 0, 0, 0, 0]
         #: source id -> [live parts, gravest fate so far], for items a flat_map split
         self.split: dict[int, list[int]] = {}
         #: when a dict (tests set it), every settlement: source id -> fates, in order

@@ -83,7 +83,7 @@ class PipelineRun:
     ) -> None:
         self.name: Final = name
         self.ledger: Final = Ledger()
-        self.source_items = 0
+        self.source_items: int = 0
         self.failures: list[BaseException] = []
         self.dead_letters: list[DeadLetter] = []
         self._dead_letter_channel = dead_letters

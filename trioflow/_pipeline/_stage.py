@@ -303,17 +303,17 @@ class StageRun:
         self._send: Final = send
         self._ledger: Ledger = run.ledger
         self._last: Final = last
-        self.received = 0
-        self.emitted = 0
-        self.filtered = 0
-        self.skipped = 0
-        self.failed = 0
-        self.retried = 0
-        self.dead_lettered = 0
-        self.unfinished = 0
+        self.received: int = 0
+        self.emitted: int = 0
+        self.filtered: int = 0
+        self.skipped: int = 0
+        self.failed: int = 0
+        self.retried: int = 0
+        self.dead_lettered: int = 0
+        self.unfinished: int = 0
         #: envelopes sent downstream (a batch or a flat_map child counts once)
-        self.sent = 0
-        self.busy_time = 0.0
+        self.sent: int = 0
+        self.busy_time: float = 0.0
         self._latency = [0.0] * _LATENCY_RING
         self._latency_n = 0
         n = 1 if spec.kind == "batch" else spec.workers

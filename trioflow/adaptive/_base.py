@@ -37,9 +37,12 @@ class Algorithm(Protocol):
     """An adaptive limit: numbers in, a limit out.
 
     A limiter given ``algorithm=`` feeds it one :class:`Sample` per finished
-    hold and sets its ``total_tokens`` to what :meth:`update` returns. It also
-    sets :attr:`limit` once, when the limiter is made, to the limiter's
-    ``total_tokens``, clamped to the algorithm's bounds.
+    hold and sets its ``total_tokens`` to what :meth:`update` returns. The
+    limiter writes :attr:`limit` itself in two cases: when it is made with an
+    explicit ``total_tokens`` (the starting limit; otherwise the algorithm's
+    ``initial_limit`` is) and when a user sets ``total_tokens`` later. An
+    algorithm must therefore treat :attr:`limit` as the truth at the start
+    of each :meth:`update`. One algorithm instance drives one limiter.
     """
 
     limit: int

@@ -111,8 +111,8 @@ class Installed:
         #: seconds the last stuck check took (it throttles the next one)
         self._check_cost = 0.0
         #: counts, for tests and the curious
-        self.stuck_reports = 0
-        self.slow_reports = 0
+        self.stuck_reports: int = 0
+        self.slow_reports: int = 0
 
     @property
     def file(self) -> TextIO:
