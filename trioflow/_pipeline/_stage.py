@@ -383,7 +383,9 @@ class StageRun:
         )
 
     def _record_time(self, start: float, exc: BaseException | None = None) -> None:
-        dt = trio.current_time() - start
+        self._record_dt(trio.current_time() - start, exc)
+
+    def _record_dt(self, dt: float, exc: BaseException | None = None) -> None:
         self.busy_time += dt
         self._latency[self._latency_n & (_LATENCY_RING - 1)] = dt
         self._latency_n += 1
@@ -657,11 +659,7 @@ class StageRun:
 
     async def _worker(self, worker: Worker) -> None:
         spec = self.spec
-        if (
-            spec.kind in ("map", "each")
-            and (spec.retry is None or spec.retry.attempts == 1)
-            and not self._trace_items
-        ):
+        if spec.kind in ("map", "each") and (spec.retry is None or spec.retry.attempts == 1):
             await self._fast_worker(worker, spec.kind == "map")
             return
         worker.task = trio.lowlevel.current_task()
@@ -694,6 +692,20 @@ class StageRun:
             worker.item = None
             worker.state = "done"
 
+    async def _one_traced(self, env: Envelope, worker: Worker) -> None:
+        """One item of :meth:`_fast_worker` through the general (traced) path."""
+        try:
+            out = await self._process(env, worker)
+        except BaseException as exc:
+            self.unfinished += 1
+            self._ledger.settle(env, UNFINISHED)
+            end_item(env.ctx, UNFINISHED_OUTCOME, exc)
+            raise
+        if out is not None:
+            worker.state = "sending"
+            await self._emit(out)
+        worker.item = None
+
     async def _fast_worker(self, worker: Worker, is_map: bool) -> None:
         """``_worker`` for a map/each stage without retries, inlined (one coroutine per item).
 
@@ -712,6 +724,7 @@ class StageRun:
         latency = self._latency
         mask = _LATENCY_RING - 1
         hook = self._stage_hook
+        trace = self._trace_items
         try:
             while True:
                 worker.state = "receiving"
@@ -722,12 +735,18 @@ class StageRun:
                 self.received += 1
                 worker.item = env
                 worker.state = "running"
+                if trace and (env.ctx is not None or env.parts is not None):
+                    # A traced item (or a batch to link): the general path,
+                    # which starts and ends its span. Untraced items (not
+                    # sampled) stay on this path, at one check's cost.
+                    await self._one_traced(env, worker)
+                    continue
                 try:
                     start = now()
                     try:
                         result = await call(env.payload)
                     except Exception as exc:
-                        self._record_time(start, exc)
+                        self._record_dt(now() - start, exc)
                         self.failed += 1
                         await self._on_error(env, exc)
                         worker.item = None

@@ -160,14 +160,18 @@ def start_source_span(run: PipelineRun, env: Envelope) -> Span | None:
     Puts the span in ``env.ctx`` if it is sampled and returns it (the reader
     ends it once the first stage took the item); ``None`` if not sampled.
     """
-    span = _spans.start_span(
+    # The tracer directly (what _spans.start_span(parent=None) does, less two
+    # calls): this runs for every source item, sampled or not.
+    span = _spans.tracer.start_span(
         run.source_span_name,
+        context=_spans.EMPTY_CONTEXT,
         kind=SpanKind.PRODUCER,
-        parent=None,
-        links=run.source_links,
         attributes={"trioflow.pipeline": run.name, "trioflow.item.id": env.id},
+        links=run.source_links,
+        record_exception=False,
+        set_status_on_exception=False,
     )
-    if not span.get_span_context().trace_flags.sampled:
+    if not span.is_recording():  # not sampled
         return None
     env.ctx = span
     return span
