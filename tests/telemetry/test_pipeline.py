@@ -580,3 +580,43 @@ async def test_two_runs_of_one_pipeline_add_up(otel: Otel) -> None:
         await two.wait()
     delivered = points(otel, "trioflow.pipeline.items")
     assert delivered[(("trioflow.name", "twice"), ("trioflow.outcome", "delivered"))] == 5
+
+
+async def test_a_wait_inside_a_stage_is_a_log_on_the_items_span(
+    otel: Otel, autojump_clock: trio.testing.MockClock
+) -> None:
+    api = tf.CapacityLimiter(1, name="api")
+
+    async def call(x: int) -> int:
+        await trio.sleep(0.5)
+        return x
+
+    pipe = tf.Pipeline("w").map(call, workers=2, limiter=api, name="call")
+    await pipe.run(range(2))
+    spans = {item_of(s): s for s in item_spans(otel, "stage call")}
+    waited = [s for s in spans.values() if any(e.name == "trioflow.wait" for e in s.events)]
+    (span,) = waited  # one of the two items waited 0.5 s for the other's token
+    (event,) = span.events
+    assert attrs_of_event(event) == {
+        "trioflow.name": "api",
+        "trioflow.kind": "limiter",
+        "trioflow.wait.duration": pytest.approx(0.5),
+    }
+
+
+async def test_stop_past_its_grace_marks_the_run_cancelled(
+    otel: Otel, autojump_clock: trio.testing.MockClock
+) -> None:
+    async def slow(x: int) -> int:
+        await trio.sleep(10)
+        return x
+
+    async with tf.Pipeline("g").map(slow, name="slow").open(range(3)) as run:
+        await trio.sleep(1)
+        await run.stop(grace=1)
+    assert run.report.unfinished >= 1
+    span = otel.span("pipeline g")
+    assert attrs_of(span)["trioflow.cancelled"] is True
+    (item,) = item_spans(otel, "stage slow")
+    assert attrs_of(item)["trioflow.outcome"] == "unfinished"
+    assert attrs_of(item)["trioflow.cancelled"] is True
