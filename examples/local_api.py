@@ -7,11 +7,14 @@ It is a trio server on a real socket speaking HTTP/1.1 through ``h11``
   in line; beyond that it answers ``503`` at once (overload);
 * each request takes a lognormal time (``latency`` mean, ``sigma``);
 * ``fail_rate`` of requests answer ``500`` (a bug, not overload);
+* ``reject(body)`` may refuse a webhook with ``422`` (a client error: the
+  sender should not retry it);
 * ``degrade(at, capacity=..., latency=...)`` changes the above mid-run, so an
   adaptive limiter in front of it has something to adapt to.
 
 Endpoints: ``GET /enrich?id=N`` (JSON), ``POST /webhook`` (JSON body echoed
-with a receipt), ``GET /health``. Start it inside your own nursery::
+with a receipt; the ``Idempotency-Key`` header of every accepted call is
+counted in ``stats.webhooks``), ``GET /health``. Start it inside your own nursery::
 
     api = LocalAPI(capacity=20, latency=0.02)
     port = await nursery.start(api.serve)
@@ -24,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -44,6 +48,9 @@ class APIStats:
     failed: int = 0
     in_progress: int = 0
     peak_in_progress: int = 0
+    webhooks: Counter[str] = attrs.field(factory=Counter[str])
+    """``POST /webhook`` calls answered 200, by ``Idempotency-Key`` header
+    (a key counted twice is a delivery the sender repeated)."""
 
 
 @attrs.define(eq=False)
@@ -54,6 +61,8 @@ class LocalAPI:
     max_queue: int = 200
     fail_rate: float = 0.0
     seed: int | None = None
+    reject: Callable[[Any], str | None] | None = None
+    """For ``POST /webhook``: given the JSON body, a reason to refuse it (``422``), or ``None``."""
     stats: APIStats = attrs.field(factory=APIStats)
     _slots: trio.Semaphore | None = attrs.field(default=None, init=False)
     _queued: int = attrs.field(default=0, init=False)
@@ -159,8 +168,16 @@ class LocalAPI:
                 doc = json.loads(body or b"null")
             except ValueError:
                 return 400, {"error": "body is not JSON"}
-            return await self._work(lambda: {"received": doc, "receipt": self._rng.getrandbits(32)})
+            reason = self.reject(doc) if self.reject is not None else None
+            if reason is not None:
+                return 422, {"error": reason}
+            key = dict(request.headers).get(b"idempotency-key", b"").decode()
+            return await self._work(lambda: self._receive(doc, key))
         return 404, {"error": f"no route {url.path}"}
+
+    def _receive(self, doc: object, key: str) -> dict[str, Any]:
+        self.stats.webhooks[key] += 1
+        return {"received": doc, "receipt": self._rng.getrandbits(32)}
 
     def _enrich(self, ident: str) -> dict[str, Any]:
         rng = random.Random(ident)  # the same id always enriches the same way

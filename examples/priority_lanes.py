@@ -9,7 +9,7 @@ lanes:
 * ``reports``: priority 2, no reserve, at most 20%, and a call that has
   waited 0.25 s is served as if it were interactive (``max_wait``).
 
-Three phases, two seconds each, with far more callers than tokens:
+Three phases, two seconds each (``--phase``), with far more callers than tokens:
 
 1. batch alone (30 workers): it borrows the idle interactive share, up to its
    80% cap — the quota is not wasted, and interactive still finds room;
@@ -26,10 +26,12 @@ start first take the idle tokens (nothing is ever taken back); the shares
 settle within one call's latency.
 
     python examples/priority_lanes.py
+    python examples/priority_lanes.py --phase 0.5   # quicker, noisier shares
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
 
 import httpx
@@ -38,7 +40,7 @@ from local_api import LocalAPI
 
 import trioflow as tf
 
-PHASE = 2.0
+PHASE = 2.0  # seconds per phase (--phase)
 
 
 class Phase:
@@ -150,4 +152,7 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--phase", type=float, default=PHASE, help="seconds per phase (default 2)")
+    PHASE = parser.parse_args().phase
     trio.run(main)

@@ -196,6 +196,7 @@ def oracle_grid(sc: Scenario, phase: Phase) -> list[int]:
 def phase_key(sc: Scenario, p: Phase) -> str:
     return json.dumps(
         [asdict(sc.model), p.rate, p.servers, p.scale, p.scale_end, p.error_fraction, p.duration]
+        + ([list(sc.lanes)] if len(sc.lanes) > 1 else [])
     )
 
 
@@ -206,8 +207,9 @@ def _oracle_job(args: tuple[Scenario, Phase, int, float]) -> tuple[int, dict[str
     res = simulate(
         [steady],
         sc.model,
-        lanes_factory(Scenario(sc.key, sc.title, [steady], sc.model), limit, 0),
+        lanes_factory(Scenario(sc.key, sc.title, [steady], sc.model, sc.lanes), limit, 0),
         0,
+        queueing=len(sc.lanes) > 1,
     )
     return limit, summarize(res, min(SETTLE, duration / 4), duration)
 
