@@ -34,15 +34,30 @@ this process, so the SDK's collection and export threads are charged to the
 side that runs them), not wall time: on a shared machine other processes'
 load would otherwise swamp a difference of a few percent.
 
-The pipeline parts of this question (tracing off/stage/item/1% sampling)
-come with the pipeline building block.
+Second half, a pipeline's throughput (``--only pipeline`` runs just this
+half): ``tf.Pipeline`` of three trivial ``map`` stages, one worker each,
+over ``N_ITEMS`` source items, CPU time per source item. Sides:
 
-    python bench/telemetry.py [--repeats N]
+* ``none`` — no trioflow telemetry at all (``use()`` never called);
+* ``none-again`` — the same again: this run's A/A noise floor;
+* ``off`` — an SDK TracerProvider handed to trioflow with ``tracing="off"``;
+* ``stage`` — ``tracing="stage"``: a span per run and per stage;
+* ``item`` — ``tracing="item"``, every item sampled: a trace per item (one
+  ``source`` span plus one span per stage);
+* ``item-1%`` — ``tracing="item"`` under ``ParentBased(TraceIdRatioBased(0.01))``;
+* ``metrics`` — no tracer, an SDK MeterProvider: the cost of the
+  ``trioflow.stage.duration`` histogram (one SDK record per item and stage).
+
+Span sides use a BatchSpanProcessor (queue 65,536, as ``configure()`` sizes
+it) with a discarding exporter; its export thread is charged to the side.
+
+    PYTHONPATH=. python bench/telemetry.py [--repeats N] [--only limiter|pipeline]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -59,6 +74,7 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Tracer
 
 import trioflow as tf
@@ -89,7 +105,11 @@ class DiscardMetrics(MetricExporter):
 
 
 class DiscardSpans(SpanExporter):
+    def __init__(self) -> None:
+        self.spans = 0
+
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.spans += len(spans)
         return SpanExportResult.SUCCESS
 
 
@@ -169,17 +189,108 @@ def measure(case: Callable[[str], Awaitable[float]], side: str) -> float:
         del others
 
 
+N_ITEMS = 5000
+PIPELINE_SIDES = ["none", "none-again", "off", "stage", "item", "item-1%", "metrics"]
+
+
+async def step(x: int) -> int:
+    return x + 1
+
+
+PIPE = tf.Pipeline("bench").map(step, name="a").map(step, name="b").map(step, name="c")
+
+
+async def pipeline_run() -> float:
+    t0 = time.process_time()
+    report = await PIPE.run(range(N_ITEMS))
+    elapsed = time.process_time() - t0
+    assert report.delivered == N_ITEMS, report
+    return elapsed / N_ITEMS
+
+
+def measure_pipeline(side: str) -> float:
+    if side.startswith("none"):
+        return trio.run(pipeline_run)
+    tp: TracerProvider | None = None
+    mp: MeterProvider | None = None
+    exporter = DiscardSpans()
+    if side == "metrics":
+        mp = MeterProvider(
+            metric_readers=[
+                PeriodicExportingMetricReader(DiscardMetrics(), export_interval_millis=1000)
+            ]
+        )
+    else:
+        sampler = ParentBased(TraceIdRatioBased(0.01)) if side == "item-1%" else None
+        tp = TracerProvider(sampler=sampler) if sampler is not None else TracerProvider()
+        tp.add_span_processor(
+            BatchSpanProcessor(exporter, max_queue_size=65_536, max_export_batch_size=2048)
+        )
+    level = {"off": "off", "stage": "stage", "metrics": "off"}.get(side, "item")
+    try:
+        with tf.telemetry.use(tracer_provider=tp, meter_provider=mp, tracing=level):  # type: ignore[arg-type]
+            return trio.run(pipeline_run)
+    finally:
+        if tp is not None:
+            tp.shutdown()
+        if mp is not None:
+            mp.shutdown()
+        # Check that the side measured what it claims (and that this is the
+        # trioflow of this checkout: run with PYTHONPATH=.).
+        n = exporter.spans
+        want = {"off": (0, 0), "stage": (4, 4), "item": (4 * N_ITEMS + 4, 4 * N_ITEMS + 4)}
+        if side in want:
+            lo, hi = want[side]
+            assert lo <= n <= hi, f"{side}: {n} spans exported"
+        elif side == "item-1%":
+            assert n < N_ITEMS, f"{side}: {n} spans exported"
+
+
+def pipeline_half(repeats: int) -> None:
+    sides = PIPELINE_SIDES
+    times: dict[str, list[float]] = {k: [] for k in sides}
+    for _ in range(2):  # warm-up: imports, first trio.run
+        measure_pipeline("none")
+    for r in range(repeats):
+        order = sides[r % len(sides) :] + sides[: r % len(sides)]
+        for side in order:
+            times[side].append(measure_pipeline(side))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    best = {k: min(v) for k, v in times.items()}
+    base, base_best = med["none"], best["none"]
+    print(
+        f"pipeline, 3 map stages x 1 worker, {N_ITEMS} items, CPU per item, "
+        f"median and minimum of {repeats}"
+    )
+    for side in sides:
+        print(
+            f"  {side:10s} median {med[side] * 1e6:7.2f} µs/item {med[side] / base:6.3f}x"
+            f"   min {best[side] * 1e6:7.2f} µs/item {best[side] / base_best:6.3f}x"
+            f"   (max {max(times[side]) * 1e6:.2f})"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--only", choices=("limiter", "pipeline"), default=None)
     args = parser.parse_args()
+    print(f"load average at start: {os.getloadavg()[0]:.2f}")
+    if args.only != "pipeline":
+        limiter_half(args.repeats)
+    if args.only != "limiter":
+        pipeline_half(args.repeats)
+    print(f"load average at end: {os.getloadavg()[0]:.2f}")
+
+
+def limiter_half(repeats: int) -> None:
     sides = ["off", "off-again", "metrics", "traced"]
     for title, case in (
         ("uncontended async with", uncontended),
         ("1000 tasks / 10 tokens", contended),
     ):
         times: dict[str, list[float]] = {k: [] for k in sides}
-        for r in range(args.repeats):
+        for r in range(repeats):
             order = sides[r % len(sides) :] + sides[: r % len(sides)]
             for side in order:
                 times[side].append(measure(case, side))

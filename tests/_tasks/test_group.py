@@ -450,6 +450,18 @@ async def test_group_cancel_scope() -> None:
     assert h.cancelled
 
 
+async def test_group_cancel_scope_absorbs_the_bodys_cancelled() -> None:
+    """As a nursery does: cancelling the group's own scope ends the block quietly."""
+    try:
+        async with tf.open_task_group() as tg:
+            h = await tg.spawn(trio.sleep_forever)
+            tg.cancel_scope.cancel()
+            await trio.sleep_forever()
+    except trio.Cancelled:  # pragma: no cover - the bug this test pins
+        pytest.fail("the group's own Cancelled escaped its async with block")
+    assert h.cancelled
+
+
 # -- registry (what task dumps read) -------------------------------------------------------
 
 

@@ -80,4 +80,5 @@ def _telemetry_left_off() -> Iterator[None]:
             _setup._active.shutdown()
         pytest.fail(f"test left telemetry active: {leaked!r}")
     assert _hooks.wait_hook is None
+    assert _hooks.stage_hook is None
     assert _hooks.tracing == _hooks.OFF

@@ -270,3 +270,93 @@ def test_a_burst_is_not_dropped(receiver: Receiver) -> None:
     (counts,) = report.destinations
     assert (counts.spans, counts.dropped, counts.failed) == (20_000, 0, 0)
     assert len(receiver.spans()) == 20_000
+
+
+async def test_a_pipeline_on_the_wire(
+    receiver: Receiver, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A pipeline run as Jaeger receives it: run, stages, item traces, a batch linked to its items."""
+    t = tf.telemetry.configure("wire-pipeline", otlp_endpoint=receiver.endpoint, set_global=False)
+    try:
+
+        async def enrich(x: int) -> int:
+            await trio.sleep(0.1)
+            if x == 2:
+                raise KeyError("sku")
+            return x
+
+        async def write(batch: list[int]) -> int:
+            await trio.sleep(0.1)
+            return len(batch)
+
+        pipe = (
+            tf.Pipeline("orders")
+            .map(enrich, workers=2, on_error="skip", name="enrich")
+            .batch(2, name="group")
+            .map(write, name="write")
+        )
+        report = await pipe.run(range(4))
+        assert (report.delivered, report.skipped) == (3, 1)
+    finally:
+        shutdown = t.shutdown()
+    assert shutdown is not None
+    (counts,) = shutdown.destinations
+    assert (counts.dropped, counts.failed) == (0, 0)
+    got = receiver.spans()
+    assert {attributes(rs.resource.attributes)["service.name"] for rs, _, _ in got} == {
+        "wire-pipeline"
+    }
+    assert {scope for _, scope, _ in got} == {"trioflow"}
+    spans = [s for _, _, s in got]
+    assert counts.exported == len(spans)
+    by_id = {s.span_id: s for s in spans}
+
+    def items(name: str) -> dict[int, trace_pb2.Span]:
+        return {
+            attributes(s.attributes)["trioflow.item.id"]: s
+            for s in spans
+            if s.name == name and s.kind == KIND.SPAN_KIND_CONSUMER
+        }
+
+    (run,) = [s for s in spans if s.name == "pipeline orders"]
+    assert run.kind == KIND.SPAN_KIND_INTERNAL
+    assert run.parent_span_id == b""
+    run_stages = sorted(s.name for s in spans if s.parent_span_id == run.span_id)
+    assert run_stages == ["stage enrich", "stage group", "stage write"]
+    assert attributes(run.attributes)["trioflow.pipeline.delivered"] == 3
+
+    sources = {
+        attributes(s.attributes)["trioflow.item.id"]: s for s in spans if s.name == "source orders"
+    }
+    assert sorted(sources) == [0, 1, 2, 3]
+    for source in sources.values():
+        assert source.kind == KIND.SPAN_KIND_PRODUCER
+        assert source.parent_span_id == b""
+        assert [(link.trace_id, link.span_id) for link in source.links] == [
+            (run.trace_id, run.span_id)
+        ]
+    enrich_spans = items("stage enrich")
+    for i, span in enrich_spans.items():
+        assert span.parent_span_id == sources[i].span_id
+        assert span.trace_id == sources[i].trace_id
+    skipped = enrich_spans[2]
+    assert attributes(skipped.attributes)["error.type"] == "KeyError"
+    assert attributes(skipped.attributes)["trioflow.outcome"] == "skipped"
+    assert skipped.status.code == trace_pb2.Status.STATUS_CODE_ERROR
+    group = items("stage group")
+    assert sorted(group) == [0, 1, 3]  # item 2 never reached the batch
+    for i, span in group.items():
+        assert by_id[span.parent_span_id].name == "stage enrich"
+        assert span.parent_span_id == enrich_spans[i].span_id
+    writes = sorted(items("stage write").values(), key=lambda s: s.start_time_unix_nano)
+    assert [attributes(w.attributes)["trioflow.batch.size"] for w in writes] == [2, 1]
+    linked: list[int] = []
+    for w in writes:
+        assert w.parent_span_id == b""  # a batch starts its own trace...
+        assert w.trace_id not in {s.trace_id for s in sources.values()}
+        for link in w.links:  # ... linked to each item's span in the batch
+            target = by_id[link.span_id]
+            assert target.name == "stage group"
+            assert link.trace_id == target.trace_id
+            linked.append(attributes(target.attributes)["trioflow.item.id"])
+    assert sorted(linked) == [0, 1, 3]

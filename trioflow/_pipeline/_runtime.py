@@ -17,9 +17,12 @@ from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
+from opentelemetry.trace import INVALID_SPAN, Link, Span
 
 from .. import _registry
 from .._registry import Holding, Waiting
+from ..telemetry import _hooks, _spans
+from . import _telemetry
 from ._envelope import DEAD, DELIVERED, FILTERED, SKIPPED, UNFINISHED, Envelope, Ledger
 from ._report import DeadLetter, PipelineReport
 from ._stage import StageRun, StageSpec
@@ -94,6 +97,11 @@ class PipelineRun:
         self._ended_at: float | None = None
         self._process_ctx: trio_parallel.WorkerContext | None = None
         self._needs_processes = any(s.executor == "process" for s in specs)
+        #: telemetry (set when the run starts): the run's span, one trace per item?
+        self.span: Span = INVALID_SPAN
+        self.trace_items = False
+        self.source_span_name: Final = _spans.span_name("source", name)
+        self.source_links: list[Link] = []
 
         # Channels: stage i reads _receivers[i]; the reader writes _senders[0];
         # stage i writes _senders[i + 1] (the outputs channel, for the last
@@ -126,6 +134,11 @@ class PipelineRun:
 
     def _trioflow_waiters(self) -> list[Waiting]:
         return []
+
+    @property
+    def was_cancelled(self) -> bool:
+        """Whether the run's own scope was cancelled (``cancel()``, a failure, or ``stop()``'s grace)."""
+        return self._scope.cancelled_caught
 
     @property
     def running(self) -> bool:
@@ -199,6 +212,11 @@ class PipelineRun:
     async def main(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the pipeline to its end; never raises a stage failure (see :meth:`raise_failure`)."""
         self._started_at = trio.current_time()
+        if _hooks.tracing:
+            self.span = _telemetry.start_run(self)
+            self.trace_items = _hooks.tracing >= _hooks.ITEM
+            self.source_links = _telemetry.links_to(self.span)
+        raised: BaseException | None = None
         try:
             with self._scope:
                 async with AsyncExitStack() as stack:
@@ -216,9 +234,14 @@ class PipelineRun:
                         task_status.started()
         except Exception as exc:  # pragma: no cover - a bug in trioflow, or the process pool
             self.fail(exc, "runtime", None)
+        except BaseException as exc:
+            raised = exc
+            raise
         finally:
             self._settle_leftovers()
             self._ended_at = trio.current_time()
+            if self.span is not INVALID_SPAN:
+                _telemetry.end_run(self, self.span, raised)
             self._done.set()
 
     async def _read(self) -> None:
@@ -234,14 +257,22 @@ class PipelineRun:
                 else:
                     # _admit, inlined: one coroutine frame less per item.
                     settle = self.ledger.settle
+                    trace = self.trace_items
+                    span = None
                     for raw in source:
                         env = Envelope(self.source_items, raw)
                         self.source_items += 1
+                        if trace:
+                            span = _telemetry.start_source_span(self, env)
                         try:
                             await send.send(env)
-                        except BaseException:
+                        except BaseException as exc:
                             settle(env, UNFINISHED)
+                            if span is not None:
+                                _spans.end_span(span, exc)
                             raise
+                        if span is not None:
+                            span.end()
                         if self._stopping:
                             break
         except Exception as exc:
@@ -274,11 +305,16 @@ class PipelineRun:
     async def _admit(self, raw: object, send: trio.MemorySendChannel[Envelope]) -> None:
         env = Envelope(self.source_items, raw)
         self.source_items += 1
+        span = _telemetry.start_source_span(self, env) if self.trace_items else None
         try:
             await send.send(env)
-        except BaseException:
+        except BaseException as exc:
             self.ledger.settle(env, UNFINISHED)
+            if span is not None:
+                _spans.end_span(span, exc)
             raise
+        if span is not None:
+            span.end()
 
     def _settle_leftovers(self) -> None:
         """After every task is done: items still in a channel never finished."""

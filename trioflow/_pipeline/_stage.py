@@ -26,15 +26,34 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 import attrs
 import trio
+from opentelemetry.trace import INVALID_SPAN, Span
 
 from .. import _registry
 from .._admission._protocol import Limiter
 from .._admission._rate import RateLimiter
 from .._registry import Holding, Waiting
 from .._util import check_positive_number, raise_type
+from ..telemetry import _hooks, _spans
 from ._envelope import DEAD, FILTERED, SKIPPED, UNFINISHED, Envelope, Ledger
 from ._report import DeadLetter, Latency, StageReport
 from ._retry import Retry
+from ._telemetry import (
+    DEAD_LETTERED,
+    EMITTED,
+    end_item,
+    end_stage,
+    retry_event,
+    start_item,
+    start_stage,
+    worker_context,
+)
+from ._telemetry import FILTERED as FILTERED_OUTCOME
+from ._telemetry import (
+    SKIPPED as SKIPPED_OUTCOME,
+)
+from ._telemetry import (
+    UNFINISHED as UNFINISHED_OUTCOME,
+)
 
 if TYPE_CHECKING:
     from ._runtime import PipelineRun
@@ -300,6 +319,18 @@ class StageRun:
         n = 1 if spec.kind == "batch" else spec.workers
         self.workers: list[Worker] = [Worker(self, i + 1) for i in range(n)]
         self._call = self._make_call()
+        #: telemetry: what names this stage in spans and metrics
+        self.telemetry_attributes: Final = {
+            "trioflow.name": spec.name,
+            "trioflow.pipeline": run.name,
+        }
+        self.span_name: Final = _spans.span_name("stage", spec.name)
+        #: this run's ``stage {name}`` span (tracing "stage" and up)
+        self.span: Span = INVALID_SPAN
+        #: one span per item here? (tracing "item"; fixed when the stage starts)
+        self._trace_items = False
+        #: trioflow.stage.duration recorder (None while metrics are off)
+        self._stage_hook: _hooks.StageHook | None = None
         _registry.register(self)
 
     # -- registry / inspection ------------------------------------------------
@@ -351,11 +382,16 @@ class StageRun:
             latency=latency,
         )
 
-    def _record_time(self, start: float) -> None:
-        dt = trio.current_time() - start
+    def _record_time(self, start: float, exc: BaseException | None = None) -> None:
+        self._record_dt(trio.current_time() - start, exc)
+
+    def _record_dt(self, dt: float, exc: BaseException | None = None) -> None:
         self.busy_time += dt
         self._latency[self._latency_n & (_LATENCY_RING - 1)] = dt
         self._latency_n += 1
+        hook = self._stage_hook
+        if hook is not None:
+            hook(self, dt, exc)
 
     # -- calling the stage function -------------------------------------------
 
@@ -441,6 +477,8 @@ class StageRun:
                 if attempt >= retry.attempts or not isinstance(exc, retry.retry_on):
                     raise
                 delay = retry.backoff.delay(attempt)
+                if self._trace_items:
+                    retry_event(attempt, exc, delay)
                 attempt += 1
                 self.retried += 1
                 if delay > 0:
@@ -458,9 +496,13 @@ class StageRun:
         """
         start = trio.current_time()
         try:
-            result = await self._attempts(env.payload, worker)
+            if self._trace_items:
+                with _spans.activate(start_item(self, env)):
+                    result = await self._attempts(env.payload, worker)
+            else:
+                result = await self._attempts(env.payload, worker)
         except Exception as exc:
-            self._record_time(start)
+            self._record_time(start, exc)
             self.failed += 1
             await self._on_error(env, exc)
             return None
@@ -476,12 +518,16 @@ class StageRun:
                 return env
             self.filtered += 1
             self._ledger.settle(env, FILTERED)
+            if self._trace_items:
+                end_item(env.ctx, FILTERED_OUTCOME)
             return None
         # flat_map
         try:
             items = list(result)
         except TypeError as exc:
             exc.add_note(f"flat_map stage {self.name!r} must return an iterable")
+            if self._stage_hook is not None:
+                self._stage_hook(self, 0.0, exc)
             self.failed += 1
             await self._on_error(env, exc)
             return None
@@ -489,70 +535,124 @@ class StageRun:
             # Split into nothing: the item left the stage with nothing emitted.
             self.filtered += 1
             self._ledger.settle(env, FILTERED)
+            if self._trace_items:
+                end_item(env.ctx, FILTERED_OUTCOME)
             return None
         return [Envelope(env.id, item, env.parts, env.ctx) for item in items]
 
     async def _on_error(self, env: Envelope, exc: Exception) -> None:
         policy = self.spec.on_error
+        trace = self._trace_items
         if policy == "skip":
             self.skipped += 1
             self._ledger.settle(env, SKIPPED)
+            if trace:
+                end_item(env.ctx, SKIPPED_OUTCOME, exc)
         elif policy == "dead_letter":
             # Count it only once the dead letter is kept: if sending it to a
             # dead_letters= channel is cancelled, the item is unfinished.
-            await self.run.dead_letter(DeadLetter(env.payload, self.name, exc))
+            try:
+                await self.run.dead_letter(DeadLetter(env.payload, self.name, exc))
+            except BaseException:
+                if trace:
+                    end_item(env.ctx, UNFINISHED_OUTCOME, exc)
+                raise
             self.dead_lettered += 1
             self._ledger.settle(env, DEAD)
+            if trace:
+                end_item(env.ctx, DEAD_LETTERED, exc)
         else:
             self.unfinished += 1
             self._ledger.settle(env, UNFINISHED)
+            if trace:
+                end_item(env.ctx, UNFINISHED_OUTCOME, exc)
             self.run.fail(exc, f"stage {self.name!r}", env)
 
     async def _emit(self, out: Envelope | list[Envelope]) -> None:
         """Send one item's result downstream; count it emitted, or unfinished if cancelled."""
         send = self._send
+        trace = self._trace_items
         if isinstance(out, Envelope):
+            # The item's span, read before the hand-off: the next stage
+            # replaces out.ctx with its own as soon as it takes the item.
+            span = out.ctx if trace else None
             try:
                 await send(out)
-            except BaseException:
+            except BaseException as exc:
                 self.unfinished += 1
                 self._ledger.settle(out, UNFINISHED)
+                if trace:
+                    end_item(span, UNFINISHED_OUTCOME, exc)
                 raise
             self.sent += 1
             self.emitted += 1
+            if trace:
+                end_item(span, EMITTED)
             return
         # The children stand for the parent's source item(s): settle them as parts.
         self._ledger.fan_out(out[0], len(out))
+        span = out[0].ctx if trace else None
         sent = 0
         try:
             for child in out:
                 await send(child)
                 sent += 1
                 self.sent += 1
-        except BaseException:
+        except BaseException as exc:
             # The children already sent live on downstream; the rest end here.
             self.unfinished += 1
             for child in out[sent:]:
                 self._ledger.settle(child, UNFINISHED)
+            if trace:
+                end_item(span, UNFINISHED_OUTCOME, exc)
             raise
         self.emitted += 1
+        if trace:
+            end_item(span, EMITTED)
 
     # -- the stage's tasks ------------------------------------------------------
 
     async def run_stage(self) -> None:
         """Run the stage's workers until the input ends (or cancellation); then close the output."""
+        run = self.run
+        self._stage_hook = _hooks.stage_hook
+        if run.span is not INVALID_SPAN:
+            self._trace_items = run.trace_items
+            self.span = start_stage(self, run.span)
+        raised: BaseException | None = None
         try:
             async with trio.open_nursery() as nursery:
                 spec = self.spec
                 if spec.kind == "batch":
-                    nursery.start_soon(self._batcher, self.workers[0], name=self._task_name(1))
+                    nursery.start_soon(
+                        self._traced(self._batcher), self.workers[0], name=self._task_name(1)
+                    )
                 elif spec.ordered and spec.workers > 1:
                     await self._start_ordered(nursery)
                 else:
+                    worker = self._traced(self._worker)
                     for w in self.workers:
-                        nursery.start_soon(self._worker, w, name=self._task_name(w.index))
+                        nursery.start_soon(worker, w, name=self._task_name(w.index))
+        except BaseException as exc:
+            raised = exc
+            raise
         finally:
             self.run.close_output(self)
+            if self.span is not INVALID_SPAN:
+                end_stage(self, self.span, raised)
+
+    def _traced(
+        self, fn: Callable[[Worker], Awaitable[None]]
+    ) -> Callable[[Worker], Awaitable[None]]:
+        """``fn`` itself when tracing is off; else ``fn`` run inside :func:`worker_context`."""
+        if self.span is INVALID_SPAN:
+            return fn
+
+        async def traced(worker: Worker) -> None:
+            with worker_context(self):
+                await fn(worker)
+
+        return traced
 
     def _task_name(self, index: int) -> str:
         return f"stage {self.name}, worker {index} of {len(self.workers)}"
@@ -578,9 +678,11 @@ class StageRun:
                 worker.state = "running"
                 try:
                     out = await process(env, worker)
-                except BaseException:
+                except BaseException as exc:
                     self.unfinished += 1
                     self._ledger.settle(env, UNFINISHED)
+                    if self._trace_items:
+                        end_item(env.ctx, UNFINISHED_OUTCOME, exc)
                     raise
                 if out is not None:
                     worker.state = "sending"
@@ -589,6 +691,20 @@ class StageRun:
         finally:
             worker.item = None
             worker.state = "done"
+
+    async def _one_traced(self, env: Envelope, worker: Worker) -> None:
+        """One item of :meth:`_fast_worker` through the general (traced) path."""
+        try:
+            out = await self._process(env, worker)
+        except BaseException as exc:
+            self.unfinished += 1
+            self._ledger.settle(env, UNFINISHED)
+            end_item(env.ctx, UNFINISHED_OUTCOME, exc)
+            raise
+        if out is not None:
+            worker.state = "sending"
+            await self._emit(out)
+        worker.item = None
 
     async def _fast_worker(self, worker: Worker, is_map: bool) -> None:
         """``_worker`` for a map/each stage without retries, inlined (one coroutine per item).
@@ -607,6 +723,8 @@ class StageRun:
         ledger = self._ledger
         latency = self._latency
         mask = _LATENCY_RING - 1
+        hook = self._stage_hook
+        trace = self._trace_items
         try:
             while True:
                 worker.state = "receiving"
@@ -617,17 +735,25 @@ class StageRun:
                 self.received += 1
                 worker.item = env
                 worker.state = "running"
+                if trace and (env.ctx is not None or env.parts is not None):
+                    # A traced item (or a batch to link): the general path,
+                    # which starts and ends its span. Untraced items (not
+                    # sampled) stay on this path, at one check's cost.
+                    await self._one_traced(env, worker)
+                    continue
                 try:
                     start = now()
                     try:
                         result = await call(env.payload)
                     except Exception as exc:
-                        self._record_time(start)
+                        self._record_dt(now() - start, exc)
                         self.failed += 1
                         await self._on_error(env, exc)
                         worker.item = None
                         continue
                     dt = now() - start
+                    if hook is not None:
+                        hook(self, dt, None)
                     self.busy_time += dt
                     latency[self._latency_n & mask] = dt
                     self._latency_n += 1
@@ -710,14 +836,17 @@ class StageRun:
             try:
                 async with trio.open_nursery() as inner:
                     inner.start_soon(dispatcher, name=f"stage {self.name}, dispatcher")
+                    traced_worker = self._traced(worker)
                     for w in self.workers:
-                        inner.start_soon(worker, w, name=self._task_name(w.index))
+                        inner.start_soon(traced_worker, w, name=self._task_name(w.index))
                     inner.start_soon(emitter, name=f"stage {self.name}, emitter")
             finally:
                 # Whatever is still pending was received and never left: unfinished.
                 for slot in pending:
                     self.unfinished += 1
                     self._ledger.settle(slot.env, UNFINISHED)
+                    if self._trace_items:
+                        end_item(slot.env.ctx, UNFINISHED_OUTCOME)
                 pending.clear()
                 order_r.close()
                 work_r.close()
@@ -743,6 +872,8 @@ class StageRun:
                             break
                         self.received += 1
                         batch.append(env)
+                        if self._trace_items:
+                            start_item(self, env)
                     # else: max_wait passed, flush the partial batch
                 else:
                     try:
@@ -753,6 +884,8 @@ class StageRun:
                     if not batch:
                         first_at = trio.current_time()
                     batch.append(env)
+                    if self._trace_items:
+                        start_item(self, env)
                 if len(batch) >= size or (
                     max_wait is not None and trio.current_time() >= first_at + max_wait
                 ):
@@ -765,6 +898,8 @@ class StageRun:
             for env in batch:
                 self.unfinished += 1
                 self._ledger.settle(env, UNFINISHED)
+                if self._trace_items:
+                    end_item(env.ctx, UNFINISHED_OUTCOME)
             worker.item = None
             worker.state = "done"
 
@@ -775,14 +910,20 @@ class StageRun:
         self._record_time(first_at)
         try:
             await self._send(out)
-        except BaseException:
+        except BaseException as exc:
             self.unfinished += len(parts)
             self._ledger.settle(out, UNFINISHED)
+            if self._trace_items:
+                for p in parts:
+                    end_item(p.ctx, UNFINISHED_OUTCOME, exc)
             raise
         finally:
             worker.item = None
         self.sent += 1
         self.emitted += len(parts)
+        if self._trace_items:
+            for p in parts:
+                end_item(p.ctx, EMITTED)
 
 
 async def _never(payload: object) -> Any:  # pragma: no cover - batch stages call nothing

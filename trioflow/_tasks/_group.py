@@ -8,11 +8,13 @@ from typing import Any, Final, Generic, Literal, TypeVar, final
 
 import attrs
 import trio
+from opentelemetry.trace import INVALID_SPAN, Span, SpanContext
 
 from .. import _registry
 from .._admission._capacity import CapacityLimiter
 from .._registry import Holding, Waiting
 from .._util import check_optional_name, raise_type
+from ..telemetry import _hooks, _spans
 
 __all__ = ["TaskGroup", "TaskGroupStatistics", "TaskHandle", "open_task_group"]
 
@@ -225,15 +227,28 @@ class TaskGroup:
         "_nursery",
         "_nursery_cm",
         "_on_error",
+        "_returned",
+        "_span",
+        "_task_parent",
+        "_trace_tasks",
         "_waiting",
     )
 
     kind = "task_group"
 
-    def __init__(self, *, limit: object, on_error: object, name: object) -> None:
+    def __init__(
+        self, *, limit: object, on_error: object, name: object, trace_tasks: object = None
+    ) -> None:
         self._name: str = check_optional_name(name) or _registry.default_name(self.kind)
         if on_error not in ("cancel", "collect"):
             raise ValueError(f"on_error must be 'cancel' or 'collect', got {on_error!r}")
+        if trace_tasks is not None and not isinstance(trace_tasks, bool):
+            raise_type("trace_tasks", "True, False or None", trace_tasks)
+        self._trace_tasks: bool | None = trace_tasks
+        #: the group's ``task_group {name}`` span (INVALID_SPAN when not traced)
+        self._span: Span = INVALID_SPAN
+        #: what each task's span is parented to; None = tasks get no span
+        self._task_parent: SpanContext | None = None
         self._on_error: OnError = on_error  # pyright: ignore[reportAttributeAccessIssue]
         self._limiter: Any = _resolve_limit(limit, self._name)
         self._nursery: trio.Nursery | None = None
@@ -246,6 +261,7 @@ class TaskGroup:
         self._finished = 0
         self._failed = 0
         self._cancelled = 0
+        self._returned = 0
         #: on_error="collect": failures in the order they happened
         self._failures: list[Exception] = []
         _registry.register(self)
@@ -256,8 +272,14 @@ class TaskGroup:
         if self._entered:
             raise RuntimeError(f"task group {self._name!r} can be entered only once")
         self._entered = True
+        if _hooks.tracing:
+            self._open_span()
         self._nursery_cm = trio.open_nursery()
-        self._nursery = await self._nursery_cm.__aenter__()
+        try:
+            self._nursery = await self._nursery_cm.__aenter__()
+        except BaseException as exc:
+            self._close_span(exc)
+            raise
         return self
 
     async def __aexit__(
@@ -267,19 +289,64 @@ class TaskGroup:
         tb: TracebackType | None,
     ) -> bool:
         try:
-            await self._nursery_cm.__aexit__(exc_type, exc, tb)
-        except BaseException as nursery_exc:
-            if not self._failures:
-                raise
-            others: list[BaseException] = [nursery_exc]
-            if isinstance(nursery_exc, BaseExceptionGroup):
-                others = list(nursery_exc.exceptions)  # pyright: ignore[reportUnknownArgumentType, reportUnknownMemberType]
-            raise self._failure_group(others) from None
-        finally:
-            self._nursery = None
-        if self._failures:
-            raise self._failure_group([])
-        return False
+            try:
+                # True when the nursery absorbed the body's exception (a
+                # Cancelled from the group's own cancel scope): so do we.
+                absorbed: bool = await self._nursery_cm.__aexit__(exc_type, exc, tb)
+            except BaseException as nursery_exc:
+                if not self._failures:
+                    raise
+                others: list[BaseException] = [nursery_exc]
+                if isinstance(nursery_exc, BaseExceptionGroup):
+                    others = list(nursery_exc.exceptions)  # pyright: ignore[reportUnknownArgumentType, reportUnknownMemberType]
+                raise self._failure_group(others) from None
+            finally:
+                self._nursery = None
+            if self._failures:
+                raise self._failure_group([])
+        except BaseException as raised:
+            if self._span is not INVALID_SPAN:
+                self._close_span(raised)
+            raise
+        if self._span is not INVALID_SPAN:
+            # Here exc is None, or the Cancelled the group's own scope caught.
+            self._close_span(exc)
+        return absorbed
+
+    # -- telemetry -----------------------------------------------------------
+
+    def _open_span(self) -> None:
+        """Start the ``task_group {name}`` span under the opener's current span."""
+        limiter = self._limiter
+        attributes: dict[str, str | int | float] = {
+            "trioflow.name": self._name,
+            "trioflow.task_group.on_error": self._on_error,
+        }
+        if limiter is not None:
+            attributes["trioflow.task_group.limit"] = limiter.total_tokens
+        span = self._span = _spans.start_span(
+            _spans.span_name(self.kind, self._name), attributes=attributes
+        )
+        trace_tasks = self._trace_tasks
+        if trace_tasks is None:
+            trace_tasks = _hooks.tracing >= _hooks.ITEM
+        if trace_tasks:
+            self._task_parent = _spans.context_of(span)
+
+    def _close_span(self, exc: BaseException | None) -> None:
+        """End the group's span with how it exited and what its tasks did."""
+        span = self._span
+        self._span = INVALID_SPAN
+        self._task_parent = None
+        _spans.end_span(
+            span,
+            exc,
+            attributes={
+                "trioflow.task_group.tasks": self._finished,
+                "trioflow.task_group.failed": self._failed,
+                "trioflow.task_group.cancelled": self._cancelled,
+            },
+        )
 
     def _failure_group(self, others: list[BaseException]) -> BaseExceptionGroup[BaseException]:
         failures = self._failures
@@ -453,8 +520,13 @@ class TaskGroup:
                 handle._finish(_CANCELLED)  # pyright: ignore[reportPrivateUsage]
                 return
             scope = handle._scope = trio.CancelScope()  # pyright: ignore[reportPrivateUsage]
+            parent = self._task_parent
+            if parent is not None:
+                await self._run_traced(handle, work, scope, parent)
+                return
             with scope:
                 value = await work
+                self._returned += 1
                 handle._value = value  # pyright: ignore[reportPrivateUsage]
                 handle._finish(_RETURNED)  # pyright: ignore[reportPrivateUsage]
                 return
@@ -482,6 +554,40 @@ class TaskGroup:
             self._live -= 1
             if self._limiter is not None:
                 self._limiter.release_on_behalf_of(handle)
+
+    async def _run_traced(
+        self,
+        handle: TaskHandle[Any],
+        work: Any,
+        scope: trio.CancelScope,
+        parent: SpanContext,
+    ) -> None:
+        """:meth:`_run`'s body with a ``task {name}`` span, current around the function.
+
+        The span's parent is the group's span, passed explicitly: a trio
+        child copies its *spawner's* context, which may be any task's.
+        """
+        assert handle.task is not None
+        span = _spans.start_span(
+            _spans.span_name("task", handle.task.name),
+            parent=parent,
+            attributes={"trioflow.task_group": self._name},
+        )
+        try:
+            with scope, _spans.activate(span):
+                value = await work
+                self._returned += 1
+                handle._value = value  # pyright: ignore[reportPrivateUsage]
+                handle._finish(_RETURNED)  # pyright: ignore[reportPrivateUsage]
+                _spans.end_span(span)
+                return
+        except BaseException as exc:
+            _spans.end_span(span, exc)
+            raise
+        # Only the handle's own scope was cancelled: not a failure.
+        _spans.end_span(span, attributes={"trioflow.cancelled": True})
+        self._cancelled += 1
+        handle._finish(_CANCELLED)  # pyright: ignore[reportPrivateUsage]
 
     # -- state ---------------------------------------------------------------
 
@@ -586,7 +692,11 @@ def _resolve_limit(limit: object, name: str) -> Any:
 
 
 def open_task_group(
-    *, limit: int | object | None = None, on_error: OnError = "cancel", name: str | None = None
+    *,
+    limit: int | object | None = None,
+    on_error: OnError = "cancel",
+    name: str | None = None,
+    trace_tasks: bool | None = None,
 ) -> TaskGroup:
     """Open a task group: ``async with tf.open_task_group(limit=10) as tg:``.
 
@@ -601,11 +711,23 @@ def open_task_group(
       on_error: ``"cancel"`` (the first failure cancels the rest; all
         failures are raised together) or ``"collect"`` (nothing is cancelled;
         all failures are raised together at exit).
-      name: what task dumps, ``repr`` and the limiter it makes call it.
+      name: what task dumps, ``repr``, spans and the limiter it makes call it.
+      trace_tasks: whether each task gets a ``task {task name}`` span, child
+        of the group's ``task_group {name}`` span and current while the
+        task's function runs (so spans the function starts nest under it).
+        ``None`` (default): only when telemetry traces at ``"item"`` level;
+        ``True``/``False`` force it on or off for this group. Nothing is
+        traced while tracing is ``"off"`` (see :mod:`trioflow.telemetry`).
+
+    Telemetry: with tracing at ``"stage"`` or ``"item"`` the group is one
+    span, ``task_group {name}``, from ``async with`` to its exit, child of
+    the span current where the group was opened; it ends with the error
+    the group raised, if any. With tracing ``"off"`` the cost is one flag
+    check when the group opens and one per task.
 
     Raises:
-      TypeError: if ``limit`` is not an int, a limiter or ``None``, or
-        ``name`` is not a str.
+      TypeError: if ``limit`` is not an int, a limiter or ``None``,
+        ``name`` is not a str, or ``trace_tasks`` is not a bool or ``None``.
       ValueError: if ``limit`` is below 1 or ``on_error`` is not one of the two.
     """
-    return TaskGroup(limit=limit, on_error=on_error, name=name)
+    return TaskGroup(limit=limit, on_error=on_error, name=name, trace_tasks=trace_tasks)

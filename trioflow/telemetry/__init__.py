@@ -10,8 +10,12 @@ flag check on the paths that do not wait:
 * :func:`use` points trioflow at providers your application (or a test)
   already has, since OpenTelemetry's global providers can be set only once.
 
+Spans: ``task_group {name}`` per task group (and ``task {name}`` per task
+at ``tracing="item"``); see ``docs/jaeger.md`` for every span.
+
 Metrics (``trioflow.limiter.limit``, ``.in_use``, ``.waiting``,
-``trioflow.rate.tokens``) are observable instruments that read each live
+``trioflow.rate.tokens``, ``trioflow.task_group.running``, ``.waiting``,
+``.tasks``) are observable instruments that read each live
 primitive's ``statistics()`` when the SDK collects, so the hot path pays
 nothing; ``trioflow.limiter.wait.duration`` (seconds) is recorded only for
 waits that actually parked, and those of 1 ms or more also add a

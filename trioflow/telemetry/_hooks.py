@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final
 
-__all__ = ["ITEM", "OFF", "STAGE", "WaitHook", "tracing", "wait_hook"]
+__all__ = ["ITEM", "OFF", "STAGE", "StageHook", "WaitHook", "stage_hook", "tracing", "wait_hook"]
 
 #: ``hook(primitive, since, now)``: a task waited on ``primitive`` from
 #: ``since`` to ``now`` (both ``trio.current_time()``) and got what it asked
@@ -19,6 +19,14 @@ __all__ = ["ITEM", "OFF", "STAGE", "WaitHook", "tracing", "wait_hook"]
 WaitHook = Callable[[object, float, float], None]
 
 wait_hook: WaitHook | None = None
+
+#: ``hook(stage, duration, exc)``: a pipeline stage finished one item's
+#: function call(s) (all attempts) in ``duration`` seconds; ``exc`` is the
+#: last attempt's exception, or ``None``. Called in the worker, once per item
+#: and stage, only while metrics are on. ``None`` = off.
+StageHook = Callable[[object, float, BaseException | None], None]
+
+stage_hook: StageHook | None = None
 
 #: Tracing levels, ordered: check ``_hooks.tracing >= _hooks.ITEM``.
 OFF: Final = 0

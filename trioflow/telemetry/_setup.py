@@ -233,6 +233,7 @@ def _apply(t: Telemetry | None, version: str) -> None:
         _spans.tracer = trace.NoOpTracer()
         _hooks.tracing = _hooks.OFF
         _hooks.wait_hook = None
+        _hooks.stage_hook = None
         return
     level = t._level  # pyright: ignore[reportPrivateUsage]
     if t.tracer_provider is not None and level:
@@ -241,10 +242,12 @@ def _apply(t: Telemetry | None, version: str) -> None:
         _spans.tracer = trace.NoOpTracer()
         level = _hooks.OFF
     histogram = None
+    _hooks.stage_hook = None
     if t.meter_provider is not None:
         instruments = _metrics.install(t.meter_provider, version)
         t._instruments = instruments  # pyright: ignore[reportPrivateUsage]
         histogram = instruments.wait_duration
+        _hooks.stage_hook = _metrics.make_stage_hook(instruments.stage_duration)
     _hooks.tracing = level
     _hooks.wait_hook = (
         _metrics.make_wait_hook(histogram) if histogram is not None or level else None

@@ -51,6 +51,7 @@ from . import _hooks
 
 __all__ = [
     "CURRENT",
+    "EMPTY_CONTEXT",
     "activate",
     "batch_links",
     "context_of",
@@ -84,6 +85,10 @@ CURRENT: Final = _Current()
 
 Parent = Span | SpanContext | _Current | None
 
+#: An empty context (a Context is an immutable mapping, so one can be shared):
+#: ``context=EMPTY_CONTEXT`` starts a new trace.
+EMPTY_CONTEXT: Final = Context()
+
 
 def span_name(kind: str, name: str) -> str:
     """The span name for a trioflow object: ``"{kind} {name}"`` (``"stage enrich"``)."""
@@ -95,7 +100,7 @@ def _parent_context(parent: Parent) -> Context | None:
         return None  # the SDK reads the current context
     if parent is None:
         # An empty context, so the span is a root even if one is current.
-        return Context()
+        return EMPTY_CONTEXT
     if isinstance(parent, SpanContext):
         if not parent.is_valid:
             return Context()
