@@ -99,7 +99,7 @@ class PipelineRun:
         self._needs_processes = any(s.executor == "process" for s in specs)
         #: telemetry (set when the run starts): the run's span, one trace per item?
         self.span: Span = INVALID_SPAN
-        self.trace_items = False
+        self.trace_items: bool = False
         self.source_span_name: Final = _spans.span_name("source", name)
         self.source_links: list[Link] = []
 
