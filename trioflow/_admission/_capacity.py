@@ -191,7 +191,7 @@ class CapacityLimiter(PoolState, LimiterFace):
     never a checkpoint.
 
     Cost: an uncontended ``async with`` is one checkpoint plus bookkeeping,
-    measured at 0.7× the time of :class:`trio.CapacityLimiter`'s (which takes
+    measured at 0.85–0.91× the time of :class:`trio.CapacityLimiter`'s (which takes
     a cancellation check *and* a shielded checkpoint): see ``bench/limiter.py``
     and ``docs/benchmarks.md``.
 
