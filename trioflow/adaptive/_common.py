@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from ._base import Sample
-from ._checks import check_fraction, check_positive_number, raise_type
+from ._checks import check_count, check_fraction, check_positive_number
 
 __all__ = [
     "Window",
@@ -15,15 +15,6 @@ __all__ = [
     "check_open_fraction",
     "clamp",
 ]
-
-
-def check_count(value: object, param: str, *, minimum: int = 1) -> int:
-    """An int ``>= minimum`` (not a bool)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise_type(param, "an int", value)
-    if value < minimum:
-        raise ValueError(f"{param} must be >= {minimum}, got {value!r}")
-    return value
 
 
 def check_open_fraction(value: object, param: str) -> float:
