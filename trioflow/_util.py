@@ -6,6 +6,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from .adaptive._checks import check_count as check_count
 from .adaptive._checks import check_fraction as check_fraction
 from .adaptive._checks import check_positive_number as check_positive_number
 from .adaptive._checks import raise_type as raise_type

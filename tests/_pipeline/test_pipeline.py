@@ -641,6 +641,7 @@ def sync_fn(x: int) -> int:
         ({"retry": 3}, TypeError, "retry must be a trioflow.Retry"),
         ({"ordered": 1}, TypeError, "ordered must be a bool"),
         ({"name": ""}, ValueError, "name must not be empty"),
+        ({"name": 7}, TypeError, r"name must be a str or None, got 7 \(int\)"),
         ({"executor": "thread"}, TypeError, "must be a plain sync function"),
     ],
 )
@@ -664,6 +665,12 @@ def test_more_bad_configuration() -> None:
         tf.Pipeline("x").batch(0)
     with pytest.raises(ValueError, match="max_wait must be > 0, got -1"):
         tf.Pipeline("x").batch(2, -1)
+    with pytest.raises(ValueError, match="name must not be empty"):
+        tf.Pipeline("x").batch(2, name="")
+    with pytest.raises(TypeError, match=r"name must be a str or None, got 7 \(int\)"):
+        tf.Pipeline("x").batch(2, name=7)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="buffer must be >= 0, got -1"):
+        tf.Pipeline("x").batch(2, buffer=-1)
     with pytest.raises(ValueError, match="name must not be empty"):
         tf.Pipeline("")
     with pytest.raises(TypeError, match=r"dead_letters must be a trio.MemorySendChannel"):

@@ -32,7 +32,7 @@ from .. import _registry
 from .._admission._protocol import Limiter
 from .._admission._rate import RateLimiter
 from .._registry import Holding, Waiting
-from .._util import check_positive_number, raise_type
+from .._util import check_count, check_optional_name, check_positive_number, raise_type
 from ..telemetry import _hooks, _spans
 from ._envelope import DEAD, FILTERED, SKIPPED, UNFINISHED, Envelope, Ledger
 from ._report import DeadLetter, Latency, StageReport
@@ -134,12 +134,12 @@ class StageSpec:
         return self.workers
 
 
-def check_count(value: object, param: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise_type(param, "an int", value)
-    if value < minimum:
-        raise ValueError(f"{param} must be >= {minimum}, got {value!r}")
-    return value
+def check_stage_name(name: object) -> str | None:
+    """A stage's ``name=``: ``None`` (named after its function) or a non-empty str."""
+    checked = check_optional_name(name)
+    if checked == "":
+        raise ValueError("name must not be empty")
+    return checked
 
 
 def make_spec(
@@ -160,12 +160,9 @@ def make_spec(
     """Check one function stage's configuration; every error names the parameter."""
     if not callable(fn):
         raise_type("fn", "a callable", fn)
-    if name is not None and not isinstance(name, str):
-        raise_type("name", "a str or None", name)
-    if name == "":
-        raise ValueError("name must not be empty")
-    n_workers = check_count(workers, "workers", 1)
-    n_buffer = check_count(buffer, "buffer", 0)
+    stage_name = check_stage_name(name)
+    n_workers = check_count(workers, "workers")
+    n_buffer = check_count(buffer, "buffer", minimum=0)
     if limiter is not None and not isinstance(limiter, Limiter | trio.CapacityLimiter):
         raise_type("limiter", "a trioflow.Limiter (or None)", limiter)
     rate_limiter = check_rate(rate)
@@ -207,7 +204,7 @@ def make_spec(
                 ) from None
     return StageSpec(
         kind=kind,
-        name=name if isinstance(name, str) else _fn_name(fn),
+        name=_fn_name(fn) if stage_name is None else stage_name,
         fn=fn,  # pyright: ignore[reportArgumentType]
         workers=n_workers,
         buffer=n_buffer,
@@ -223,17 +220,14 @@ def make_spec(
 
 
 def make_batch_spec(size: object, max_wait: object, name: object, buffer: object) -> StageSpec:
-    n = check_count(size, "size", 1)
+    n = check_count(size, "size")
     wait = None if max_wait is None else check_positive_number(max_wait, "max_wait")
-    if name is not None and not isinstance(name, str):
-        raise_type("name", "a str or None", name)
-    if name == "":
-        raise ValueError("name must not be empty")
+    stage_name = check_stage_name(name)
     return StageSpec(
         kind="batch",
-        name=name if isinstance(name, str) else "batch",
+        name="batch" if stage_name is None else stage_name,
         fn=None,
-        buffer=check_count(buffer, "buffer", 0),
+        buffer=check_count(buffer, "buffer", minimum=0),
         size=n,
         max_wait=wait,
     )

@@ -31,6 +31,15 @@ def check_positive_number(value: object, param: str, *, allow_zero: bool = False
     return float(value)
 
 
+def check_count(value: object, param: str, *, minimum: int = 1) -> int:
+    """An int ``>= minimum`` (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise_type(param, "an int", value)
+    if value < minimum:
+        raise ValueError(f"{param} must be >= {minimum}, got {value!r}")
+    return value
+
+
 def check_fraction(value: object, param: str) -> float:
     """A number in [0, 1]."""
     if isinstance(value, bool) or not isinstance(value, int | float):

@@ -5,18 +5,24 @@ from __future__ import annotations
 import math
 
 from ._base import Sample
-from ._checks import check_positive_number, raise_type
+from ._checks import check_count, check_fraction, check_positive_number
 
-__all__ = ["Window", "WindowSummary", "check_bounds", "check_count", "clamp"]
+__all__ = [
+    "Window",
+    "WindowSummary",
+    "check_bounds",
+    "check_count",
+    "check_open_fraction",
+    "clamp",
+]
 
 
-def check_count(value: object, param: str, *, minimum: int = 1) -> int:
-    """An int ``>= minimum`` (not a bool)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise_type(param, "an int", value)
-    if value < minimum:
-        raise ValueError(f"{param} must be >= {minimum}, got {value!r}")
-    return value
+def check_open_fraction(value: object, param: str) -> float:
+    """A number in (0, 1]: a weight or factor that must not be zero."""
+    fraction = check_fraction(value, param)
+    if fraction == 0:
+        raise ValueError(f"{param} must be > 0, got 0")
+    return fraction
 
 
 def check_bounds(initial_limit: object, min_limit: object, max_limit: object) -> None:

@@ -9,7 +9,7 @@ import attrs
 
 from ._base import Sample
 from ._checks import check_fraction, check_positive_number
-from ._common import Window, check_bounds, check_count, clamp
+from ._common import Window, check_bounds, check_count, check_open_fraction, clamp
 
 __all__ = ["Cruise"]
 
@@ -118,14 +118,12 @@ class Cruise:
         check_count(self.min_samples, "min_samples")
         if check_positive_number(self.tolerance, "tolerance") <= 1:
             raise ValueError(f"tolerance must be > 1, got {self.tolerance!r}")
-        if check_fraction(self.smoothing, "smoothing") == 0:
-            raise ValueError("smoothing must be > 0, got 0")
+        check_open_fraction(self.smoothing, "smoothing")
         backoff = check_positive_number(self.backoff, "backoff")
         if backoff >= 1:
             raise ValueError(f"backoff must be < 1, got {self.backoff!r}")
         check_positive_number(self.probe_interval, "probe_interval")
-        if check_fraction(self.probe_factor, "probe_factor") == 0:
-            raise ValueError("probe_factor must be > 0, got 0")
+        check_open_fraction(self.probe_factor, "probe_factor")
         check_fraction(self.saturation, "saturation")
         if check_positive_number(self.cap_factor, "cap_factor") < 1:
             raise ValueError(f"cap_factor must be >= 1, got {self.cap_factor!r}")

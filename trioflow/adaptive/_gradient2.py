@@ -7,8 +7,8 @@ from collections.abc import Mapping
 import attrs
 
 from ._base import Sample
-from ._checks import check_fraction, check_positive_number
-from ._common import Window, check_bounds, check_count, clamp
+from ._checks import check_positive_number
+from ._common import Window, check_bounds, check_count, check_open_fraction, clamp
 
 __all__ = ["Gradient2"]
 
@@ -81,14 +81,12 @@ class Gradient2:
 
     def __attrs_post_init__(self) -> None:
         check_bounds(self.initial_limit, self.min_limit, self.max_limit)
-        if check_fraction(self.smoothing, "smoothing") == 0:
-            raise ValueError("smoothing must be > 0, got 0")
+        check_open_fraction(self.smoothing, "smoothing")
         check_count(self.queue_size, "queue_size", minimum=0)
         check_count(self.long_window, "long_window")
         if check_positive_number(self.tolerance, "tolerance") < 1:
             raise ValueError(f"tolerance must be >= 1, got {self.tolerance!r}")
-        if check_fraction(self.backoff, "backoff") == 0:
-            raise ValueError("backoff must be > 0, got 0")
+        check_open_fraction(self.backoff, "backoff")
         check_positive_number(self.window, "window", allow_zero=True)
         check_count(self.min_samples, "min_samples")
         self.limit = self.initial_limit

@@ -9,8 +9,8 @@ from collections.abc import Mapping
 import attrs
 
 from ._base import Sample
-from ._checks import check_fraction, check_positive_number
-from ._common import Window, check_bounds, check_count, clamp
+from ._checks import check_positive_number
+from ._common import Window, check_bounds, check_count, check_open_fraction, clamp
 
 __all__ = ["Vegas"]
 
@@ -85,9 +85,7 @@ class Vegas:
 
     def __attrs_post_init__(self) -> None:
         check_bounds(self.initial_limit, self.min_limit, self.max_limit)
-        smoothing = check_fraction(self.smoothing, "smoothing")
-        if smoothing == 0:
-            raise ValueError("smoothing must be > 0, got 0")
+        check_open_fraction(self.smoothing, "smoothing")
         check_count(self.probe_multiplier, "probe_multiplier")
         check_positive_number(self.window, "window", allow_zero=True)
         check_count(self.min_samples, "min_samples")
