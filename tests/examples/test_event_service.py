@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
+
+from tests.examples._process import interrupt_when
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "examples" / "event_service.py"
@@ -82,34 +82,14 @@ def test_runs_to_completion_and_the_database_agrees(tmp_path: pathlib.Path) -> N
 
 
 def test_sigterm_mid_run_drains_and_loses_nothing(tmp_path: pathlib.Path) -> None:
-    proc = subprocess.Popen(
+    code, out = interrupt_when(
         _command(tmp_path, "--events", "1000000", "--duration", "120"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=_env(),
+        # The first progress line with rows written: every stage is busy.
+        busy=lambda line: "written" in line and " written      0" not in line,
         cwd=tmp_path,
+        env=_env(),
     )
-    try:
-        assert proc.stdout is not None
-        # Wait for the first progress line that shows rows written: the
-        # pipeline is then busy at every stage.
-        deadline = time.monotonic() + 60
-        seen = ""
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            seen += line
-            if "written" in line and " written      0" not in line:
-                break
-        else:
-            raise AssertionError(f"no progress within 60 s:\n{seen}")
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, seen + out
+    assert code == 0, out
     assert "SIGTERM: stopping the source" in out
     summary = json.loads((tmp_path / "summary.json").read_text())
     rows = _rows(tmp_path)

@@ -12,13 +12,13 @@ import json
 import os
 import pathlib
 import re
-import signal
 import subprocess
 import sys
-import time
 from typing import Any
 
 import pytest
+
+from tests.examples._process import interrupt_when
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -243,33 +243,13 @@ def test_webhook_dispatcher_accounts_for_every_delivery(tmp_path: pathlib.Path) 
 
 
 def test_webhook_dispatcher_sigterm_finishes_what_it_took(tmp_path: pathlib.Path) -> None:
-    proc = subprocess.Popen(
+    code, out = interrupt_when(
         _webhook_command(tmp_path, "--events", "1000000", "--progress", "0.3"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        busy=lambda line: bool((m := re.search(r"delivered +(\d+)", line)) and int(m.group(1)) > 0),
         cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
     )
-    try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 60
-        seen = ""
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            seen += line
-            match = re.search(r"delivered +(\d+)", line)
-            if match and int(match.group(1)) > 0:
-                break
-        else:
-            raise AssertionError(f"no delivery within 60 s:\n{seen}")
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, seen + out
+    assert code == 0, out
     assert "SIGTERM: taking no new events" in out
     summary = _check_webhook_accounts(tmp_path)
     # Stopped early; every delivery taken was finished within the grace, and
