@@ -12,6 +12,7 @@ from opentelemetry.trace import INVALID_SPAN, Span, SpanContext
 
 from .. import _registry
 from .._admission._capacity import CapacityLimiter
+from .._admission._rate import RateLimiter
 from .._registry import Holding, Waiting
 from .._util import check_optional_name, raise_type
 from ..telemetry import _hooks, _spans
@@ -222,6 +223,7 @@ class TaskGroup:
         "_failures",
         "_finished",
         "_limiter",
+        "_rate",
         "_live",
         "_name",
         "_nursery",
@@ -237,7 +239,13 @@ class TaskGroup:
     kind = "task_group"
 
     def __init__(
-        self, *, limit: object, on_error: object, name: object, trace_tasks: object = None
+        self,
+        *,
+        limit: object,
+        on_error: object,
+        name: object,
+        trace_tasks: object = None,
+        rate: object = None,
     ) -> None:
         self._name: str = check_optional_name(name) or _registry.default_name(self.kind)
         if on_error not in ("cancel", "collect"):
@@ -251,6 +259,10 @@ class TaskGroup:
         self._task_parent: SpanContext | None = None
         self._on_error: OnError = on_error  # pyright: ignore[reportAttributeAccessIssue]
         self._limiter: Any = _resolve_limit(limit, self._name)
+        if rate is not None and not isinstance(rate, RateLimiter):
+            raise_type("rate", "a tf.RateLimiter or None", rate)
+        #: paces task starts: one token per task, taken after its slot
+        self._rate: RateLimiter | None = rate
         self._nursery: trio.Nursery | None = None
         self._nursery_cm: Any = None
         self._entered = False
@@ -402,18 +414,35 @@ class TaskGroup:
         limiter = self._limiter
         try:
             if limiter is None:
-                await trio.lowlevel.checkpoint()
+                if self._rate is None:
+                    await trio.lowlevel.checkpoint()
             else:
                 self._waiting += 1
                 try:
                     await limiter.acquire_on_behalf_of(handle)
                 finally:
                     self._waiting -= 1
+            await self._paced(handle)
         except BaseException:
             coro.close()
             raise
         self._launch(handle, coro, fn if name is None else name)
         return handle
+
+    async def _paced(self, handle: TaskHandle[Any]) -> None:
+        """Take the task's rate token (after its slot); if cancelled, give the slot back."""
+        rate = self._rate
+        if rate is None:
+            return
+        self._waiting += 1
+        try:
+            await rate.acquire()
+        except BaseException:
+            if self._limiter is not None:
+                self._limiter.release_on_behalf_of(handle)
+            raise
+        finally:
+            self._waiting -= 1
 
     def start_soon(
         self, fn: Callable[..., Awaitable[T]], *args: object, name: object = None
@@ -434,6 +463,10 @@ class TaskGroup:
         limiter = self._limiter
         if limiter is not None:
             limiter.acquire_on_behalf_of_nowait(handle)
+        if self._rate is not None and not self._rate.try_acquire():
+            if limiter is not None:
+                limiter.release_on_behalf_of(handle)
+            raise trio.WouldBlock
         try:
             coro = _call(fn, args)
         except BaseException:
@@ -467,6 +500,7 @@ class TaskGroup:
                 await limiter.acquire_on_behalf_of(handle)
             finally:
                 self._waiting -= 1
+        await self._paced(handle)
         self._live += 1
         try:
             nursery = self._open_nursery()
@@ -697,6 +731,7 @@ def open_task_group(
     on_error: OnError = "cancel",
     name: str | None = None,
     trace_tasks: bool | None = None,
+    rate: RateLimiter | None = None,
 ) -> TaskGroup:
     """Open a task group: ``async with tf.open_task_group(limit=10) as tg:``.
 
@@ -718,6 +753,12 @@ def open_task_group(
         ``None`` (default): only when telemetry traces at ``"item"`` level;
         ``True``/``False`` force it on or off for this group. Nothing is
         traced while tracing is ``"off"`` (see :mod:`trioflow.telemetry`).
+      rate: a :class:`~trioflow.RateLimiter` that paces task *starts*: each
+        task takes one token after its slot and before it starts (so
+        ``spawn``/``start`` also wait for the rate, holding the slot, and
+        ``start_soon`` raises :exc:`trio.WouldBlock` when no token is free).
+        A cancellation while waiting for the token gives the slot back.
+        May be shared with other groups, ``amap`` and pipeline stages.
 
     Telemetry: with tracing at ``"stage"`` or ``"item"`` the group is one
     span, ``task_group {name}``, from ``async with`` to its exit, child of
@@ -727,7 +768,8 @@ def open_task_group(
 
     Raises:
       TypeError: if ``limit`` is not an int, a limiter or ``None``,
-        ``name`` is not a str, or ``trace_tasks`` is not a bool or ``None``.
+        ``name`` is not a str, ``trace_tasks`` is not a bool or ``None``, or
+        ``rate`` is not a :class:`~trioflow.RateLimiter` or ``None``.
       ValueError: if ``limit`` is below 1 or ``on_error`` is not one of the two.
     """
-    return TaskGroup(limit=limit, on_error=on_error, name=name, trace_tasks=trace_tasks)
+    return TaskGroup(limit=limit, on_error=on_error, name=name, trace_tasks=trace_tasks, rate=rate)
