@@ -12,7 +12,7 @@ limits over the same phase conditions (seed 0, phase run on its own).
     python bench/adaptive/run.py --scenarios S1,S7 --algorithms Cruise,Vegas --jobs 2
 
 Writes ``bench/adaptive/results/results.json``, ``table.md`` (pasted into
-docs/benchmarks.md) and, with --plots, one PNG per scenario under
+docs/benchmarks/adaptive.md) and, with --plots, one PNG per scenario under
 ``docs/img/adaptive/``.
 
 Metrics per phase (and per algorithm, median over seeds):

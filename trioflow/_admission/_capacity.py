@@ -193,7 +193,7 @@ class CapacityLimiter(PoolState, LimiterFace):
     Cost: an uncontended ``async with`` is one checkpoint plus bookkeeping,
     measured at 0.85–0.91× the time of :class:`trio.CapacityLimiter`'s (which takes
     a cancellation check *and* a shielded checkpoint): see ``bench/limiter.py``
-    and ``docs/benchmarks.md``.
+    and ``docs/benchmarks/``.
 
     Args:
       total_tokens: tokens in the sack: a non-negative int, or ``math.inf``.

@@ -443,7 +443,7 @@ class LaneLimiter(LimiterFace):
 
     Cost: an uncontended ``async with`` measured at 0.96–1.04× the CPU time
     of :class:`trio.CapacityLimiter`'s; 1000 tasks over 3 lanes contending
-    for 10 tokens at 1.03–1.15× (``bench/lanes.py``, ``docs/benchmarks.md``).
+    for 10 tokens at 1.03–1.15× (``bench/lanes.py``, ``docs/benchmarks/``).
     """
 
     __slots__ = (

@@ -257,7 +257,7 @@ class RateLimiter:
     one clock read and a few float operations, measured at 1.1-1.3x the time
     of a bare :func:`trio.lowlevel.checkpoint` on a loaded 2-vCPU machine,
     where an empty ``async def`` around a checkpoint measures 1.0-1.5x
-    (``bench/rate.py``, ``docs/benchmarks.md``). A grant to a task that had
+    (``bench/rate.py``, ``docs/benchmarks/``). A grant to a task that had
     to wait costs one wake-up of that task.
 
     Args:

@@ -35,7 +35,7 @@ own, subject to the sampler, rather than pieces of a trace as long as the
 run. A batch trace is sampled on its own (links carry no sampling decision).
 
 Costs (``bench/telemetry.py --only pipeline``, 3 trivial stages, see
-``docs/benchmarks.md``): tracing off is one flag read per run and per
+``docs/benchmarks/``): tracing off is one flag read per run and per
 worker; ``"stage"`` adds spans per run and stage only (1.01x median);
 ``"item"`` at 1% sampling costs one unsampled root span per item, while
 unsampled items keep the fast worker path (1.25-1.35x); every item

@@ -479,7 +479,7 @@ def amap(
 
     Cost: about 5–7 µs per item with 10 workers, 5.7–9.3× less than
     ``aiometer.amap`` on the same run (``bench/tasks.py``,
-    ``docs/benchmarks.md``); an async source adds one hop (13–16 µs in all).
+    ``docs/benchmarks/``); an async source adds one hop (13–16 µs in all).
     """
     return _Amap(
         fn,

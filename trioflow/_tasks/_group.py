@@ -210,7 +210,7 @@ class TaskGroup:
     Cost: spawn + run of an empty task is 1.4–1.8× a bare
     ``nursery.start_soon`` with ``await spawn`` and 1.9–2.5× with
     ``start_soon`` (anyio's task group: 2.6–3.1×), measured by
-    ``bench/tasks.py`` (``docs/benchmarks.md``). Most of it is the cancel
+    ``bench/tasks.py`` (``docs/benchmarks/``). Most of it is the cancel
     scope each task runs in, which is what makes :meth:`TaskHandle.cancel`
     possible.
     """

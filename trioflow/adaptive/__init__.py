@@ -4,7 +4,7 @@ Give one to a limiter with ``algorithm=``::
 
     limiter = tf.CapacityLimiter(algorithm=tf.adaptive.Cruise())
 
-Which to pick (figures in ``docs/adaptive.md`` and ``docs/benchmarks.md``):
+Which to pick (figures in ``docs/adaptive.md`` and ``docs/benchmarks/``):
 :class:`Cruise` for a remote downstream (trioflow's own; fast from cold,
 latency-driven, drift-proof); :class:`LoadFeedback` when a local metric (CPU,
 queue length) tells the truth better than latency; :class:`Vegas`,

@@ -63,7 +63,7 @@ class Cruise:
 
     Cost: ``update()`` takes about 0.4 µs per sample (process CPU time,
     ``bench/adaptive/overhead.py``); how it behaves under load, against the
-    other algorithms and the best static limit, is in ``docs/benchmarks.md``
+    other algorithms and the best static limit, is in ``docs/benchmarks/``
     (``bench/adaptive/run.py``).
 
     Args:

@@ -290,7 +290,7 @@ def dump_tasks(*, include_system: bool = False, full_stacks: bool = False) -> Ta
     the run, an instrument or a ``run_sync_soon`` callback): it reads trio's
     task tree and the trioflow registry, runs no task code, and is not a
     checkpoint. Cost: about 5 µs of CPU per task, 10,000 tasks in under
-    100 ms (``bench/dump.py``, ``docs/benchmarks.md``).
+    100 ms (``bench/dump.py``, ``docs/benchmarks/``).
 
     Args:
       include_system: also show trio's own ``<init>`` task and its
