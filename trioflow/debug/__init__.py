@@ -29,3 +29,5 @@ from ._model import ResourceInfo as ResourceInfo
 from ._model import TaskDump as TaskDump
 from ._model import TaskInfo as TaskInfo
 from ._serve import serve as serve
+from ._timeline import Timeline as Timeline
+from ._timeline import record_timeline as record_timeline
