@@ -29,6 +29,8 @@ Jaeger JSON file (open it in the Jaeger UI's "Upload" tab) and, with
     python examples/event_service.py                 # defaults: done in well under a minute
     python examples/event_service.py --events 20000 --rate 800 --duration 120
     python examples/event_service.py --otlp http://localhost:4318
+    python examples/event_service.py --debug-port 6060   # then: python -m trioflow top :6060
+    python examples/event_service.py --timeline trace.json   # open it in ui.perfetto.dev
 """
 
 from __future__ import annotations
@@ -235,6 +237,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.add_argument("--summary-json", type=Path, help="also write the summary here (for tests)")
+    p.add_argument(
+        "--debug-port", type=int, help="serve /debug/... here (for python -m trioflow top)"
+    )
+    p.add_argument("--timeline", type=Path, help="record an execution timeline to this file")
     return p.parse_args(argv)
 
 
@@ -245,7 +251,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         otlp_endpoint=args.otlp,
         tracing="item",
     )
-    tf.debug.install(signal=signal.SIGUSR1)
+    tf.debug.install(signal=signal.SIGUSR1, timeline=args.timeline)
 
     # The downstream: 60 requests at once, ~20 ms each; a third of the way in
     # it loses capacity and slows down, and later it recovers.
@@ -277,6 +283,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
     async with trio.open_nursery() as nursery:
         port = await nursery.start(api.serve)
+        if args.debug_port is not None:
+            debug_port = await nursery.start(tf.debug.serve, args.debug_port)
+            print(f"debug endpoint on http://127.0.0.1:{debug_port}/debug/", flush=True)
         limits = httpx.Limits(max_connections=300, max_keepalive_connections=300)
         async with httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=5.0

@@ -63,7 +63,8 @@ def _read(prim: Inspectable) -> Gauge | None:
     stats: Any = p.statistics()
     if kind == "rate limiter":
         burst = float(stats.burst)
-        return Gauge(kind, prim.name, burst, burst - float(stats.tokens), int(stats.tasks_waiting))
+        in_use = round(burst - float(stats.tokens), 3)
+        return Gauge(kind, prim.name, burst, in_use, int(stats.tasks_waiting))
     if kind == "task_group":
         limit = stats.limit
         return Gauge(
