@@ -11,15 +11,20 @@
 2. ``top``'s per-task accounting instrument (installed by the first
    ``/debug/top`` request) on the same workload.
 3. Writing 1M events: the encoder's time and the file's size.
-4. Serving ``/debug/top`` at 10k tasks: the CPU each request costs the
-   service, as a fraction of one second (top asks once a second).
+4. Watching a 10k-task service with top at 1 Hz: its CPU per second
+   unwatched and watched (accounting on, one frame a second), alternating.
 
-    python bench/timeline.py [--repeats N] [--steps N] [--events N]
+    python bench/timeline.py [--repeats N] [--steps N] [--events N] [--work N] [--only PART]
+
+``--work N`` adds N iterations of an empty loop to every step: ``--work 0``
+is the harshest case (steps of a few µs, ~200k steps/s); ``--work 900`` or
+so brings the unrecorded run near the issue's 100k steps/s.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import tempfile
@@ -36,8 +41,18 @@ from trioflow.debug import _timeline, _topdata
 STEPS = 200_000
 
 
+WORK = 0
+
+
+def burn(n: int) -> None:
+    """Synchronous work inside a step (``--work`` sets how much)."""
+    for _ in range(n):
+        pass
+
+
 async def workload(total_steps: int) -> int:
     """About ``total_steps`` task steps; returns the steps counted by trio."""
+    work = WORK
     limiter = tf.CapacityLimiter(4, name="bench")
     lock = trio.Lock()
     n_tasks = 40
@@ -47,8 +62,10 @@ async def workload(total_steps: int) -> int:
     async def worker(i: int) -> None:
         for r in range(rounds):
             async with limiter:
+                burn(work)
                 await trio.lowlevel.checkpoint()
             async with lock:
+                burn(work)
                 await trio.lowlevel.checkpoint()
             if r % 4 == 0:
                 # wake the neighbour, wait to be woken (an Event park)
@@ -56,6 +73,7 @@ async def workload(total_steps: int) -> int:
                 with trio.move_on_after(0.01):
                     await ping[i].wait()
                 ping[i] = trio.Event()
+            burn(work)
             await trio.lowlevel.checkpoint()
 
     async with trio.open_nursery() as n:
@@ -160,43 +178,65 @@ def bench_write(n_events: int) -> None:
 
 
 def bench_top(n_tasks: int, repeats: int) -> None:
-    """CPU per /debug/top request at ``n_tasks`` tasks (accounting on)."""
+    """What watching with top at 1 Hz costs a service of ``n_tasks`` tasks.
+
+    The service: ``n_tasks`` tasks, each waking about once a second (a
+    sleep of 0.5-1.5 s) to take a limiter token; so ~``n_tasks`` steps/s.
+    Phases of ``PHASE`` seconds alternate: unwatched (no accounting, no
+    requests) and watched (the accounting instrument on, one
+    ``/debug/top`` frame a second, answered in the loop as serve() does).
+    Prints the service's CPU per second in each, the difference, and the
+    CPU of one request.
+    """
+    import random
+
+    phase = 3.0
 
     async def main() -> None:
-        lim = tf.CapacityLimiter(10, name="api")
-        rate = tf.RateLimiter(100, name="rate")
-        stop = trio.Event()
+        lim = tf.CapacityLimiter(50, name="api")
+        rnd = random.Random(1)
 
-        async def task(i: int) -> None:
-            while not stop.is_set():
+        async def task() -> None:
+            while True:
+                await trio.sleep(0.5 + rnd.random())
                 async with lim:
-                    await trio.sleep(0.05)
-                if i % 7 == 0:
-                    await rate.acquire()
+                    await trio.lowlevel.checkpoint()
 
-        acct = _topdata.start_accounting()
-        try:
-            async with trio.open_nursery() as n:
-                for i in range(n_tasks):
-                    n.start_soon(task, i, name=f"worker-{i % 20}")
-                await trio.sleep(1.0)
-                costs: list[float] = []
-                sizes: list[int] = []
-                since = 0
-                for _ in range(repeats):
-                    t0 = time.process_time()
-                    body, since = _topdata.respond({"since": [str(since)]})
-                    costs.append(time.process_time() - t0)
+        costs: list[float] = []
+        sizes: list[int] = []
+        cpu: dict[str, list[float]] = {"unwatched": [], "watched": []}
+        async with trio.open_nursery() as n:
+            for i in range(n_tasks):
+                n.start_soon(task, name=f"worker-{i % 20}")
+            await trio.sleep(2.0)  # every task has started
+            since = 0
+            for _ in range(repeats):
+                c0 = time.process_time()
+                await trio.sleep(phase)
+                cpu["unwatched"].append((time.process_time() - c0) / phase)
+                c0 = time.process_time()
+                t_end = trio.current_time() + phase
+                while trio.current_time() < t_end:
+                    r0 = time.process_time()
+                    body = _topdata.respond({"since": [str(since)]})
+                    costs.append(time.process_time() - r0)
                     sizes.append(len(body))
+                    since = json.loads(body)["v"]
                     await trio.sleep(1.0)
-                stop.set()
-                n.cancel_scope.cancel()
-        finally:
-            _topdata.stop_accounting(acct)
-        med = statistics.median(costs)
+                cpu["watched"].append((time.process_time() - c0) / phase)
+                acct = _topdata._active  # pyright: ignore[reportPrivateUsage]
+                assert acct is not None
+                _topdata.stop_accounting(acct)
+                since = 0
+            n.cancel_scope.cancel()
+        off = statistics.median(cpu["unwatched"])
+        on = statistics.median(cpu["watched"])
         print(
-            f"/debug/top at {n_tasks:,} tasks: {med * 1e3:.2f} ms CPU per request "
-            f"(= {med * 100:.2f}% of a 1 s refresh), {statistics.median(sizes):,.0f} bytes"
+            f"top at 1 Hz, {n_tasks:,} tasks (~{n_tasks:,} steps/s): service CPU "
+            f"{off * 100:.1f}% unwatched, {on * 100:.1f}% watched "
+            f"(+{(on - off) * 100:.2f} points of one core); one request "
+            f"{statistics.median(costs) * 1e3:.2f} ms CPU (first, full: {costs[0] * 1e3:.1f} ms), "
+            f"{statistics.median(sizes):,.0f} bytes (first {sizes[0]:,})"
         )
 
     trio.run(main)
@@ -209,7 +249,10 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--top-tasks", type=int, default=10_000)
     ap.add_argument("--only", choices=["record", "write", "top"], default=None)
+    ap.add_argument("--work", type=int, default=0, help="loop iterations of work per step")
     args = ap.parse_args()
+    global WORK
+    WORK = args.work
     print(f"load: {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} CPUs")
     parts: dict[str, Callable[[], None]] = {
         "record": lambda: bench_recording(args.repeats, args.steps),

@@ -678,7 +678,8 @@ class Timeline:
 
         Call it from the trio thread (a task, or a ``run_sync_soon``
         callback). Not a checkpoint; blocks the loop while it encodes
-        (about 1 s per million events: see ``docs/benchmarks/timeline.md``).
+        (a couple of seconds of CPU per million events: see
+        ``docs/benchmarks/timeline.md``).
         A signal writes from a thread of its own instead.
 
         Raises:
@@ -797,12 +798,12 @@ def record_timeline(
     adds ``-2``, ``-3``... before the suffix, so a second incident does not
     overwrite the first.
 
-    Entering and leaving are not checkpoints. Cost: a few µs of CPU per task
-    step (the order of one extra trivial step); a program doing 100k steps a
-    second runs at about half speed or better — ``docs/benchmarks/timeline.md``.
-    A full recording holds at most 65,536 events in memory (then a writer
-    thread streams them to the file); a flight recorder about 100 bytes per
-    event kept.
+    Entering and leaving are not checkpoints. Cost: a few µs of CPU per
+    task step, of the order of one trivial step itself, so a program doing
+    100k steps a second stays well under twice its unrecorded CPU
+    (``docs/benchmarks/timeline.md``). A full recording holds at most
+    65,536 events in memory (a writer thread streams the rest to the file);
+    a flight recorder holds about 100 bytes per event kept.
 
     Args:
       path: the file to write (Chrome trace-event JSON, array form). ``None``

@@ -83,7 +83,7 @@ class TopState:
     """What the console shows, kept up to date frame by frame."""
 
     base: str
-    slow_ms: float = 20.0
+    slow_ms: float = 50.0
     stuck_s: float = 10.0
     version: int = 0
     time: float | None = None
@@ -194,7 +194,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("url", help="host:port or http://host:port of tf.debug.serve()")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     p.add_argument(
-        "--slow-ms", type=float, default=20.0, help="'never yields' above this step (ms)"
+        "--slow-ms", type=float, default=50.0, help="'never yields' above this step (ms)"
     )
     p.add_argument("--stuck-s", type=float, default=10.0, help="'stuck' above this wait (s)")
 

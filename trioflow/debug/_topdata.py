@@ -139,6 +139,7 @@ class _Accounting(trio.abc.Instrument):
         self.tasks: dict[Task, _TaskRec] = {}
         self.groups: dict[str, _Group] = {}
         self.current: Task | None = None
+        self.rec: _TaskRec | None = None
         self.exited: Task | None = None
         self.t0 = 0.0
         self.cache = WaitCache()
@@ -155,21 +156,32 @@ class _Accounting(trio.abc.Instrument):
         #: clients older than this version get a full frame
         self.gone_floor = 0
         self.installed = False
+        #: id(primitive) -> (weak ref, when scanned, heaviest weight, oldest Waiting)
+        self.waiter_scans: dict[int, tuple[Any, float, int, Any]] = {}
 
     # -- hooks ---------------------------------------------------------------
 
     def before_task_step(self, task: Task) -> None:
+        t0 = time.perf_counter()
+        rec = self.tasks.get(task)
+        if rec is None:
+            rec = self._meet(task)
+        elif rec.label is not None:
+            # Parked until now: the time parked ends at the step, not at the
+            # wake-up (one hook fewer per step; it includes the wait for the
+            # loop to get round to the task).
+            self._unpark(rec, t0)
         self.current = task
-        self.t0 = time.perf_counter()
+        self.rec = rec
+        self.t0 = t0
 
     def after_task_step(self, task: Task) -> None:
         t1 = time.perf_counter()
         if task is not self.current:
             return
         self.current = None
-        rec = self.tasks.get(task)
-        if rec is None:
-            rec = self._meet(task)
+        rec = self.rec
+        assert rec is not None
         dt = t1 - self.t0
         g = rec.group
         rec.busy += dt
@@ -188,13 +200,6 @@ class _Accounting(trio.abc.Instrument):
             self._forget(task, rec)
         elif task._next_send_fn is None:  # pyright: ignore[reportPrivateUsage]
             self._park(task, rec, t1)
-
-    def task_scheduled(self, task: Task) -> None:
-        if task is self.current:
-            return
-        rec = self.tasks.get(task)
-        if rec is not None and rec.label is not None:
-            self._unpark(rec, time.perf_counter())
 
     def task_exited(self, task: Task) -> None:
         self.exited = task
@@ -284,6 +289,7 @@ class _Accounting(trio.abc.Instrument):
             if task is not current and task._next_send_fn is None:  # pyright: ignore[reportPrivateUsage]
                 self._park(task, rec, now)
         self.current = current
+        self.rec = self.tasks[current]
         self.t0 = now
 
 
@@ -345,7 +351,7 @@ def respond(query: dict[str, list[str]]) -> bytes:
       ValueError: for a bad query parameter, naming it.
     """
     since = int(_qfloat(query, "since", 0))
-    slow_ms = _qfloat(query, "slow_ms", 20.0)
+    slow_ms = _qfloat(query, "slow_ms", 50.0)
     stuck_s = _qfloat(query, "stuck_s", 10.0)
     acct = start_accounting()
     acct.last_request = time.perf_counter()
@@ -431,7 +437,6 @@ def _resources(acct: _Accounting, stuck: float) -> tuple[list[list[Any]], list[L
     """Every primitive's row ``[label, kind, limit, in use, waiting, wait p99, waits]`` and its lints."""
     rows: list[list[Any]] = []
     lints: list[Lint] = []
-    now = None
     seen: set[str] = set()
     for prim in _registry.live():
         g = read_gauge(prim)
@@ -460,34 +465,60 @@ def _resources(acct: _Accounting, stuck: float) -> tuple[list[list[Any]], list[L
             continue
         if not g.waiting:
             continue
+        lints += _waiter_lints(acct, prim, g.limit, label, stuck)
+    return rows, lints
+
+
+#: Seconds between two scans of a primitive's waiters (a scan is O(waiters):
+#: ~1 ms per 1,000 waiters, too much for every frame of a 10k-task service).
+_WAITER_SCAN_EVERY = 5.0
+
+
+def _waiter_lints(
+    acct: _Accounting, prim: Any, limit: float | None, label: str, stuck: float
+) -> list[Lint]:
+    """Never-fits and stuck findings from one primitive's waiters (rescanned every 5 s)."""
+    now = time.perf_counter()
+    cached = acct.waiter_scans.get(id(prim))
+    if cached is not None and cached[0]() is prim and now - cached[1] < _WAITER_SCAN_EVERY:
+        _, _, heaviest, oldest = cached
+    else:
         try:
-            waiters = prim._trioflow_waiters()  # pyright: ignore[reportPrivateUsage]
+            waiters = prim._trioflow_waiters()
         except Exception:
-            continue
-        if now is None:
-            now = trio.current_time()
-        heaviest = max((w.weight for w in waiters), default=0)
-        if g.limit is not None and heaviest > g.limit:
-            lints.append(
-                {
-                    "kind": "never fits",
-                    "subject": label,
-                    "text": f"{label}: a waiter asks for {heaviest} tokens of {g.limit:g}; it can never be admitted, and every waiter behind it waits too",
-                    "task": None,
-                }
-            )
-        oldest = min(waiters, key=lambda w: w.since, default=None)
-        if oldest is not None and now - oldest.since >= stuck:
+            return []
+        heaviest = 0
+        oldest = None
+        for w in waiters:
+            if w.weight > heaviest:
+                heaviest = w.weight
+            if oldest is None or w.since < oldest.since:
+                oldest = w
+        with contextlib.suppress(TypeError):
+            acct.waiter_scans[id(prim)] = (weakref.ref(prim), now, heaviest, oldest)
+    out: list[Lint] = []
+    if limit is not None and heaviest > limit:
+        out.append(
+            {
+                "kind": "never fits",
+                "subject": label,
+                "text": f"{label}: a waiter asks for {heaviest} tokens of {limit:g}; it can never be admitted, and every waiter behind it waits too",
+                "task": None,
+            }
+        )
+    if oldest is not None and oldest.task.custom_sleep_data is oldest:  # still parked there
+        waited = trio.current_time() - oldest.since
+        if waited >= stuck:
             tid = _task_record(oldest.task).id
-            lints.append(
+            out.append(
                 {
                     "kind": "stuck",
                     "subject": label,
-                    "text": f"task {tid} {oldest.task.name!r} has waited on {label} for {now - oldest.since:.1f}s",
+                    "text": f"task {tid} {oldest.task.name!r} has waited on {label} for {waited:.1f}s",
                     "task": tid,
                 }
             )
-    return rows, lints
+    return out
 
 
 def _stage_lint(acct: _Accounting, prim: object, label: str) -> list[Lint]:
@@ -566,7 +597,7 @@ def _task_detail(raw: str) -> dict[str, Any]:
         raise ValueError(f"task must be a task id (an int), got {raw!r}") from None
     from ._dump import dump_tasks
 
-    for info in dump_tasks().tasks:
+    for info in dump_tasks(include_system=True).tasks:
         if info.id == tid:
             return {"schema": SCHEMA, "task": tid, "name": info.name, "text": info.format()}
     return {"schema": SCHEMA, "task": tid, "name": None, "text": f"task {tid} is gone\n"}
