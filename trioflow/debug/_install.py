@@ -33,7 +33,7 @@ from typing import Any, TextIO
 import trio
 from trio.lowlevel import Task
 
-from .._util import check_positive_number, raise_type
+from .._util import check_positive_number, check_signal
 from ._deadlock import all_tasks_asleep, find_deadlocks, loop_may_sleep, own_handlers
 from ._dump import dump_tasks, record_spawn
 from ._model import TaskInfo
@@ -263,11 +263,6 @@ class Installed:
 _NOT_STUCK = frozenset({"sleep", "I/O", "nursery", "signal", "wait_all_tasks_blocked", "process"})
 
 
-def _check_signal(value: object) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-        raise_type("signal", "a signal number or None", value)
-
-
 def install(
     *,
     signal: int | None = _DEFAULT_SIGNAL,
@@ -316,7 +311,7 @@ def install(
       RuntimeError: outside ``trio.run``.
       ValueError / TypeError: for a bad parameter, naming it.
     """
-    _check_signal(signal)
+    check_signal(signal)
     if stuck_after is not None:
         stuck_after = check_positive_number(stuck_after, "stuck_after")
     if slow_step is not None:

@@ -60,7 +60,7 @@ import trio
 from trio.lowlevel import Task
 
 from .. import _registry
-from .._util import check_count, check_positive_number, raise_type
+from .._util import check_count, check_positive_number, check_signal, raise_type
 from ._dump import record as _task_record
 from ._gauges import read_gauge
 from ._parked import WaitCache, parked_on
@@ -757,11 +757,6 @@ class Timeline:
         self._writer.queue.put(chunk)
 
 
-def _check_signal(value: object) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-        raise_type("signal", "a signal number or None", value)
-
-
 _UNSET: Any = object()
 
 
@@ -836,7 +831,7 @@ def record_timeline(
         window = check_positive_number(window, "window")
     if signal is _UNSET:
         signal = _DEFAULT_FLIGHT_SIGNAL if window is not None else None
-    _check_signal(signal)
+    check_signal(signal)
     if signal is not None and window is None:
         raise ValueError(
             f"signal={signal!r} dumps a flight recorder: give window= too "

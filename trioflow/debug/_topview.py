@@ -4,7 +4,7 @@ Why textual rather than rich alone: ``top`` needs keys (sort, filter, open a
 group, open a task's stack), a filter box and screens to go back from, which
 textual gives (with a pilot to test it) and rich would leave to hand-written
 terminal input. Its cost is start-up (about 0.6 s to import against 0.2 s
-for rich.live) and a refresh of a few ms for a hundred rows — in the
+for rich.live) and a redraw of tens of ms for a hundred rows — in the
 console's own process, never in the service it watches
 (``docs/benchmarks/timeline.md``).
 """
