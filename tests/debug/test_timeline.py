@@ -331,7 +331,10 @@ async def test_flight_recorder_caps_events(tmp_path: Path) -> None:
     with tl:
         for _ in range(500):
             await trio.lowlevel.checkpoint()
-        assert tl.events <= 100 + 50  # trimmed at every sample
+        rec = tl._recorder
+        assert rec is not None
+        rec.tick(time.perf_counter())  # a sample trims
+        assert tl.events <= 100
         tl.dump()
     events = read(path)
     notes = [e["name"] for e in events if e["ph"] == "i" and e["s"] == "g"]
@@ -495,3 +498,24 @@ def test_the_checker_catches_broken_traces() -> None:
         validate(ok[1:])
     with pytest.raises(TraceError, match="C needs args"):
         validate([*ok, {"ph": "C", "pid": 1, "tid": 0, "ts": 1, "name": "c", "args": {"x": "1"}}])
+
+
+async def test_long_recordings_forget_dead_nurseries_and_primitives(tmp_path: Path) -> None:
+    """A service opening a nursery and a limiter per request must not grow the recorder."""
+    import gc
+
+    tl = tf.debug.record_timeline(tmp_path / "f.json", window=1.0, signal=None)
+    with tl:
+        rec = tl._recorder
+        assert rec is not None
+        for i in range(1500):
+            limiter = tf.CapacityLimiter(1, name=f"per-request-{i}")
+            async with trio.open_nursery() as n:
+                n.start_soon(trio.lowlevel.checkpoint)
+            rec.tick(time.perf_counter())
+            del limiter
+        gc.collect()
+        rec.tick(time.perf_counter())
+        assert len(rec.nurseries) <= 1024
+        assert not any(label.startswith("limiter 'per-request-") for label in rec.gauges)
+        assert len(rec.base_counts) <= 2 * len(rec.gauges) + 64

@@ -430,3 +430,57 @@ async def main():
         print("port", port, flush=True)
 trio.run(main)
 """
+
+
+@pytest.mark.parametrize("seed", range(10))
+async def test_accounting_sums_stay_consistent(seed: int) -> None:
+    """Random spawns, parks, wake-ups, cancellations: the per-group sums always
+    match the per-task records they summarize."""
+    import random
+
+    rnd = random.Random(seed)
+    limiter = tf.CapacityLimiter(rnd.randint(1, 3), name="l")
+    lock = trio.Lock()
+    event = trio.Event()
+
+    async def actor(ops: list[int]) -> None:
+        for op in ops:
+            if op == 0:
+                async with limiter:
+                    await trio.lowlevel.checkpoint()
+            elif op == 1:
+                async with lock:
+                    await trio.sleep(0)
+            elif op == 2:
+                with trio.move_on_after(0.001):
+                    await event.wait()
+            else:
+                await trio.lowlevel.checkpoint()
+
+    def check(acct: Any) -> None:
+        assert sum(g.n for g in acct.groups.values()) == len(acct.tasks)
+        for g in acct.groups.values():
+            parked = [r for r in g.tasks.values() if r.label is not None]
+            assert g.parked == len(parked)
+            assert sum(g.labels.values()) == g.parked
+            assert g.parked_sum == pytest.approx(sum(r.park_t for r in parked))
+            # exited tasks' polls stay in the group's sum
+            assert g.polls >= sum(r.polls for r in g.tasks.values())
+            assert g.n == len(g.tasks)
+
+    acct = _topdata.start_accounting()
+    try:
+        async with trio.open_nursery() as n:
+            for i in range(rnd.randint(2, 10)):
+                n.start_soon(
+                    actor, [rnd.randint(0, 3) for _ in range(rnd.randint(1, 10))], name=f"actor-{i}"
+                )
+            for _ in range(rnd.randint(0, 5)):
+                await trio.lowlevel.checkpoint()
+                check(acct)
+            if rnd.random() < 0.3:
+                n.cancel_scope.cancel()
+        check(acct)
+        assert not any(name.startswith("actor") for name in acct.groups)  # all gone
+    finally:
+        _topdata.stop_accounting(acct)

@@ -114,6 +114,7 @@ class _Recorder(trio.abc.Instrument):
         #: nursery id -> (weak ref, pid, label)
         self.nurseries: dict[int, tuple[Any, int, str]] = {}
         self.pids = itertools.count(_LOOP_PID + 1)
+        self.nursery_sweep = 1024
         #: gauge label -> last (in use, waiting)
         self.gauges: dict[str, tuple[float, int]] = {}
         # flight recorder state: what trimmed events leave behind
@@ -209,17 +210,28 @@ class _Recorder(trio.abc.Instrument):
 
     def tick(self, t: float) -> None:
         """Every ``sample_interval``: gauges; trim (flight) or hand a chunk over (full)."""
-        self.next_tick = t + self.interval
-        gauges = self.gauges
+        old = self.gauges
+        gauges: dict[str, tuple[float, int]] = {}  # rebuilt: gone primitives drop out
         for prim in _registry.live():
             g = read_gauge(prim)
             if g is None:
                 continue
             label = g.label
             value = (g.in_use, g.waiting)
-            if gauges.get(label) != value:
-                gauges[label] = value
+            gauges[label] = value
+            if old.get(label) != value:
                 self.append((_COUNT, t, label, g.in_use, g.waiting))
+        self.gauges = gauges
+        if len(self.base_counts) > 2 * len(gauges) + 64:
+            self.base_counts = {k: v for k, v in self.base_counts.items() if k in gauges}
+        if len(self.nurseries) > self.nursery_sweep:
+            self.nurseries = {k: v for k, v in self.nurseries.items() if v[0]() is not None}
+            self.nursery_sweep = max(1024, 2 * len(self.nurseries))
+        # Sampling reads every registered primitive: when that takes over a
+        # millisecond (thousands of them: a task group per request), space
+        # the samples out so that they stay under ~5% of the loop's time.
+        cost = _now() - t
+        self.next_tick = t + (self.interval if cost < 1e-3 else max(self.interval, 20 * cost))
         owner = self.owner
         if owner.window is not None:
             self.trim(t - owner.window)
