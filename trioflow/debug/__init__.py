@@ -9,7 +9,11 @@
 * :func:`install` — dump on ``SIGUSR1``, spawn records, "all tasks are
   asleep", stuck tasks, a loop blocked by synchronous code.
 * :func:`serve` — ``/debug/tasks`` and ``/debug/deadlocks`` over HTTP on
-  localhost; ``python -m trioflow dump URL`` prints them.
+  localhost; ``python -m trioflow dump URL`` prints them, and
+  ``python -m trioflow top URL`` is a live console over ``/debug/top``.
+* :func:`record_timeline` — an execution timeline for Perfetto's UI (each
+  task's steps, waits, wake-ups, limiter counters), or with ``window=`` a
+  flight recorder dumped on ``SIGUSR2``.
 
 See ``docs/debugging.md``.
 """
