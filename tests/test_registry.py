@@ -135,6 +135,7 @@ def test_opentelemetry_exporter_thread_reading_metrics() -> None:
 def test_dead_entries_are_swept() -> None:
     import gc
 
+    gc.collect()
     before = len(_registry.live())
     lim = tf.CapacityLimiter(1)
     cycle: list[object] = [lim]
