@@ -13,7 +13,7 @@ The client is `coredis <https://coredis.readthedocs.io>`_ (it runs on Trio
 through AnyIO); pass an open ``coredis.Redis``.
 """
 
-from .. import _util
+from .. import _util  # pyright: ignore[reportPrivateUsage]
 from ..telemetry import _metrics
 from ._capacity import GlobalLimiterStatistics as GlobalLimiterStatistics
 from ._capacity import RedisCapacityLimiter as RedisCapacityLimiter

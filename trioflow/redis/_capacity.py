@@ -39,10 +39,11 @@ thereby wakes the next waiter.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, Final, final
@@ -259,6 +260,7 @@ class RedisCapacityLimiter:
         "_name",
         "_pending_release",
         "_release_wanted",
+        "_releasing",
         "_renew_wanted",
         "_replica",
         "_script",
@@ -271,13 +273,23 @@ class RedisCapacityLimiter:
 
     kind = "redis_limiter"
 
-    def __init__(self, client: Any, total_tokens: int | float, name: str, ttl: float, timeout: float, prefix: str | None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        total_tokens: int | float,
+        name: str,
+        ttl: float,
+        timeout: float,
+        prefix: str | None,
+    ) -> None:
         self._total = check_total_tokens(total_tokens)
         self._name: Final = name
         self._ttl: Final = ttl
         self._timeout: Final = timeout
         base = prefix if prefix is not None else f"trioflow:limiter:{{{name}}}"
-        self._keys: Final = [f"{base}:{part}" for part in ("leases", "weights", "queue", "qexp", "seq", "used")]
+        self._keys: Final = [
+            f"{base}:{part}" for part in ("leases", "weights", "queue", "qexp", "seq", "used")
+        ]
         self._client: Final = client
         self._script: Final = client.register_script(_SCRIPT)
         self._replica: Final = uuid.uuid4().hex[:12]
@@ -286,6 +298,8 @@ class RedisCapacityLimiter:
         #: lease id -> the parked record of the local task waiting under that id
         self._waiters: dict[str, Parked] = {}
         self._pending_release: list[str] = []
+        #: lease ids whose release call is under way
+        self._releasing = 0
         self._release_wanted = trio.Event()
         self._renew_wanted = trio.Event()
         self._leases_lost = 0
@@ -512,7 +526,9 @@ class RedisCapacityLimiter:
         """
         lease = self._holders.get(borrower)
         if lease is None:
-            raise RuntimeError(f"this borrower isn't holding any of {self.kind} {self._name!r}'s tokens")
+            raise RuntimeError(
+                f"this borrower isn't holding any of {self.kind} {self._name!r}'s tokens"
+            )
         if weight is not None:
             weight = check_weight(weight)
             if weight > lease.weight:
@@ -564,7 +580,9 @@ class RedisCapacityLimiter:
 
     # -- background tasks (run by open_capacity_limiter's nursery) -------------
 
-    async def _listen(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def _listen(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Wake the local waiter Redis names as the head of the line."""
         started = False
         delay = 0.05
@@ -607,7 +625,9 @@ class RedisCapacityLimiter:
             leases = list(self._holders.items())
             sent = trio.current_time()
             try:
-                reply = await self._run("renew", round(self._ttl * 1000), *(lease.id for _, lease in leases))
+                reply = await self._run(
+                    "renew", round(self._ttl * 1000), *(lease.id for _, lease in leases)
+                )
             except RedisUnavailableError:
                 now = trio.current_time()
                 for _, lease in leases:
@@ -638,10 +658,13 @@ class RedisCapacityLimiter:
                 await self._release_wanted.wait()
             batch = self._pending_release
             self._pending_release = []
+            self._releasing = len(batch)
             try:
                 await self._run("release", *batch)
                 delay = 0.05
+                self._releasing = 0
             except RedisUnavailableError:
+                self._releasing = 0
                 # Put them back; an entry left in Redis expires within ttl anyway.
                 self._pending_release[:0] = batch
                 await trio.sleep(delay)
@@ -654,11 +677,9 @@ class RedisCapacityLimiter:
         if self._pending_release:
             batch = self._pending_release
             self._pending_release = []
-            with trio.CancelScope(shield=True):
-                try:
-                    await self._run("release", *batch)
-                except RedisUnavailableError:
-                    pass  # they expire on the server within ttl
+            # What cannot be given back expires on the server within ttl.
+            with trio.CancelScope(shield=True), contextlib.suppress(RedisUnavailableError):
+                await self._run("release", *batch)
 
 
 class _HoldContext:
@@ -688,7 +709,8 @@ class _HoldContext:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        assert self._task is not None and self._scope is not None
+        assert self._task is not None
+        assert self._scope is not None
         limiter = self._limiter
         lease = limiter._holders.get(self._task)  # pyright: ignore[reportPrivateUsage]
         lost = lease is not None and lease.lost
@@ -712,9 +734,9 @@ async def open_capacity_limiter(
     *,
     name: str,
     ttl: float = 10.0,
-    timeout: float = 1.0,
+    timeout: float = 1.0,  # noqa: ASYNC109 (bounds each Redis call, not the block)
     prefix: str | None = None,
-) -> AsyncIterator[RedisCapacityLimiter]:
+) -> AsyncGenerator[RedisCapacityLimiter]:
     """Open a global capacity limiter named ``name``: ``total_tokens`` shared by every replica.
 
     ``async with trioflow.redis.open_capacity_limiter(client, 50, name="db") as db:``
@@ -753,8 +775,12 @@ async def open_capacity_limiter(
             with trio.fail_after(timeout):
                 await nursery.start(limiter._listen)  # pyright: ignore[reportPrivateUsage]
         except Exception as exc:
-            what = f"within timeout={timeout:g}s" if isinstance(exc, trio.TooSlowError) else str(exc)
-            failure = RedisUnavailableError(f"{limiter.kind} {checked!r}: could not subscribe {what}")
+            what = (
+                f"within timeout={timeout:g}s" if isinstance(exc, trio.TooSlowError) else str(exc)
+            )
+            failure = RedisUnavailableError(
+                f"{limiter.kind} {checked!r}: could not subscribe {what}"
+            )
             failure.__cause__ = exc
             nursery.cancel_scope.cancel()
         if failure is None:

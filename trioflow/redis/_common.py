@@ -80,7 +80,11 @@ def check_on_unavailable(value: object) -> OnUnavailable:
 
 
 async def call(
-    what: str, timeout: float, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any
+    what: str,
+    timeout: float,  # noqa: ASYNC109 (the one place that applies it)
+    fn: Callable[..., Awaitable[T]],
+    *args: Any,
+    **kwargs: Any,
 ) -> T:
     """``await fn(*args, **kwargs)`` within ``timeout`` seconds; any failure → RedisUnavailableError.
 

@@ -316,6 +316,7 @@ class RedisRateLimiter:
         if n != 1 or type(n) is not int:
             n = self._check_n(n)
         await trio.lowlevel.checkpoint_if_cancelled()
+        wait = 0.0
         try:
             with trio.CancelScope(shield=True):
                 _, wait = await self._run(n, "wait")
@@ -357,6 +358,7 @@ class RedisRateLimiter:
         if n != 1 or type(n) is not int:
             n = self._check_n(n)
         await trio.lowlevel.checkpoint_if_cancelled()
+        granted = False
         try:
             with trio.CancelScope(shield=True):
                 granted, _ = await self._run(n, "try")
@@ -430,5 +432,3 @@ class RedisRateLimiter:
             f"<trioflow.redis.RedisRateLimiter {self._name!r} at {id(self):#x}, "
             f"{self._rate:g}/s burst {self._burst} with {len(self._waiting)} waiting>"
         )
-
-
