@@ -8,6 +8,10 @@ keeps each of them in Redis, so every replica draws from the same:
   clock, one Lua script per call); the surface of :class:`trioflow.RateLimiter`.
 * :func:`open_capacity_limiter` → :class:`RedisCapacityLimiter` — at most N
   held across all replicas, as leases with a TTL; a :class:`trioflow.Limiter`.
+* :func:`open_stream_source` → :class:`StreamSource` — a consumer group of a
+  Redis stream as a pipeline source: read as fast as the pipeline admits,
+  acknowledged on each entry's final fate, dead letters to a stream,
+  entries a dead replica left pending claimed by the others.
 
 The client is `coredis <https://coredis.readthedocs.io>`_ (it runs on Trio
 through AnyIO); pass an open ``coredis.Redis``.
@@ -23,6 +27,11 @@ from ._common import LeaseLostError as LeaseLostError
 from ._common import RedisUnavailableError as RedisUnavailableError
 from ._rate import RedisRateLimiter as RedisRateLimiter
 from ._rate import RedisRateLimiterStatistics as RedisRateLimiterStatistics
+from ._stream import SettleFate as SettleFate
+from ._stream import StreamEntry as StreamEntry
+from ._stream import StreamSource as StreamSource
+from ._stream import StreamSourceStatistics as StreamSourceStatistics
+from ._stream import open_stream_source as open_stream_source
 
 # Metrics read these kinds as they read their local peers.
 _metrics.READERS.setdefault(RedisCapacityLimiter.kind, _metrics.read_limiter)
