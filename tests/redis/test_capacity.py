@@ -451,3 +451,45 @@ async def test_redis_slow_times_out(own_redis: RedisServer, name: str) -> None:
         with trio.fail_after(10):
             async with limiter.hold(2):
                 pass
+
+
+async def test_random_cancellations_never_leak_or_overcommit(
+    redis_server: RedisServer, name: str
+) -> None:
+    """Many seeds: waiters on two replicas cancelled at random points (before, during and
+    after round trips, while parked): exclusion holds and nothing is left in Redis."""
+    total = 3
+    async with (
+        make_client(redis_server) as ca,
+        make_client(redis_server) as cb,
+        open_capacity_limiter(ca, total, name=name) as a,
+        open_capacity_limiter(cb, total, name=name) as b,
+    ):
+        for seed in range(8):
+            rng = random.Random(seed)
+            held = 0
+
+            async def worker(lim: RedisCapacityLimiter, rng: random.Random) -> None:
+                nonlocal held
+                for _ in range(4):
+                    weight = rng.randint(1, total)
+                    with trio.move_on_after(rng.choice([0, 0.0002, 0.001, 0.005, 1.0])):
+                        async with lim.hold(weight):
+                            held += weight
+                            try:
+                                assert held <= total
+                                await trio.sleep(rng.choice([0, 0.001]))
+                            finally:
+                                held -= weight
+
+            with trio.fail_after(60):
+                async with trio.open_nursery() as nursery:
+                    for i in range(8):
+                        nursery.start_soon(worker, (a, b)[i % 2], random.Random(rng.random()))
+            assert held == 0
+            await _wait_for(lambda: _settled(a) and _settled(b))
+            for lim in (a, b):
+                st = lim.statistics()
+                assert (st.borrowed_tokens, st.tasks_waiting, st.borrowers) == (0, 0, [])
+            g = await a.global_statistics()
+            assert (g.borrowed_tokens, g.leases, g.waiting) == (0, 0, 0), seed
