@@ -247,7 +247,9 @@ class RedisCapacityLimiter:
     checks), so callers fall back to the waiting form.
 
     Cost: an uncontended acquire/release is two Redis round trips (the
-    release's runs in the background); see ``docs/benchmarks/redis``.
+    release's runs in the background): about two ``PING``\ s, two orders of
+    magnitude above a local :class:`trioflow.CapacityLimiter`
+    (``bench/redis.py``, ``docs/benchmarks/redis.md``).
     """
 
     __slots__ = (
@@ -316,6 +318,16 @@ class RedisCapacityLimiter:
     @property
     def name(self) -> str:
         return self._name
+
+    @property
+    def replica_id(self) -> str:
+        """This limiter's lease ids in Redis start with ``"<replica_id>:"`` (for operators)."""
+        return self._replica
+
+    @property
+    def leases_key(self) -> str:
+        """The Redis sorted set of live leases (lease id → expiry, server milliseconds)."""
+        return self._keys[0]
 
     @property
     def ttl(self) -> float:

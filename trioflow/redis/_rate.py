@@ -156,9 +156,10 @@ class RedisRateLimiter:
     use the same values (set them from the same configuration); changing
     them here takes effect at this replica's next call.
 
-    Cost: one Redis round trip per :meth:`acquire` — on loopback about 50x
-    the cost of a local :class:`trioflow.RateLimiter` acquire, and about one
-    plain ``PING`` (``bench/redis.py``, ``docs/benchmarks/redis``).
+    Cost: one Redis round trip per :meth:`acquire` — about one plain
+    ``PING``, two orders of magnitude above a local
+    :class:`trioflow.RateLimiter` acquire (``bench/redis.py``,
+    ``docs/benchmarks/redis.md``).
 
     Args:
       client: an open :class:`coredis.Redis` client (``async with
