@@ -247,7 +247,7 @@ class RedisCapacityLimiter:
     checks), so callers fall back to the waiting form.
 
     Cost: an uncontended acquire/release is two Redis round trips (the
-    release's runs in the background): about two ``PING``\ s, two orders of
+    release's runs in the background): about two ``PING`` round trips, two orders of
     magnitude above a local :class:`trioflow.CapacityLimiter`
     (``bench/redis.py``, ``docs/benchmarks/redis.md``).
     """
