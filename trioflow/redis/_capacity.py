@@ -196,6 +196,8 @@ class GlobalLimiterStatistics:
 
 
 class _Lease:
+    """One lease this replica holds: its id in Redis, its weight, whether it is lost."""
+
     __slots__ = ("confirmed_until", "id", "lost", "scope", "weight")
 
     def __init__(self, lease_id: str, weight: int, confirmed_until: float) -> None:
@@ -317,6 +319,7 @@ class RedisCapacityLimiter:
 
     @property
     def name(self) -> str:
+        """The limit's name (replicas using the same name share it)."""
         return self._name
 
     @property
@@ -695,6 +698,8 @@ class RedisCapacityLimiter:
 
 
 class _HoldContext:
+    """``async with limiter.hold(weight) as permit:`` on a global limiter."""
+
     __slots__ = ("_limiter", "_permit", "_scope", "_task")
 
     def __init__(self, limiter: RedisCapacityLimiter, weight: int) -> None:

@@ -90,8 +90,11 @@ class StreamSourceStatistics:
     """Counters of a stream source, from :meth:`StreamSource.statistics`."""
 
     stream: str
+    """The stream's key."""
     group: str
+    """The consumer group."""
     consumer: str
+    """This replica's consumer name."""
     read: int
     """Entries handed to the pipeline (new, claimed and re-read)."""
     claimed: int
@@ -206,10 +209,12 @@ class StreamSource:
 
     @property
     def name(self) -> str:
+        """``<stream>/<group>/<consumer>``: what dumps and ``repr`` call it."""
         return f"{self._stream}/{self._group}/{self._consumer}"
 
     @property
     def dead_letter_stream(self) -> str:
+        """The stream dead-lettered entries are copied to."""
         return self._dead_letter
 
     # -- reading ---------------------------------------------------------------
@@ -385,6 +390,7 @@ class StreamSource:
     # -- state -----------------------------------------------------------------
 
     def statistics(self) -> StreamSourceStatistics:
+        """This source's counters (no round trip; safe from any thread)."""
         return StreamSourceStatistics(
             stream=self._stream,
             group=self._group,
