@@ -56,7 +56,16 @@ from .._admission._face import Permit
 from .._registry import Holding, Waiting
 from .._util import check_optional_name, check_total_tokens, check_weight
 from ..telemetry import _hooks
-from ._common import LeaseLostError, Parked, RedisUnavailableError, call, check_timeout, park, wake
+from ._common import (
+    LeaseLostError,
+    Parked,
+    RedisUnavailableError,
+    call,
+    check_timeout,
+    park,
+    serving,
+    wake,
+)
 
 __all__ = ["RedisCapacityLimiter", "RedisLimiterStatistics", "open_capacity_limiter"]
 
@@ -676,14 +685,18 @@ class RedisCapacityLimiter:
             self._releasing = len(batch)
             try:
                 await self._run("release", *batch)
-                delay = 0.05
-                self._releasing = 0
-            except RedisUnavailableError:
-                self._releasing = 0
-                # Put them back; an entry left in Redis expires within ttl anyway.
+            except BaseException as exc:
+                # Put them back (for the next try, or the flush on close);
+                # an entry left in Redis expires within ttl anyway.
                 self._pending_release[:0] = batch
+                if not isinstance(exc, RedisUnavailableError):
+                    raise
                 await trio.sleep(delay)
                 delay = min(delay * 2, self._ttl)
+                continue
+            finally:
+                self._releasing = 0
+            delay = 0.05
 
     async def _flush(self) -> None:
         """On close: give Redis back every lease still held or queued for release."""
@@ -785,9 +798,8 @@ async def open_capacity_limiter(
     if prefix is not None and not isinstance(prefix, str):  # pyright: ignore[reportUnnecessaryIsInstance]
         raise TypeError(f"prefix must be a str, got {prefix!r}")
     limiter = RedisCapacityLimiter(client, total_tokens, checked, ttl, timeout, prefix)
-    failure: BaseException | None = None
-    body_exc: BaseException | None = None
-    async with trio.open_nursery() as nursery:
+
+    async def start(nursery: trio.Nursery) -> None:
         try:
             with trio.fail_after(timeout):
                 await nursery.start(limiter._listen)  # pyright: ignore[reportPrivateUsage]
@@ -795,24 +807,11 @@ async def open_capacity_limiter(
             what = (
                 f"within timeout={timeout:g}s" if isinstance(exc, trio.TooSlowError) else str(exc)
             )
-            failure = RedisUnavailableError(
+            raise RedisUnavailableError(
                 f"{limiter.kind} {checked!r}: could not subscribe {what}"
-            )
-            failure.__cause__ = exc
-            nursery.cancel_scope.cancel()
-        if failure is None:
-            nursery.start_soon(limiter._renew_loop)  # pyright: ignore[reportPrivateUsage]
-            nursery.start_soon(limiter._release_loop)  # pyright: ignore[reportPrivateUsage]
-            try:
-                yield limiter
-            except BaseException as exc:
-                # Re-raised below, outside the nursery, so that the caller
-                # sees its own exception rather than a group around it.
-                body_exc = exc
-            finally:
-                await limiter._flush()  # pyright: ignore[reportPrivateUsage]
-                nursery.cancel_scope.cancel()
-    if failure is not None:
-        raise failure
-    if body_exc is not None:
-        raise body_exc
+            ) from exc
+        nursery.start_soon(limiter._renew_loop)  # pyright: ignore[reportPrivateUsage]
+        nursery.start_soon(limiter._release_loop)  # pyright: ignore[reportPrivateUsage]
+
+    async with serving(start, limiter._flush):  # pyright: ignore[reportPrivateUsage]
+        yield limiter

@@ -16,7 +16,8 @@ Three pieces live here once:
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any, Final, Literal, TypeVar
 
 import trio
@@ -32,6 +33,7 @@ __all__ = [
     "check_on_unavailable",
     "check_timeout",
     "park",
+    "serving",
     "wake",
 ]
 
@@ -149,3 +151,35 @@ def wake(record: Parked) -> None:
         record.parked = False
         record.task.custom_sleep_data = None
         trio.lowlevel.reschedule(record.task)
+
+
+@asynccontextmanager
+async def serving(
+    start: Callable[[trio.Nursery], Awaitable[None]], flush: Callable[[], Awaitable[None]]
+) -> AsyncGenerator[None]:
+    """Run a primitive's background tasks for the length of the caller's block.
+
+    ``start(nursery)`` starts them (an exception from it is raised as is,
+    after the nursery closed); when the block ends they are cancelled, then
+    ``flush()`` runs shielded (it must bound itself). The block's own
+    exception is re-raised outside the nursery, so the caller sees it
+    rather than a group around it: the background tasks never raise.
+    """
+    failure: BaseException | None = None
+    async with trio.open_nursery() as nursery:
+        try:
+            await start(nursery)
+        except Exception as exc:
+            failure = exc
+            nursery.cancel_scope.cancel()
+        if failure is None:
+            try:
+                yield
+            except BaseException as exc:
+                failure = exc
+            finally:
+                nursery.cancel_scope.cancel()
+    with trio.CancelScope(shield=True):
+        await flush()
+    if failure is not None:
+        raise failure

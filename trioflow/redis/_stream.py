@@ -40,7 +40,7 @@ from coredis.exceptions import StreamDuplicateConsumerGroupError
 from .. import _registry
 from .._registry import Holding, Waiting
 from .._util import check_count
-from ._common import RedisUnavailableError, call, check_timeout
+from ._common import RedisUnavailableError, call, check_timeout, serving
 
 __all__ = [
     "SettleFate",
@@ -380,7 +380,8 @@ class StreamSource:
             self._sending = len(batch)
             try:
                 await self._run("xack", self._client.xack, self._stream, self._group, batch)
-            except RedisUnavailableError:
+            except BaseException:
+                # Put them back: for the next try, or the flush on close.
                 self._to_ack[:0] = batch
                 raise
             finally:
@@ -517,18 +518,14 @@ async def open_stream_source(
         dead_letter_stream=dead,
         timeout=timeout,
     )
-    body_exc: BaseException | None = None
-    async with trio.open_nursery() as nursery:
+
+    async def run_acks(nursery: trio.Nursery) -> None:
         nursery.start_soon(source._ack_loop)  # pyright: ignore[reportPrivateUsage]
-        try:
-            yield source
-        except BaseException as exc:
-            # Re-raised outside the nursery: the caller sees its own exception.
-            body_exc = exc
-        finally:
-            nursery.cancel_scope.cancel()
-            with trio.CancelScope(shield=True), contextlib.suppress(RedisUnavailableError):
-                # Whatever cannot be acknowledged now stays pending: redelivered, never lost.
-                await source._send()  # pyright: ignore[reportPrivateUsage]
-    if body_exc is not None:
-        raise body_exc
+
+    async def flush() -> None:
+        # Whatever cannot be acknowledged now stays pending: redelivered, never lost.
+        with contextlib.suppress(RedisUnavailableError):
+            await source._send()  # pyright: ignore[reportPrivateUsage]
+
+    async with serving(run_acks, flush):
+        yield source
