@@ -467,6 +467,9 @@ class RedisCapacityLimiter:
                 # lost to a cancellation arriving during the round trip.
                 with trio.CancelScope(shield=True):
                     sent = trio.current_time()
+                    # A wake-up from here on (during the round trip) means
+                    # "try again"; one from before is answered by this call.
+                    record.nudged = False
                     granted = bool(
                         await self._run(
                             "acquire", lease_id, weight, total, round(self._ttl * 1000), "wait"

@@ -109,7 +109,7 @@ async def call(
 class Parked:
     """A task parked on a Redis-backed primitive (satisfies ``trioflow._registry.Waiting``)."""
 
-    __slots__ = ("parked", "primitive", "since", "task", "weight")
+    __slots__ = ("nudged", "parked", "primitive", "since", "task", "weight")
 
     def __init__(self, primitive: Inspectable, weight: int) -> None:
         self.task: Final[Task] = trio.lowlevel.current_task()
@@ -118,6 +118,9 @@ class Parked:
         self.since: Final = trio.current_time()
         #: True while the task sleeps in :func:`park`.
         self.parked = False
+        #: A :func:`wake` came while the task was not parked (it was in a
+        #: round trip): its next :func:`park` returns at once instead.
+        self.nudged = False
 
     def __repr__(self) -> str:
         return f"<Parked {self.task.name!r} weight={self.weight} on {self.primitive.name!r}>"
@@ -130,6 +133,10 @@ async def park(record: Parked, deadline: float = math.inf) -> bool:
     with the record cleared; the caller undoes whatever its wait had queued.
     """
     task = record.task
+    if record.nudged:
+        record.nudged = False
+        await trio.lowlevel.checkpoint()
+        return True
     woken = False
 
     def abort(_: Any) -> trio.lowlevel.Abort:
@@ -146,11 +153,18 @@ async def park(record: Parked, deadline: float = math.inf) -> bool:
 
 
 def wake(record: Parked) -> None:
-    """Reschedule a task sleeping in :func:`park` (nothing if it is not parked)."""
+    """Reschedule a task sleeping in :func:`park`; if it is not parked yet, its next park returns at once.
+
+    The second half closes the race between a waiter's round trip and its
+    park: a wake-up that arrives while the answer "not yet" is on its way
+    is not lost.
+    """
     if record.parked:
         record.parked = False
         record.task.custom_sleep_data = None
         trio.lowlevel.reschedule(record.task)
+    else:
+        record.nudged = True
 
 
 @asynccontextmanager
@@ -166,20 +180,24 @@ async def serving(
     rather than a group around it: the background tasks never raise.
     """
     failure: BaseException | None = None
-    async with trio.open_nursery() as nursery:
-        try:
-            await start(nursery)
-        except Exception as exc:
-            failure = exc
-            nursery.cancel_scope.cancel()
-        if failure is None:
+    try:
+        async with trio.open_nursery() as nursery:
             try:
-                yield
-            except BaseException as exc:
+                await start(nursery)
+            except Exception as exc:
                 failure = exc
-            finally:
                 nursery.cancel_scope.cancel()
-    with trio.CancelScope(shield=True):
-        await flush()
+            if failure is None:
+                try:
+                    yield
+                except BaseException as exc:
+                    failure = exc
+                finally:
+                    nursery.cancel_scope.cancel()
+    finally:
+        # Also when the nursery raises: an outer cancellation that reached
+        # the background tasks comes out of it.
+        with trio.CancelScope(shield=True):
+            await flush()
     if failure is not None:
         raise failure
