@@ -89,6 +89,9 @@ async def test_bad_arguments(client: Any, name: str) -> None:
         with pytest.raises(ValueError, match="weight=3 is more than the 2 tokens"):
             limiter.release(weight=3)
         limiter.release()
+    # Used after its block closed (its tasks are gone): a clear error, not a silent leak.
+    with pytest.raises(RuntimeError, match="is not open: use it inside"):
+        await limiter.acquire()
     with pytest.raises(TypeError, match="name must be a str"):
         async with open_capacity_limiter(client, 3, name=None):  # type: ignore[arg-type]
             pass

@@ -84,6 +84,8 @@ async def test_fate_objects_with_a_name(client: Any, name: str) -> None:
         source.settle(entry, Fate("DELIVERED"), None)
     # Leaving flushed the acknowledgement.
     assert await _pending(client, name, "g") == 0
+    with pytest.raises(RuntimeError, match="is closed"):
+        await anext(aiter(source))
 
 
 async def test_dead_consumer_entries_are_claimed(redis_server: RedisServer, name: str) -> None:

@@ -277,6 +277,7 @@ class RedisCapacityLimiter:
         "_renew_wanted",
         "_replica",
         "_script",
+        "_serving",
         "_timeout",
         "_total",
         "_ttl",
@@ -317,6 +318,8 @@ class RedisCapacityLimiter:
         self._renew_wanted = trio.Event()
         self._leases_lost = 0
         self._unavailable = 0
+        #: True inside open_capacity_limiter's block (its tasks are running)
+        self._serving = False
         _registry.register(self)
 
     @property
@@ -453,6 +456,11 @@ class RedisCapacityLimiter:
         if weight.__class__ is not int or weight != 1:
             weight = self._check_weight(weight)
         self._check_borrower(borrower)
+        if not self._serving:
+            raise RuntimeError(
+                f"{self.kind} {self._name!r} is not open: use it inside "
+                "'async with trioflow.redis.open_capacity_limiter(...)'"
+            )
         await trio.lowlevel.checkpoint_if_cancelled()
         lease_id = f"{self._replica}:{next(self._ids)}"
         record = Parked(self, weight)
@@ -815,6 +823,11 @@ async def open_capacity_limiter(
             ) from exc
         nursery.start_soon(limiter._renew_loop)  # pyright: ignore[reportPrivateUsage]
         nursery.start_soon(limiter._release_loop)  # pyright: ignore[reportPrivateUsage]
+        limiter._serving = True  # pyright: ignore[reportPrivateUsage]
 
-    async with serving(start, limiter._flush):  # pyright: ignore[reportPrivateUsage]
+    async def close() -> None:
+        limiter._serving = False  # pyright: ignore[reportPrivateUsage]
+        await limiter._flush()  # pyright: ignore[reportPrivateUsage]
+
+    async with serving(start, close):
         yield limiter

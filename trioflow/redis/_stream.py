@@ -142,6 +142,7 @@ class StreamSource:
         "_claim_next",
         "_claimed",
         "_client",
+        "_closed",
         "_consumer",
         "_count",
         "_dead",
@@ -205,6 +206,8 @@ class StreamSource:
         self._left_pending = 0
         self._settled = 0
         self._unavailable = 0
+        #: set when open_stream_source's block ends (no acknowledging task any more)
+        self._closed = False
         _registry.register(self)
 
     @property
@@ -223,6 +226,11 @@ class StreamSource:
         return self
 
     async def __anext__(self) -> StreamEntry:
+        if self._closed:
+            raise RuntimeError(
+                f"{self.kind} {self.name!r} is closed: iterate it inside "
+                "'async with trioflow.redis.open_stream_source(...)'"
+            )
         while not self._buffer:
             await self._fill()
         entry = self._buffer.popleft()
@@ -523,6 +531,7 @@ async def open_stream_source(
         nursery.start_soon(source._ack_loop)  # pyright: ignore[reportPrivateUsage]
 
     async def flush() -> None:
+        source._closed = True  # pyright: ignore[reportPrivateUsage]
         # Whatever cannot be acknowledged now stays pending: redelivered, never lost.
         with contextlib.suppress(RedisUnavailableError):
             await source._send()  # pyright: ignore[reportPrivateUsage]
