@@ -138,6 +138,7 @@ class StreamSource:
         "_acked",
         "_block",
         "_buffer",
+        "_claim_cursor",
         "_claim_idle",
         "_claim_next",
         "_claimed",
@@ -191,8 +192,9 @@ class StreamSource:
         self._buffer: deque[StreamEntry] = deque()
         #: re-reading this consumer's own pending entries first (from this id on)
         self._history: str | None = "0"
-        #: when the next XAUTOCLAIM pass is due
+        #: when the next XAUTOCLAIM pass is due, and where it goes on from
         self._claim_next = trio.current_time()
+        self._claim_cursor = "0-0"
         #: ids handed to the pipeline and not yet settled
         self._out: set[str] = set()
         self._to_ack: list[str] = []
@@ -282,16 +284,21 @@ class StreamSource:
                 self._group,
                 self._consumer,
                 int(self._claim_idle * 1000),
-                "0-0",
+                self._claim_cursor,
                 count=self._count,
             )
+            # Go on from where this pass stopped; "0-0" means it reached the end.
+            cursor = reply[0]
+            self._claim_cursor = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
             claimed = [e for e in reply[1] if e.field_values]
             if claimed:
                 self._claimed += len(claimed)
                 self._buffer.extend(_entry(e, 2) for e in claimed)
                 return
-            # Nothing idle enough: look again after a tenth of claim_idle.
-            self._claim_next = trio.current_time() + self._claim_idle / 10
+            if self._claim_cursor == "0-0":
+                # A whole pass found nothing idle enough: look again after a
+                # tenth of claim_idle.
+                self._claim_next = trio.current_time() + self._claim_idle / 10
         reply = await self._run(
             "xreadgroup",
             client.xreadgroup,
