@@ -33,7 +33,7 @@ TTL, is *lost*: the holder's ``hold()`` body is cancelled and it gets
 
 :meth:`RedisCapacityLimiter.release` is synchronous, as ``tf.Limiter``
 requires: it frees the tokens locally at once and hands the lease to the
-listener-side *releaser* task, which deletes it in Redis (in batches) and
+*releaser* task of the same nursery, which deletes it in Redis (in batches) and
 thereby wakes the next waiter.
 """
 
