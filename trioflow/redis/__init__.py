@@ -19,6 +19,7 @@ through AnyIO); pass an open ``coredis.Redis``.
 
 from .. import _util  # pyright: ignore[reportPrivateUsage]
 from ..telemetry import _metrics
+from . import _require  # first: says which extra to install when coredis is missing
 from ._capacity import GlobalLimiterStatistics as GlobalLimiterStatistics
 from ._capacity import RedisCapacityLimiter as RedisCapacityLimiter
 from ._capacity import RedisLimiterStatistics as RedisLimiterStatistics
@@ -38,4 +39,4 @@ _metrics.READERS.setdefault(RedisCapacityLimiter.kind, _metrics.read_limiter)
 _metrics.READERS.setdefault(RedisRateLimiter.kind, _metrics.read_rate)
 
 _util.fixup_module_metadata(__name__, globals())
-del _util, _metrics
+del _util, _metrics, _require
