@@ -183,7 +183,7 @@ async def test_spans_on_the_wire(
     (event,) = stage0.events
     assert event.name == "trioflow.wait"
     ev = attributes(event.attributes)
-    assert ev["trioflow.name"] == "api"
+    assert ev["trioflow.limiter.name"] == "api"
     assert ev["trioflow.kind"] == "limiter"
     assert ev["trioflow.wait.duration"] == pytest.approx(0.2)
     failed = next(s for s in stages if by_id[s.parent_span_id].name == "item 2")
@@ -234,15 +234,15 @@ async def test_metrics_on_the_wire(
                         values.setdefault(m.name, []).append((attributes(p.attributes), p))
     assert set(values) >= {
         "trioflow.limiter.limit",
-        "trioflow.limiter.in_use",
-        "trioflow.limiter.waiting",
+        "trioflow.limiter.usage",
+        "trioflow.limiter.queue.size",
         "trioflow.limiter.wait.duration",
     }
     limit_attrs, limit = values["trioflow.limiter.limit"][-1]
-    assert limit_attrs == {"trioflow.name": "pool"}
+    assert limit_attrs == {"trioflow.limiter.name": "pool"}
     assert limit.as_int == 4
     hist_attrs, hist = values["trioflow.limiter.wait.duration"][-1]
-    assert hist_attrs == {"trioflow.name": "pool", "trioflow.kind": "limiter"}
+    assert hist_attrs == {"trioflow.limiter.name": "pool", "trioflow.kind": "limiter"}
     assert hist.count == 1
     assert hist.sum == pytest.approx(3.0)
     assert list(hist.explicit_bounds)[:3] == [0.0001, 0.00025, 0.0005]
