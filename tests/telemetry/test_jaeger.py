@@ -93,7 +93,9 @@ async def test_jaeger_file(
     path = tmp_path / "trace.json"
     with tf.telemetry.configure("shop", jaeger_file=path, set_global=False):
         limiter = tf.CapacityLimiter(1, name="db")
-        pipeline = _spans.start_span("pipeline orders", attributes={"trioflow.pipeline.name": "orders"})
+        pipeline = _spans.start_span(
+            "pipeline orders", attributes={"trioflow.pipeline.name": "orders"}
+        )
         item = _spans.start_span("item", kind=SpanKind.PRODUCER, parent=None)
         stage = _spans.start_span(
             "stage enrich", kind=SpanKind.CONSUMER, parent=_spans.context_of(item)

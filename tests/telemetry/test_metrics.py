@@ -179,7 +179,10 @@ async def test_wait_histogram_only_for_waits_that_parked(
     (point,) = histogram(otel)
     assert point.count == 1
     assert point.sum == 2.5
-    assert dict(point.attributes or {}) == {"trioflow.limiter.name": "db", "trioflow.kind": "limiter"}
+    assert dict(point.attributes or {}) == {
+        "trioflow.limiter.name": "db",
+        "trioflow.kind": "limiter",
+    }
     assert tuple(point.explicit_bounds) == _metrics.WAIT_BUCKETS
     # 2.5 s falls in the (1.0, 2.5] bucket, not in the first one.
     assert point.bucket_counts[_metrics.WAIT_BUCKETS.index(2.5)] == 1
@@ -317,7 +320,10 @@ def test_a_reading_may_have_several_points(otel: Otel) -> None:
     assert "trioflow.limiter.queue.size" in {spec.name for spec in _metrics.OBSERVED}
     stage = StandInStage()
     _metrics.READERS["test_stage"] = lambda obj: {
-        "trioflow.limiter.queue.size": [({"trioflow.outcome": "a"}, 1), ({"trioflow.outcome": "b"}, 2)]
+        "trioflow.limiter.queue.size": [
+            ({"trioflow.outcome": "a"}, 1),
+            ({"trioflow.outcome": "b"}, 2),
+        ]
     }
     try:
         got = points(otel, "trioflow.limiter.queue.size")

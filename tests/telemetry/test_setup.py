@@ -138,7 +138,11 @@ def test_configure_jaeger_file_and_report(tmp_path: Path) -> None:
     assert counts.destination == f"jaeger_file {path}"
     assert (counts.spans, counts.exported, counts.failed, counts.dropped) == (10, 10, 0, 0)
     assert report.dropped == report.failed == 0
-    assert str(report) == f"jaeger_file {path}: 10/10 exported, 0 dropped, 0 failed"
+    assert str(report) == (
+        f"jaeger_file {path}: 10/10 spans exported, 0 dropped, 0 failed; all 10 traces kept"
+    )
+    assert counts.traces is not None
+    assert (counts.traces.traces, counts.traces.kept, counts.traces.dropped) == (10, 10, 0)
     assert len(json.loads(path.read_text())["data"]) == 10
     assert t.shutdown() is None
     assert _spans.start_span("after") is INVALID_SPAN

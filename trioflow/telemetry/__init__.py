@@ -25,6 +25,8 @@ This module imports only the OpenTelemetry API; the SDK (the ``otel``
 extra) is imported inside :func:`configure` and :func:`jaeger_file_exporter`.
 """
 
+from ._keep import KeepTraces as KeepTraces
+from ._keep import KeptTraces as KeptTraces
 from ._setup import ExportCounts as ExportCounts
 from ._setup import ShutdownReport as ShutdownReport
 from ._setup import Telemetry as Telemetry

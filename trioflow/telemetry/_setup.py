@@ -16,11 +16,13 @@ from opentelemetry.trace import TracerProvider
 
 from .._util import raise_type
 from . import _hooks, _metrics, _spans
+from ._keep import KeepTraces, KeptTraces
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
 
 __all__ = [
+    "DEFAULT_KEEP",
     "ExportCounts",
     "ShutdownReport",
     "Telemetry",
@@ -59,12 +61,34 @@ class ExportCounts:
     """Spans the exporter delivered."""
 
     failed: int
-    """Spans the exporter tried and failed to deliver (endpoint down, bad response)."""
+    """Spans the exporter tried and failed to deliver (endpoint down, bad
+    response, a Jaeger file that could not be written)."""
+
+    filtered: int = 0
+    """Spans of traces the Jaeger file's :class:`KeepTraces` policy left out
+    on purpose (not a loss)."""
+
+    traces: KeptTraces | None = None
+    """For a Jaeger file: how many traces it kept and dropped, and why."""
+
+    error: str | None = None
+    """Why the destination's last delivery failed, if it did."""
 
     @property
     def dropped(self) -> int:
         """Spans that never reached the exporter (the batch queue was full)."""
-        return max(0, self.spans - self.exported - self.failed)
+        return max(0, self.spans - self.exported - self.failed - self.filtered)
+
+    def __str__(self) -> str:
+        text = f"{self.destination}: {self.exported}/{self.spans} spans exported"
+        if self.filtered:
+            text += f" ({self.filtered} in traces left out)"
+        text += f", {self.dropped} dropped, {self.failed} failed"
+        if self.traces is not None and self.traces.traces:
+            text += f"; {self.traces}"
+        if self.error is not None:
+            text += f" (write failed: {self.error})"
+        return text
 
 
 @attrs.frozen
@@ -84,14 +108,13 @@ class ShutdownReport:
         return sum(d.failed for d in self.destinations)
 
     def __str__(self) -> str:
-        parts = [
-            f"{d.destination}: {d.exported}/{d.spans} exported, {d.dropped} dropped, {d.failed} failed"
-            for d in self.destinations
-        ]
-        return "; ".join(parts) or "no span destinations"
+        return "\n".join(str(d) for d in self.destinations) or "no span destinations"
 
 
 _active: Telemetry | None = None
+
+#: The policy a Jaeger file uses unless told otherwise (see :class:`KeepTraces`).
+DEFAULT_KEEP: Final = KeepTraces()
 
 
 @final
@@ -201,12 +224,15 @@ class Telemetry:
             tp.shutdown()
         if mp is not None:
             mp.shutdown()
-        report = ShutdownReport(
-            tuple(
-                ExportCounts(p.destination, p.ended, p.exporter.exported, p.exporter.failed)
-                for p in self._processors
+        counts: list[ExportCounts] = []
+        for p in self._processors:
+            d = p.exporter.delivery()
+            counts.append(
+                ExportCounts(
+                    p.destination, p.ended, d.exported, d.failed, d.filtered, d.traces, d.error
+                )
             )
-        )
+        report = ShutdownReport(tuple(counts))
         if report.dropped or report.failed:
             logger.warning("trioflow telemetry lost spans at shutdown: %s", report)
         return report
@@ -367,23 +393,35 @@ def _sdk_missing(exc: ImportError) -> ImportError:
     )
 
 
-def jaeger_file_exporter(path: str | os.PathLike[str]) -> SpanExporter:
+def _check_keep(value: object) -> None:
+    if value is not None and not isinstance(value, KeepTraces):
+        raise_type("keep_traces", "a trioflow.telemetry.KeepTraces or None", value)
+
+
+def jaeger_file_exporter(
+    path: str | os.PathLike[str], *, keep_traces: KeepTraces | None = DEFAULT_KEEP
+) -> SpanExporter:
     """A span exporter that writes Jaeger's JSON trace format to ``path``.
 
     For applications that build their own ``TracerProvider``: add it with a
     ``BatchSpanProcessor``. The file is rewritten at every flush and at
     shutdown; the Jaeger UI's *Upload* tab opens it with no Jaeger backend.
-    Needs the OpenTelemetry SDK (``pip install 'trioflow[otel]'``).
+    ``keep_traces`` chooses which traces the file holds when there are more
+    than it can open quickly (``None``: every trace). A write that fails
+    later (disk full) is logged, never raised. Needs the OpenTelemetry SDK
+    (``pip install 'trioflow[otel]'``).
 
     Raises:
       OSError: if ``path`` cannot be written (checked now, not at exit).
+      TypeError: for a ``path`` or ``keep_traces`` of the wrong type.
     """
     _check_path("path", path)
+    _check_keep(keep_traces)
     try:
         from ._jaeger import JaegerFileExporter
     except ImportError as exc:  # pragma: no cover - the otel extra is installed in tests
         raise _sdk_missing(exc) from None
-    return JaegerFileExporter(path)
+    return JaegerFileExporter(path, keep_traces)
 
 
 def configure(
@@ -394,6 +432,7 @@ def configure(
     console: bool = False,
     tracing: Tracing = "item",
     set_global: bool = True,
+    keep_traces: KeepTraces | None = DEFAULT_KEEP,
 ) -> Telemetry:
     """Set up OpenTelemetry for a script in one call, and point trioflow at it.
 
@@ -405,7 +444,10 @@ def configure(
     * ``otlp_endpoint`` — OTLP over HTTP/protobuf, e.g. a Jaeger all-in-one
       at ``"http://localhost:4318"`` (``/v1/traces`` is added unless given).
     * ``jaeger_file`` — Jaeger's JSON trace format, written at shutdown, for
-      the Jaeger UI's offline upload (see ``docs/jaeger.md``).
+      the Jaeger UI's offline upload (see ``docs/jaeger.md``). Past 500
+      traces it keeps those with errors, retries, dead letters, slow or
+      unfinished items and a sample of the rest (``keep_traces``), so the
+      UI opens it in seconds.
     * ``console`` — spans (and metrics) printed to stdout.
 
     The standard variables apply: ``OTEL_SERVICE_NAME`` and
@@ -433,6 +475,9 @@ def configure(
       set_global: also install the providers as OpenTelemetry's global
         ones (only if none is set yet), so the application's own spans go
         to the same place and nest with trioflow's.
+      keep_traces: which traces the Jaeger file keeps (a
+        :class:`KeepTraces`; ``None`` keeps every one). OTLP destinations
+        get every sampled span whatever this says.
 
     Returns:
       A :class:`Telemetry` handle; call :meth:`~Telemetry.shutdown` when the
@@ -440,11 +485,12 @@ def configure(
 
     Raises:
       ValueError: for a bad ``tracing``, ``otlp_endpoint`` or ``OTEL_*_EXPORTER`` value.
-      TypeError: for arguments of the wrong type.
+      TypeError: for arguments of the wrong type (``keep_traces`` included).
       OSError: if ``jaeger_file`` cannot be written.
       ImportError: if the OpenTelemetry SDK is not installed.
     """
     _check_configure(service_name, otlp_endpoint, jaeger_file, console)
+    _check_keep(keep_traces)
     level = _check_tracing(tracing)
     trace_names = _env_list("OTEL_TRACES_EXPORTER")
     metric_names = _env_list("OTEL_METRICS_EXPORTER") or []
@@ -488,7 +534,10 @@ def configure(
         destinations.append((f"otlp {exporter._endpoint}", exporter))  # pyright: ignore[reportPrivateUsage]
     if jaeger_file is not None:
         destinations.append(
-            (f"jaeger_file {os.fspath(jaeger_file)}", jaeger_file_exporter(jaeger_file))
+            (
+                f"jaeger_file {os.fspath(jaeger_file)}",
+                jaeger_file_exporter(jaeger_file, keep_traces=keep_traces),
+            )
         )
     if console or "console" in trace_names:
         destinations.append(("console", ConsoleSpanExporter(out=sys.stdout)))
