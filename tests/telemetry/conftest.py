@@ -82,3 +82,4 @@ def _telemetry_left_off() -> Iterator[None]:
     assert _hooks.wait_hook is None
     assert _hooks.stage_hook is None
     assert _hooks.tracing == _hooks.OFF
+    assert _hooks.metrics is False

@@ -258,6 +258,7 @@ def _apply(t: Telemetry | None, version: str) -> None:
     if t is None:
         _spans.tracer = trace.NoOpTracer()
         _hooks.tracing = _hooks.OFF
+        _hooks.metrics = False
         _hooks.wait_hook = None
         _hooks.stage_hook = None
         return
@@ -275,6 +276,7 @@ def _apply(t: Telemetry | None, version: str) -> None:
         histogram = instruments.wait_duration
         _hooks.stage_hook = _metrics.make_stage_hook(instruments.stage_duration)
     _hooks.tracing = level
+    _hooks.metrics = t.meter_provider is not None
     _hooks.wait_hook = (
         _metrics.make_wait_hook(histogram) if histogram is not None or level else None
     )
@@ -292,8 +294,17 @@ def use(
     an application that set up its own SDK (or a test with an in-memory
     exporter) hands its providers here. Providers left ``None`` mean the
     global ones (``opentelemetry.trace.get_tracer_provider()`` /
-    ``metrics.get_meter_provider()``), which are no-ops until someone sets
-    them.
+    ``metrics.get_meter_provider()``) **as they are now**: set the SDK up
+    first (``opentelemetry-instrument`` does, before it loads
+    :class:`~trioflow.telemetry.instrumentation.TrioflowInstrumentor`).
+
+    A provider that can report nothing — none set yet, a no-op provider,
+    or an SDK ``MeterProvider`` with no metric reader — switches that side
+    off entirely: no instruments, no hook on any hot path, the cost of
+    never calling :func:`use` (``docs/benchmarks/telemetry.md``). The
+    handle says so (:attr:`Telemetry.tracing` is ``"off"``,
+    :attr:`Telemetry.meter_provider` is ``None``), and a call that finds
+    neither side on logs a warning on the ``trioflow.telemetry`` logger.
 
     Until :func:`configure` or :func:`use` is called, trioflow records
     nothing and its telemetry costs one flag check.
@@ -320,14 +331,51 @@ def use(
         level = _hooks.ITEM if _active is None else _active._level  # pyright: ignore[reportPrivateUsage]
     else:
         level = _check_tracing(tracing)
-    t = Telemetry(
-        tracer_provider=tracer_provider or trace.get_tracer_provider(),
-        meter_provider=meter_provider or metrics.get_meter_provider(),
-        level=level,
-        owned=False,
-    )
+    tp = _reporting_tracer_provider(tracer_provider)
+    mp = _reporting_meter_provider(meter_provider)
+    if tp is None:
+        level = _hooks.OFF
+    if tp is None and mp is None:
+        logger.warning(
+            "trioflow.telemetry.use(): no tracer or meter provider that reports anywhere "
+            "(none passed, and OpenTelemetry's global ones are not set): trioflow's "
+            "telemetry stays off; set up the SDK first or pass providers"
+        )
+    t = Telemetry(tracer_provider=tp, meter_provider=mp, level=level, owned=False)
     t._activate()  # pyright: ignore[reportPrivateUsage]
     return t
+
+
+def _reporting_tracer_provider(tp: TracerProvider | None) -> TracerProvider | None:
+    """``tp`` (default: the global one), or ``None`` if spans given to it could go nowhere."""
+    if tp is None:
+        tp = trace.get_tracer_provider()
+    if isinstance(tp, trace.NoOpTracerProvider):
+        return None
+    if isinstance(tp, trace.ProxyTracerProvider) and trace._TRACER_PROVIDER is None:  # pyright: ignore[reportPrivateUsage]
+        return None  # the global proxy, and nothing behind it yet
+    return tp
+
+
+def _reporting_meter_provider(mp: MeterProvider | None) -> MeterProvider | None:
+    """``mp`` (default: the global one), or ``None`` if it can report no metric."""
+    if mp is None:
+        mp = metrics.get_meter_provider()
+    if isinstance(mp, metrics.NoOpMeterProvider):
+        return None
+    if type(mp).__name__ == "_ProxyMeterProvider" and (
+        getattr(mp, "_real_meter_provider", None) is None
+    ):
+        return None  # the global proxy, and nothing behind it yet
+    # An SDK MeterProvider takes its readers at construction only: with none
+    # (OTEL_METRICS_EXPORTER=none under opentelemetry-instrument), nothing
+    # it records is ever read.
+    readers: object = getattr(mp, "_metric_readers", None)  # newer SDKs keep them here
+    if readers is None:
+        readers = getattr(getattr(mp, "_sdk_config", None), "metric_readers", None)
+    if isinstance(readers, Sequence) and not readers:
+        return None
+    return mp
 
 
 def _check_instance(param: str, value: object, cls: type, what: str) -> None:
