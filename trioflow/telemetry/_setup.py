@@ -296,7 +296,7 @@ def use(
     global ones (``opentelemetry.trace.get_tracer_provider()`` /
     ``metrics.get_meter_provider()``) **as they are now**: set the SDK up
     first (``opentelemetry-instrument`` does, before it loads
-    :class:`~trioflow.telemetry.instrumentation.TrioflowInstrumentor`).
+    trioflow's instrumentor).
 
     A provider that can report nothing — none set yet, a no-op provider,
     or an SDK ``MeterProvider`` with no metric reader — switches that side
