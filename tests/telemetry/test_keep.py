@@ -370,5 +370,7 @@ def test_a_flush_that_fails_then_a_write_that_works(tmp_path: Path) -> None:
     late.end()
     assert isinstance(late, ReadableSpan)
     # After shutdown the exporter refuses spans, and counts them as failed.
+    # (Older SDKs still hand it spans that end after shutdown: count from here.)
+    before = exporter.failed
     assert exporter.export([late]) is SpanExportResult.FAILURE
-    assert exporter.failed == 1
+    assert exporter.failed == before + 1
