@@ -13,8 +13,8 @@ so it can choose after the fact, as a collector's tail sampler does:
    with item traces, not with the run), and any trace that lasted at least
    :attr:`KeepTraces.slow` seconds;
 4. traces with **unfinished** items (cancelled, or not done at shutdown);
-5. a **sample** of the rest, spread over root span names, until
-   :attr:`KeepTraces.max_traces` is reached.
+5. a **sample** of the rest: one trace of each kind (root span name),
+   then a uniform sample, until :attr:`KeepTraces.max_traces` is reached.
 
 A kept trace also keeps the traces it points to: the run its source span
 links to, and the batch its item went into (``trioflow.batch.trace_id``),
@@ -238,6 +238,20 @@ def _spread(traces: Sequence[_Trace], key: str) -> list[_Trace]:
     return out
 
 
+def _sample(traces: Sequence[_Trace]) -> list[_Trace]:
+    """One trace of each kind first (so every kind is seen), then the rest in trace-id order.
+
+    Trace-id order is a uniform sample, so kinds share the rest of the budget
+    by how many traces they have: 80 batch traces among 6,000 item traces
+    get about one slot in 75, not half of them.
+    """
+    first = _spread(traces, "root")
+    kinds = len({t.root for t in traces})
+    head = first[:kinds]
+    taken = {t.trace_id for t in head}
+    return head + sorted((t for t in traces if t.trace_id not in taken), key=lambda t: t.order)
+
+
 def _slow(traces: Iterable[_Trace], policy: KeepTraces) -> set[int]:
     by_root: dict[str, list[_Trace]] = {}
     for t in traces:
@@ -271,7 +285,7 @@ def select(
         ("retry", _spread([t for t in traces.values() if t.retry], "root")),
         ("slow", _spread([t for t in traces.values() if t.trace_id in slow], "root")),
         ("unfinished", _spread([t for t in traces.values() if t.unfinished], "root")),
-        ("sample", _spread(list(traces.values()), "root")),
+        ("sample", _sample(list(traces.values()))),
     ]
     reason: dict[int, str] = {}
     for name, candidates in classes:
