@@ -64,7 +64,11 @@ under callgrind at two sizes and subtract (start-up cancels out)::
     PYTHONPATH=. valgrind --tool=callgrind --callgrind-out-file=/dev/null \
         python bench/telemetry.py --count 'use()' --items 2000   # and --items 0
 
-    PYTHONPATH=. python bench/telemetry.py [--repeats N] [--only limiter|pipeline|use-off]
+Fourth half (``--only jaeger-file``): the Jaeger file's shutdown write for a
+flagship-sized run (6,000 item traces of 4 spans), every trace vs the
+default :class:`~trioflow.telemetry.KeepTraces` policy: time and size.
+
+    PYTHONPATH=. python bench/telemetry.py [--repeats N] [--only limiter|pipeline|use-off|jaeger-file]
 """
 
 from __future__ import annotations
@@ -345,6 +349,65 @@ def use_off_half(repeats: int) -> None:
             print(f"  {side:18s} {med[side] * 1e6:7.2f} µs {med[side] / base:6.3f}x")
 
 
+# -- the Jaeger file at shutdown: keeping every trace vs the kept-trace policy ------
+
+
+def jaeger_file_half(repeats: int, traces: int = 6000) -> None:
+    """Shutdown time and file size for a flagship-sized file (6,000 item traces, 4 spans each).
+
+    The policy costs one pass over the spans to summarize each trace; it
+    saves serializing and writing the traces it drops.
+    """
+    import tempfile
+
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import Status, StatusCode, set_span_in_context
+
+    from trioflow.telemetry._jaeger import JaegerFileExporter
+
+    memory = InMemorySpanExporter()
+    tp = TracerProvider()
+    tp.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = tp.get_tracer("bench")
+    for i in range(traces):
+        root = tracer.start_span("source events", attributes={"trioflow.item.id": i})
+        parent = root
+        for stage in ("enrich", "validate", "batch"):
+            span = tracer.start_span(
+                f"stage {stage}",
+                context=set_span_in_context(parent),
+                attributes={"trioflow.item.id": i, "trioflow.outcome": "emitted"},
+            )
+            if stage == "enrich" and i % 300 == 0:
+                span.set_status(Status(StatusCode.ERROR, "boom"))
+            if stage == "enrich" and i % 90 == 0:
+                span.add_event("trioflow.retry", {"trioflow.attempt": 1})
+            span.end()
+            parent = span
+        root.end()
+    spans = list(memory.get_finished_spans())
+    tp.shutdown()
+    print(f"Jaeger file at shutdown: {traces} item traces, {len(spans)} spans, best of {repeats}")
+    results: dict[str, tuple[float, int]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, keep in (("every trace", None), ("KeepTraces()", tf.telemetry.KeepTraces())):
+            best = float("inf")
+            size = 0
+            for _ in range(repeats):
+                path = os.path.join(tmp, "t.json")
+                exporter = JaegerFileExporter(path, keep)
+                exporter.export(spans)
+                t0 = time.process_time()
+                exporter.shutdown()
+                best = min(best, time.process_time() - t0)
+                size = os.path.getsize(path)
+            results[label] = (best, size)
+            print(f"  {label:14s} {best * 1e3:8.1f} ms  {size / 1e6:6.2f} MB")
+    (t_all, _), (t_keep, _) = results["every trace"], results["KeepTraces()"]
+    print(f"  policy / every trace: {t_keep / t_all:.3f}x the shutdown time")
+
+
 def count_one(side: str, items: int) -> None:
     """One pipeline run of ``items`` on ``side``, nothing printed: for callgrind."""
     import logging
@@ -356,7 +419,9 @@ def count_one(side: str, items: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--only", choices=("limiter", "pipeline", "use-off"), default=None)
+    parser.add_argument(
+        "--only", choices=("limiter", "pipeline", "use-off", "jaeger-file"), default=None
+    )
     parser.add_argument("--count", choices=OFF_SIDES, help="one pipeline run, for callgrind")
     parser.add_argument("--items", type=int, default=2000, help="items of the --count run")
     args = parser.parse_args()
@@ -370,6 +435,8 @@ def main() -> None:
         pipeline_half(args.repeats)
     if args.only in (None, "use-off"):
         use_off_half(args.repeats)
+    if args.only in (None, "jaeger-file"):
+        jaeger_file_half(args.repeats)
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
 
 
