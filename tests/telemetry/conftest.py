@@ -112,6 +112,25 @@ class Receiver:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def metric_points(self, service: str) -> dict[str, list[tuple[dict[str, Any], Any]]]:
+        """trioflow's metric points as received, by instrument: (attributes, point).
+
+        Checks that each came from ``service``.
+        """
+        out: dict[str, list[tuple[dict[str, Any], Any]]] = {}
+        with self.lock:
+            requests = list(self.metrics)
+        for req in requests:
+            for rm in req.resource_metrics:
+                assert attributes(rm.resource.attributes)["service.name"] == service
+                for sm in rm.scope_metrics:
+                    if sm.scope.name != "trioflow":
+                        continue
+                    for m in sm.metrics:
+                        for p in getattr(m, m.WhichOneof("data")).data_points:
+                            out.setdefault(m.name, []).append((attributes(p.attributes), p))
+        return out
+
     def spans(self) -> list[tuple[trace_pb2.ResourceSpans, str, trace_pb2.Span]]:
         out: list[tuple[trace_pb2.ResourceSpans, str, trace_pb2.Span]] = []
         with self.lock:

@@ -90,20 +90,8 @@ def run_agent(tmp_path: Path, receiver: Receiver, **env: str) -> subprocess.Comp
 
 
 def metric_points(receiver: Receiver) -> dict[str, list[dict[str, Any]]]:
-    out: dict[str, list[dict[str, Any]]] = {}
-    with receiver.lock:
-        requests = list(receiver.metrics)
-    for req in requests:
-        for rm in req.resource_metrics:
-            assert attributes(rm.resource.attributes)["service.name"] == "instrumented"
-            for sm in rm.scope_metrics:
-                if sm.scope.name != "trioflow":
-                    continue
-                for m in sm.metrics:
-                    data = getattr(m, m.WhichOneof("data"))
-                    for p in data.data_points:
-                        out.setdefault(m.name, []).append(attributes(p.attributes))
-    return out
+    points = receiver.metric_points("instrumented")
+    return {name: [a for a, _ in got] for name, got in points.items()}
 
 
 @pytest.mark.skipif(not AGENT.exists(), reason="opentelemetry-instrument is not installed")

@@ -8,8 +8,6 @@ parents, links, events and resource attributes as they arrive.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import trio
 import trio.testing
@@ -142,17 +140,7 @@ async def test_metrics_on_the_wire(
     finally:
         t.shutdown()
     assert receiver.traces == []
-    values: dict[str, list[tuple[dict[str, Any], Any]]] = {}
-    for req in receiver.metrics:
-        for rm in req.resource_metrics:
-            assert attributes(rm.resource.attributes)["service.name"] == "wire-metrics"
-            for sm in rm.scope_metrics:
-                if sm.scope.name != "trioflow":
-                    continue
-                for m in sm.metrics:
-                    kind = m.WhichOneof("data")
-                    for p in getattr(m, kind).data_points:
-                        values.setdefault(m.name, []).append((attributes(p.attributes), p))
+    values = receiver.metric_points("wire-metrics")
     assert set(values) >= {
         "trioflow.limiter.limit",
         "trioflow.limiter.usage",

@@ -400,8 +400,11 @@ def make_wait_hook(histogram: Histogram | None) -> _hooks.WaitHook:
     are on) and, when tracing is on, the wait lasted at least
     :data:`WAIT_EVENT_MIN` and a recording span is current in the waiting
     task, adds a ``trioflow.wait`` event with the duration to that span.
-    Cost when it runs (SDK): about one histogram record (~7 µs) plus, with a
-    recording span, one event (~7 µs); it never runs on a fast path.
+    Cost when it runs (SDK): one histogram record plus, with a recording
+    span, one event, each on the order of 10 µs
+    (``docs/benchmarks/telemetry.md``); it never runs on a fast path, and
+    it is ``None`` (not called) while neither metrics nor tracing report
+    anywhere.
     """
 
     def on_wait(primitive: object, since: float, now: float) -> None:
