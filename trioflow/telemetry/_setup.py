@@ -188,7 +188,11 @@ class Telemetry:
         exporters are done (up to 30 s each), so call it as the program
         ends, or from Trio through ``trio.to_thread.run_sync``. It logs a
         warning on the ``trioflow.telemetry`` logger if spans were dropped or
-        failed to export, and returns the counts. Providers given to
+        failed to export, and returns the counts: for a Jaeger file, a write
+        that failed counts its spans as failed (with the reason), and the
+        traces its :class:`KeepTraces` policy kept and dropped are in
+        :attr:`ExportCounts.traces`. It never raises for a destination that
+        failed. Providers given to
         :func:`use` belong to the application and are left running (returns
         ``None``). Calling it twice does nothing the second time.
         """
