@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -374,3 +376,63 @@ def test_a_flush_that_fails_then_a_write_that_works(tmp_path: Path) -> None:
     before = exporter.failed
     assert exporter.export([late]) is SpanExportResult.FAILURE
     assert exporter.failed == before + 1
+
+
+# -- properties over many runs ------------------------------------------------------------
+
+
+trace_specs = st.lists(
+    st.tuples(
+        st.sampled_from(["plain", "error", "dead", "retry", "unfinished"]),
+        st.floats(min_value=0.0, max_value=10.0),
+        st.sampled_from(["source orders", "stage write", "pipeline orders"]),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(specs=trace_specs, budget=st.integers(min_value=1, max_value=40))
+def test_policy_invariants(specs: list[tuple[str, float, str]], budget: int) -> None:
+    exporter = InMemorySpanExporter()
+    tp = TracerProvider()
+    tp.add_span_processor(SimpleSpanProcessor(exporter))
+    t = tp.get_tracer("test")
+    kinds: dict[int, str] = {}
+    for i, (kind, seconds, root) in enumerate(specs):
+        tid = item_trace(
+            t,
+            i,
+            seconds=seconds,
+            root=root,
+            error={"error": "KeyError", "dead": "ValueError"}.get(kind),
+            outcome={"dead": "dead_lettered", "unfinished": "unfinished"}.get(kind, "emitted"),
+            retry=kind == "retry",
+        )
+        kinds[tid] = kind
+    tp.shutdown()
+    spans = list(exporter.get_finished_spans())
+    policy = KeepTraces(max_traces=budget)
+    kept, report = _keep.select(spans, policy)
+    ids = kept_ids(kept)
+    assert report.traces == len(kinds)
+    assert report.kept == len(ids) == min(budget, len(kinds))
+    assert sum(report.by_reason.values()) == report.kept
+    # Whole traces: every span of a kept trace, none of the others.
+    assert kept == [s for s in spans if s.context is not None and s.context.trace_id in ids]
+    errors = {tid for tid, kind in kinds.items() if kind in ("error", "dead")}
+    if len(errors) <= budget:
+        assert errors <= ids
+        assert report.errors_dropped == 0
+    else:
+        assert ids <= errors
+        assert report.errors_dropped == len(errors) - budget
+        # Spread across error types: each is represented while the budget allows.
+        types = {kinds[tid] for tid in errors}
+        if budget >= len(types):
+            assert {kinds[tid] for tid in ids} == types
+    retries = {tid for tid, kind in kinds.items() if kind == "retry"}
+    if len(errors) + len(retries) <= budget:
+        assert retries <= ids
+    # The same spans in another order give the same file.
+    assert kept_ids(_keep.select(list(reversed(spans)), policy)[0]) == ids
