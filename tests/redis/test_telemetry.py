@@ -21,7 +21,7 @@ def otel() -> Iterator[Otel]:
 
 
 def points(otel: Otel, name: str) -> dict[str, Any]:
-    """A metric's points keyed by their ``trioflow.name``."""
+    """A metric's points keyed by the name of the limiter they describe."""
     metric = otel.metrics().get(name)
     if metric is None:
         return {}
@@ -29,10 +29,14 @@ def points(otel: Otel, name: str) -> dict[str, Any]:
     for p in metric.data.data_points:
         attributes = dict(p.attributes or {})
         if isinstance(p, NumberDataPoint):
-            out[str(attributes.get("trioflow.name"))] = p.value
+            named = attributes.get(
+                "trioflow.limiter.name", attributes.get("trioflow.rate_limiter.name")
+            )
+            out[str(named)] = p.value
         else:
             assert isinstance(p, HistogramDataPoint)
-            out[f"{attributes.get('trioflow.kind')}:{attributes.get('trioflow.name')}"] = p.count
+            named = attributes.get("trioflow.limiter.name")
+            out[f"{attributes.get('trioflow.kind')}:{named}"] = p.count
     return out
 
 
@@ -42,9 +46,11 @@ async def test_global_limiters_report_like_local_ones(otel: Otel, client: Any, n
     async with open_capacity_limiter(client, 3, name=f"{name}-db") as db:
         await db.acquire(weight=2)
         assert points(otel, "trioflow.limiter.limit")[f"{name}-db"] == 3
-        assert points(otel, "trioflow.limiter.in_use")[f"{name}-db"] == 2
-        assert points(otel, "trioflow.limiter.waiting")[f"{name}-db"] == 0
-        assert points(otel, "trioflow.rate.tokens")[f"{name}-api"] == pytest.approx(4, abs=1)
+        assert points(otel, "trioflow.limiter.usage")[f"{name}-db"] == 2
+        assert points(otel, "trioflow.limiter.queue.size")[f"{name}-db"] == 0
+        assert points(otel, "trioflow.rate_limiter.tokens")[f"{name}-api"] == pytest.approx(
+            4, abs=1
+        )
 
         got = trio.Event()
 
@@ -58,7 +64,7 @@ async def test_global_limiters_report_like_local_ones(otel: Otel, client: Any, n
             with trio.fail_after(10):
                 while not any(r.parked for r in db._waiters.values()):
                     await trio.sleep(0.001)
-            assert points(otel, "trioflow.limiter.waiting")[f"{name}-db"] == 1
+            assert points(otel, "trioflow.limiter.queue.size")[f"{name}-db"] == 1
             await trio.sleep(0.01)
             db.release()
             with trio.fail_after(10):

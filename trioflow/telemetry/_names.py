@@ -42,6 +42,8 @@ __all__ = [
     "RATE_LIMITER",
     "RATE_LIMITER_NAME",
     "RATE_LIMITER_TOKENS",
+    "REDIS_LIMITER",
+    "REDIS_RATE_LIMITER",
     "RETRY_EVENT",
     "STAGE",
     "STAGE_NAME",
@@ -64,6 +66,9 @@ RATE_LIMITER: Final = "rate_limiter"
 TASK_GROUP: Final = "task_group"
 PIPELINE: Final = "pipeline"
 STAGE: Final = "stage"
+#: The replicas' limiters (:mod:`trioflow.redis`) report like their local peers.
+REDIS_LIMITER: Final = "redis_limiter"
+REDIS_RATE_LIMITER: Final = "redis_rate_limiter"
 
 
 def kind_id(kind: str) -> str:
@@ -91,6 +96,8 @@ NAME_ATTRIBUTE: Final[dict[str, str]] = {
     TASK_GROUP: TASK_GROUP_NAME,
     PIPELINE: PIPELINE_NAME,
     STAGE: STAGE_NAME,
+    REDIS_LIMITER: LIMITER_NAME,
+    REDIS_RATE_LIMITER: RATE_LIMITER_NAME,
 }
 
 # -- other attributes ------------------------------------------------------------
