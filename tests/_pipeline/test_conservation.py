@@ -31,7 +31,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import trioflow as tf
-from trioflow._pipeline._envelope import DEAD, DELIVERED, FILTERED, SKIPPED, UNFINISHED
+from trioflow._pipeline._fate import Fate
+from trioflow._pipeline._runtime import engine_of
+
+DEAD, DELIVERED, FILTERED, SKIPPED, UNFINISHED = (
+    Fate.DEAD_LETTERED,
+    Fate.DELIVERED,
+    Fate.FILTERED,
+    Fate.SKIPPED,
+    Fate.UNFINISHED,
+)
 
 
 def h(*parts: object) -> float:
@@ -209,23 +218,28 @@ async def _run_scenario(sc: Scenario) -> None:
             if sc.consumer_delay:
                 await trio.sleep(sc.consumer_delay)
 
-    with trio.move_on_after(sc.end_at if sc.ending == "cancel" else math.inf):
-        try:
-            async with pipe.open(source) as run:
-                run.ledger.journal = {}
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(consume, run)
-                    if sc.ending == "stop":
-                        await trio.sleep(sc.end_at)
-                        await run.stop(grace=sc.grace)
-        except (ValueError, trio.TooSlowError) as exc:  # a stage with on_error="fail"
-            failure = exc
+    try:
+        with trio.move_on_after(sc.end_at if sc.ending == "cancel" else math.inf):
+            try:
+                async with pipe.open(source) as run:
+                    engine_of(run).ledger.journal = {}
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(consume, run)
+                        if sc.ending == "stop":
+                            await trio.sleep(sc.end_at)
+                            await run.stop(grace=sc.grace)
+            except (ValueError, trio.TooSlowError) as exc:  # a stage with on_error="fail"
+                failure = exc
+    except* (ValueError, trio.TooSlowError) as group:
+        # The stage failed and the block was cancelled from outside at once:
+        # both surfaced, as from a nursery, and the scope took its Cancelled.
+        failure = group.exceptions[0]
     if run is None:
         # Cancelled before the block began: no run object to report from.
         assert sc.ending == "cancel"
         return
     report = run.report
-    journal = run.ledger.journal
+    journal = engine_of(run).ledger.journal
     assert journal is not None
 
     # Each stage: every input item left exactly once.

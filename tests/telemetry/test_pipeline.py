@@ -15,6 +15,7 @@ from opentelemetry.trace import INVALID_SPAN, Link, SpanKind, StatusCode, TraceS
 from opentelemetry.util.types import Attributes
 
 import trioflow as tf
+from trioflow._pipeline._runtime import engine_of
 from trioflow.telemetry import _hooks
 
 from .conftest import Otel, close_otel, make_otel
@@ -81,8 +82,9 @@ async def test_stage_level_run_and_stage_spans(autojump_clock: trio.testing.Mock
         assert run.parent == job.get_span_context()
         assert run.kind is SpanKind.INTERNAL
         a = attrs_of(run)
-        assert a["trioflow.name"] == "events"
-        assert a["trioflow.pipeline.stages"] == 3
+        assert a["trioflow.pipeline.name"] == "events"
+        # The stages, in pipeline order (issue 16).
+        assert a["trioflow.pipeline.stages"] == ("enrich", "slow", "even")
         assert (a["trioflow.pipeline.source_items"], a["trioflow.pipeline.delivered"]) == (4, 2)
         assert (a["trioflow.pipeline.filtered"], a["trioflow.pipeline.unfinished"]) == (2, 0)
         assert run.status.status_code is StatusCode.UNSET
@@ -91,7 +93,7 @@ async def test_stage_level_run_and_stage_spans(autojump_clock: trio.testing.Mock
         for s in stages.values():
             assert s.parent == run.context
             assert s.kind is SpanKind.INTERNAL
-            assert attrs_of(s)["trioflow.pipeline"] == "events"
+            assert attrs_of(s)["trioflow.pipeline.name"] == "events"
         even = attrs_of(stages["stage even"])
         assert (even["trioflow.stage.received"], even["trioflow.stage.emitted"]) == (4, 2)
         assert even["trioflow.stage.filtered"] == 2
@@ -162,8 +164,8 @@ async def test_one_trace_per_item_across_channels(otel: Otel) -> None:
             s = by_name[name]
             assert s.kind is SpanKind.CONSUMER
             assert attrs_of(s) == {
-                "trioflow.name": name.removeprefix("stage "),
-                "trioflow.pipeline": "orders",
+                "trioflow.stage.name": name.removeprefix("stage "),
+                "trioflow.pipeline.name": "orders",
                 "trioflow.item.id": i,
                 "trioflow.outcome": "emitted",
             }
@@ -468,9 +470,9 @@ async def test_tracing_off_keeps_the_fast_path() -> None:
         pipe = tf.Pipeline("quiet").map(double, name="m")
         async with pipe.open(range(3)) as run:
             got = [x async for x in run.outputs]
-            stage = run.stages[0]
-            assert stage._trace_items is False
-            assert stage._stage_hook is not None  # metrics are on
+            stage = engine_of(run).stages[0]
+            assert stage.trace_items is False
+            assert stage.stage_hook is not None  # metrics are on
         assert got == [0, 2, 4]
         assert o.spans() == []
     finally:
@@ -482,15 +484,15 @@ async def test_no_telemetry_at_all() -> None:
     assert _hooks.stage_hook is None
     async with tf.Pipeline("bare").map(double).open(range(2)) as run:
         assert [x async for x in run.outputs] == [0, 2]
-        assert run.stages[0]._stage_hook is None
-        assert run.span is INVALID_SPAN
+        assert engine_of(run).stages[0].stage_hook is None
+        assert engine_of(run).span is INVALID_SPAN
 
 
 # -- metrics ---------------------------------------------------------------------------------
 
 
 def stage_key(stage: str, pipeline: str, outcome: str | None = None) -> tuple[tuple[str, Any], ...]:
-    items = [("trioflow.name", stage), ("trioflow.pipeline", pipeline)]
+    items = [("trioflow.stage.name", stage), ("trioflow.pipeline.name", pipeline)]
     if outcome is not None:
         items.append(("trioflow.outcome", outcome))
     return tuple(sorted(items))
@@ -526,11 +528,11 @@ async def test_stage_and_pipeline_metrics(
     )
     async with pipe.open(range(6)) as run:
         with trio.fail_after(60):
-            while run.stages[2].queued < 3:
+            while engine_of(run).stages[2].queued < 3:
                 await trio.sleep(0.1)
         # 1 item held by the gated worker, 3 in its buffer
         assert points(otel, "trioflow.stage.queue")[stage_key("gated", "m")] == 3
-        in_flight = points(otel, "trioflow.pipeline.in_flight")[(("trioflow.name", "m"),)]
+        in_flight = points(otel, "trioflow.pipeline.in_flight")[(("trioflow.pipeline.name", "m"),)]
         assert in_flight == 4  # read 6: item 0 filtered, item 3 skipped
         gate.set()
         got = [x async for x in run.outputs]
@@ -543,10 +545,10 @@ async def test_stage_and_pipeline_metrics(
     assert items[stage_key("gated", "m", "unfinished")] == 0
     assert points(otel, "trioflow.stage.queue")[stage_key("gated", "m")] == 0
     pipeline_items = points(otel, "trioflow.pipeline.items")
-    assert pipeline_items[(("trioflow.name", "m"), ("trioflow.outcome", "delivered"))] == 4
-    assert pipeline_items[(("trioflow.name", "m"), ("trioflow.outcome", "skipped"))] == 1
-    assert pipeline_items[(("trioflow.name", "m"), ("trioflow.outcome", "filtered"))] == 1
-    assert points(otel, "trioflow.pipeline.in_flight")[(("trioflow.name", "m"),)] == 0
+    assert pipeline_items[(("trioflow.outcome", "delivered"), ("trioflow.pipeline.name", "m"))] == 4
+    assert pipeline_items[(("trioflow.outcome", "skipped"), ("trioflow.pipeline.name", "m"))] == 1
+    assert pipeline_items[(("trioflow.outcome", "filtered"), ("trioflow.pipeline.name", "m"))] == 1
+    assert points(otel, "trioflow.pipeline.in_flight")[(("trioflow.pipeline.name", "m"),)] == 0
     metrics = otel.metrics()
     assert metrics["trioflow.stage.items"].data.is_monotonic  # type: ignore[union-attr]
     assert metrics["trioflow.stage.items"].unit == "{item}"
@@ -574,12 +576,14 @@ async def test_two_runs_of_one_pipeline_add_up(otel: Otel) -> None:
     async with pipe.open(range(2)) as one, pipe.open(range(3)) as two:
         await trio.testing.wait_all_tasks_blocked()
         # each run: one item in its worker, one in its reader's hand; one point for both
-        assert points(otel, "trioflow.pipeline.in_flight")[(("trioflow.name", "twice"),)] == 4
+        assert (
+            points(otel, "trioflow.pipeline.in_flight")[(("trioflow.pipeline.name", "twice"),)] == 4
+        )
         gate.set()
         await one.wait()
         await two.wait()
     delivered = points(otel, "trioflow.pipeline.items")
-    assert delivered[(("trioflow.name", "twice"), ("trioflow.outcome", "delivered"))] == 5
+    assert delivered[(("trioflow.outcome", "delivered"), ("trioflow.pipeline.name", "twice"))] == 5
 
 
 async def test_a_wait_inside_a_stage_is_a_log_on_the_items_span(
