@@ -92,6 +92,11 @@ def _checked_async(fn: Callable[[object], Awaitable[Any]], stage: str) -> Attemp
     return call_predicate
 
 
+def _boxed(fn: Callable[[object], Any], payload: object) -> tuple[Any]:
+    """Run ``fn`` in the thread; the result boxed, so that an awaitable reaches our own check."""
+    return (fn(payload),)
+
+
 def _in_thread(fn: Callable[[object], Any], stage: str, abandoned: Callable[[], None]) -> Attempt:
     """``executor="thread"``: the function runs in a worker thread.
 
@@ -104,7 +109,7 @@ def _in_thread(fn: Callable[[object], Any], stage: str, abandoned: Callable[[], 
     async def call_in_thread(payload: object) -> Any:
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
-            result = await trio.to_thread.run_sync(fn, payload, abandon_on_cancel=True)
+            (result,) = await trio.to_thread.run_sync(_boxed, fn, payload, abandon_on_cancel=True)
         except trio.Cancelled:
             abandoned()  # the thread was started (we were not cancelled above): it runs on
             raise
