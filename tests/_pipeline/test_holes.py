@@ -165,11 +165,10 @@ async def test_issue13_a_shielded_commit_that_outlives_the_grace_is_delivered(
 
     got: list[int] = []
     pipe = tf.Pipeline("sink").batch(3).map(write, name="write")
-    async with pipe.open(range(3)) as run:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(consume, run, got)
-            await trio.sleep(1)  # the commit is under way
-            await run.stop(grace=0.5)  # the grace ends during the commit
+    async with pipe.open(range(3)) as run, trio.open_nursery() as nursery:
+        nursery.start_soon(consume, run, got)
+        await trio.sleep(1)  # the commit is under way
+        await run.stop(grace=0.5)  # the grace ends during the commit
     r = run.report
     assert committed == [0, 1, 2]
     assert (r.delivered, r.unfinished) == (3, 0)  # committed -> delivered, once
@@ -187,11 +186,10 @@ async def test_issue13_a_commit_cancelled_before_it_ran_is_unfinished(
         return len(batch)
 
     pipe = tf.Pipeline("sink").batch(3).map(write, name="write")
-    async with pipe.open(range(3)) as run:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(consume, run, [])
-            await trio.sleep(1)
-            await run.stop(grace=0.5)
+    async with pipe.open(range(3)) as run, trio.open_nursery() as nursery:
+        nursery.start_soon(consume, run, [])
+        await trio.sleep(1)
+        await run.stop(grace=0.5)
     r = run.report
     assert committed == []
     assert (r.delivered, r.unfinished) == (0, 3)  # rolled back -> unfinished
@@ -246,7 +244,9 @@ async def test_issue13_a_closed_dead_letters_channel_fails_clearly_and_keeps_the
     send, receive = trio.open_memory_channel[tf.DeadLetter](0)
     receive.close()
     pipe = tf.Pipeline("d", dead_letters=send).map(bad, on_error="dead_letter", name="bad")
-    with pytest.raises(RuntimeError, match=r"the dead_letters= channel .* of pipeline 'd' is closed"):
+    with pytest.raises(
+        RuntimeError, match=r"the dead_letters= channel .* of pipeline 'd' is closed"
+    ):
         async with pipe.open([1]) as run:
             pass
     r = run.report
@@ -271,14 +271,13 @@ async def test_issue13_a_sync_generator_source_is_closed_when_the_run_ends(endin
             closed.append(True)
 
     gen = numbers()  # held here: only the run may close it, not the garbage collector
-    async with tf.Pipeline("g").map(ident).open(gen) as run:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(consume, run, [])
-            await trio.sleep(0.01)
-            if ending == "stop":
-                await run.stop(0)
-            else:
-                run.cancel()
+    async with tf.Pipeline("g").map(ident).open(gen) as run, trio.open_nursery() as nursery:
+        nursery.start_soon(consume, run, [])
+        await trio.sleep(0.01)
+        if ending == "stop":
+            await run.stop(0)
+        else:
+            run.cancel()
     assert closed == [True]
     assert gen.gi_frame is None
 
