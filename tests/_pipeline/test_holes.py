@@ -40,12 +40,11 @@ async def consume(run: tf.PipelineRun[Any], into: list[Any]) -> None:
 async def test_issue13_stop_keeps_an_item_a_channel_source_already_handed_over() -> None:
     send, receive = trio.open_memory_channel[int](0)
     got: list[int] = []
-    async with tf.Pipeline("ch").map(ident).open(receive) as run:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(consume, run, got)
-            await trio.testing.wait_all_tasks_blocked()  # the reader waits in receive()
-            send.send_nowait(7)  # handed straight to the waiting reader...
-            await run.stop(math.inf)  # ...before it runs again
+    async with tf.Pipeline("ch").map(ident).open(receive) as run, trio.open_nursery() as nursery:
+        nursery.start_soon(consume, run, got)
+        await trio.testing.wait_all_tasks_blocked()  # the reader waits in receive()
+        send.send_nowait(7)  # handed straight to the waiting reader...
+        await run.stop(math.inf)  # ...before it runs again
     r = run.report
     assert (r.source_items, r.delivered, r.unfinished) == (1, 1, 0)
     assert got == [7]
@@ -66,13 +65,12 @@ async def test_issue13_stop_keeps_an_item_a_thread_backed_source_already_read() 
             yield await trio.to_thread.run_sync(read_line)
 
     got: list[str] = []
-    async with tf.Pipeline("file").map(ident).open(lines()) as run:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(consume, run, got)
-            await trio.to_thread.run_sync(reading.wait)
-            nursery.start_soon(run.stop, 5.0)
-            await trio.testing.wait_all_tasks_blocked()  # stop() cancelled the read's wait
-            release.set()  # the thread returns its line into a cancelled scope
+    async with tf.Pipeline("file").map(ident).open(lines()) as run, trio.open_nursery() as nursery:
+        nursery.start_soon(consume, run, got)
+        await trio.to_thread.run_sync(reading.wait)
+        nursery.start_soon(run.stop, 5.0)
+        await trio.testing.wait_all_tasks_blocked()  # stop() cancelled the read's wait
+        release.set()  # the thread returns its line into a cancelled scope
     r = run.report
     assert (r.source_items, r.delivered, r.unfinished) == (1, 1, 0)
     assert got == ["line"]
@@ -89,12 +87,14 @@ async def test_issue13_stop_keeps_file_lines_read(tmp_path: pathlib.Path) -> Non
 
     for _ in range(5):
         got: list[str] = []
-        async with tf.Pipeline("file").map(ident).open(lines()) as run:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(consume, run, got)
-                while run.report.source_items < 3:
-                    await trio.sleep(0)
-                await run.stop(grace=5)
+        async with (
+            tf.Pipeline("file").map(ident).open(lines()) as run,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(consume, run, got)
+            while run.report.source_items < 3:
+                await trio.sleep(0)
+            await run.stop(grace=5)
         r = run.report
         assert r.unfinished == 0, r
         assert r.delivered == r.source_items == len(got)
