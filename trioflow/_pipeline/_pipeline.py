@@ -15,7 +15,7 @@ from .._admission._rate import RateLimiter
 from .._util import check_count, raise_type
 from ._report import DeadLetter, PipelineReport
 from ._retry import Retry
-from ._runtime import MAX_DEAD_LETTERS, PipelineRun, RunEngine
+from ._runtime import MAX_DEAD_LETTERS, PipelineRun, RunEngine, new_run
 from ._spec import Executor, Kind, OnError, StageSpec, make_batch_spec, make_spec
 
 if TYPE_CHECKING:
@@ -421,7 +421,7 @@ class Pipeline(Generic[In, Out]):
 @asynccontextmanager
 async def _open(pipe: Pipeline[Any, Any], source: object) -> AsyncGenerator[PipelineRun[Any]]:
     engine = pipe._new_run(source, with_outputs=True)  # pyright: ignore[reportPrivateUsage]
-    run = PipelineRun[Any](engine)
+    run = new_run(engine)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(engine.main)

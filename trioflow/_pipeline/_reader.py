@@ -92,8 +92,8 @@ class SourceReader:
         #: the scope around the wait for the next item, while we wait
         self._pull: trio.CancelScope | None = None
         #: source items read so far
-        self.read = 0
-        self.stopping = False
+        self.read: int = 0
+        self.stopping: bool = False
 
     def trace_items(self, links: Sequence[Link]) -> None:
         """Start one trace per item (``source {pipeline}`` spans, linked by ``links``)."""

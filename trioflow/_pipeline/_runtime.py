@@ -15,10 +15,10 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from contextlib import AsyncExitStack
-from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, cast
 
 import trio
-from opentelemetry.trace import INVALID_SPAN
+from opentelemetry.trace import INVALID_SPAN, Span
 
 from .. import _registry
 from .._registry import Holding, Waiting
@@ -35,7 +35,7 @@ from ._telemetry import end_run, links_to, start_run
 if TYPE_CHECKING:
     import trio_parallel  # pyright: ignore[reportMissingTypeStubs]
 
-__all__ = ["Outputs", "PipelineRun", "RunEngine"]
+__all__ = ["Outputs", "PipelineRun", "RunEngine", "engine_of", "new_run"]
 
 Out = TypeVar("Out", covariant=True)
 
@@ -116,16 +116,16 @@ class RunEngine:
         self.ledger: Final = Ledger(settle, self._settle_failed)
         self.failures: list[BaseException] = []
         self.kept_letters: list[DeadLetter] = []
-        self.omitted_letters = 0
+        self.omitted_letters: int = 0
         self._max_letters = max_dead_letters
         self._letter_channel = dead_letters
         self.scope: Final = trio.CancelScope()
-        self.stopping = False
+        self.stopping: bool = False
         self.done: Final = trio.Event()
         self.started_at: float | None = None
         self.ended_at: float | None = None
         self._process_ctx: trio_parallel.WorkerContext | None = None
-        self.span = INVALID_SPAN
+        self.span: Span = INVALID_SPAN
 
         # Channels: stage i reads receivers[i]; the reader writes senders[0];
         # stage i writes senders[i + 1] (the outputs channel, for the last
@@ -367,8 +367,10 @@ class PipelineRun(Generic[Out]):
 
     __slots__ = ("_engine",)
 
-    def __init__(self, engine: RunEngine) -> None:
-        self._engine = engine
+    _engine: RunEngine
+
+    def __init__(self) -> None:
+        raise TypeError("trioflow.PipelineRun has no public constructor: use Pipeline.open()")
 
     @property
     def name(self) -> str:
@@ -447,6 +449,13 @@ class PipelineRun(Generic[Out]):
         await self._engine.discard_outputs()
         await self._engine.done.wait()
         return self._engine.report()
+
+
+def new_run(engine: RunEngine) -> PipelineRun[Any]:
+    """The public face of ``engine``."""
+    run = cast("PipelineRun[Any]", object.__new__(PipelineRun))
+    run._engine = engine  # pyright: ignore[reportPrivateUsage]
+    return run
 
 
 def engine_of(run: PipelineRun[Any]) -> RunEngine:
