@@ -207,6 +207,8 @@ async def _ordered(stage: StageRun) -> None:
                 except trio.EndOfChannel:
                     return
                 stage.received += 1
+                if stage.trace_items:
+                    stage.start_span(env)  # from receipt, like every other loop
                 slot = _Slot(env)
                 pending.add(slot)
                 await order_s.send(slot)

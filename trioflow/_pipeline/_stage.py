@@ -304,7 +304,10 @@ class StageRun:
         start = now()
         try:
             if self.trace_items:
-                with activate(self.start_span(env)):
+                # The ordered loop starts an item's span when it takes the item.
+                assert self.item_spans is not None
+                span = self.item_spans.get(env) or self.start_span(env)
+                with activate(span):
                     result = await self._call(env, worker)
             else:
                 result = await self._call(env, worker)
