@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -486,6 +488,42 @@ async def test_no_telemetry_at_all() -> None:
         assert [x async for x in run.outputs] == [0, 2]
         assert engine_of(run).stages[0].stage_hook is None
         assert engine_of(run).span is INVALID_SPAN
+
+
+_NO_SDK_CHECK = """
+import trio
+import trioflow as tf
+from opentelemetry.trace import INVALID_SPAN
+from trioflow._pipeline._runtime import engine_of
+from trioflow.telemetry import _hooks
+
+async def double(x):
+    return 2 * x
+
+async def main():
+    with tf.telemetry.use(tracing="item"):
+        assert _hooks.tracing == _hooks.ITEM
+        assert _hooks.stage_hook is not None  # installed, on a provider with no SDK behind it
+        async with tf.Pipeline("bare").map(double).open(range(2)) as run:
+            assert [x async for x in run.outputs] == [0, 2]
+            stage = engine_of(run).stages[0]
+            assert stage.stage_hook is None
+            assert stage.trace_items is False
+            assert engine_of(run).span is INVALID_SPAN
+    print("ok")
+
+trio.run(main)
+"""
+
+
+def test_use_without_an_sdk_costs_no_per_item_hook() -> None:
+    """``tf.telemetry.use()`` on OpenTelemetry's own no-op providers (a fresh process, where
+    no SDK was ever set): the run decides once, when it starts, that nothing would be
+    recorded, and runs no per-item telemetry code (issue 21)."""
+    out = subprocess.run(
+        [sys.executable, "-c", _NO_SDK_CHECK], capture_output=True, text=True, timeout=120
+    )
+    assert out.stdout.strip() == "ok", out.stderr
 
 
 # -- metrics ---------------------------------------------------------------------------------

@@ -24,7 +24,14 @@ from typing import Any, Final, Literal
 
 import attrs
 from opentelemetry import trace
-from opentelemetry.metrics import CallbackOptions, Histogram, Meter, MeterProvider, Observation
+from opentelemetry.metrics import (
+    CallbackOptions,
+    Histogram,
+    Meter,
+    MeterProvider,
+    NoOpHistogram,
+    Observation,
+)
 
 from .. import _registry
 from .._pipeline._fate import Fate
@@ -365,24 +372,39 @@ def wait_attributes(primitive: object) -> dict[str, str]:
     return attrs_
 
 
-def make_stage_hook(histogram: Histogram) -> _hooks.StageHook:
+class StageDurationHook:
     """The hook a pipeline stage calls once per item, recording ``trioflow.stage.duration``.
 
     Attributes: ``trioflow.stage.name``, ``trioflow.pipeline.name``, and
     ``error.type`` when the item's last attempt failed. Cost: one SDK
     histogram record per item and stage (microseconds; see
-    ``docs/benchmarks/telemetry.md``); it is ``None`` (not called) while
-    metrics are off, decided once per run.
+    ``docs/benchmarks/telemetry.md``). A run asks :meth:`live` once, when it
+    starts: while the meter provider is OpenTelemetry's no-op (no SDK set,
+    as after ``tf.telemetry.use()`` without one) the run does not call the
+    hook at all.
     """
-    record = histogram.record
 
-    def on_item(stage: Any, duration: float, exc: BaseException | None) -> None:
+    __slots__ = ("_histogram", "_record")
+
+    def __init__(self, histogram: Histogram) -> None:
+        self._histogram = histogram
+        self._record = histogram.record
+
+    def live(self) -> bool:
+        """Whether a record would reach an SDK now (a proxy may gain one later)."""
+        real: object = getattr(self._histogram, "_real_instrument", self._histogram)
+        return real is not None and not isinstance(real, NoOpHistogram)
+
+    def __call__(self, stage: Any, duration: float, exc: BaseException | None) -> None:
         attributes: dict[str, str] = stage.attributes
         if exc is not None:
             attributes = {**attributes, "error.type": error_type(exc)}
-        record(duration, attributes)
+        self._record(duration, attributes)
 
-    return on_item
+
+def make_stage_hook(histogram: Histogram) -> StageDurationHook:
+    """The ``trioflow.stage.duration`` hook over ``histogram`` (see :class:`StageDurationHook`)."""
+    return StageDurationHook(histogram)
 
 
 def make_wait_hook(histogram: Histogram | None) -> _hooks.WaitHook:
