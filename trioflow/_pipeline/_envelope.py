@@ -16,11 +16,13 @@ item until its fate is known and hands it back then, exactly once.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Protocol
+
+import trio
 
 from ._fate import Fate
 
-__all__ = ["Envelope", "Ledger"]
+__all__ = ["Envelope", "Ledger", "Outbox", "hand_off"]
 
 #: ``settle(item, fate, exception)``: a settling source's own method.
 SettleFn = Callable[[object, Fate, BaseException | None], None]
@@ -54,6 +56,30 @@ class Envelope:
         if self.parts is None:
             return f"<item #{self.id}>"
         return f"<batch of {len(self.parts)} from #{self.id}>"
+
+
+class Outbox(Protocol):
+    """Where envelopes go: the next stage's channel, ``run.outputs``, or ``run()``'s sink."""
+
+    def send_nowait(self, value: Envelope, /) -> None: ...
+
+    async def send(self, value: Envelope, /) -> None: ...
+
+    def close(self) -> None: ...
+
+
+async def hand_off(outbox: Outbox, env: Envelope) -> None:
+    """Send ``env`` on; a receiver already waiting takes it at once, with no checkpoint.
+
+    So a cancellation that arrives after an item's work was done never loses
+    a hand-off that needed no wait (the sink that committed, then was
+    cancelled): only a hand-off that must *wait* can be cancelled, and then
+    nothing was sent (trio's channels are cancellation-atomic).
+    """
+    try:
+        outbox.send_nowait(env)
+    except trio.WouldBlock:
+        await outbox.send(env)
 
 
 class _Split:

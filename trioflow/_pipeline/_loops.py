@@ -14,7 +14,7 @@ import trio
 from opentelemetry.trace import INVALID_SPAN
 
 from ._attempt import duration_clock
-from ._envelope import Envelope
+from ._envelope import Envelope, hand_off
 from ._fate import Fate
 from ._stage import Children, StageRun, Worker
 from ._telemetry import end_stage, start_stage, worker_context
@@ -161,7 +161,7 @@ async def _fast_worker(stage: StageRun, worker: Worker) -> None:
                 env.payload = result
             worker.state = "sending"
             try:
-                try:
+                try:  # hand_off(), inlined
                     send_nowait(env)
                 except trio.WouldBlock:
                     await send(env)
@@ -319,12 +319,8 @@ async def _flush(stage: StageRun, parts: list[Envelope], first_at: float, worker
     worker.item = out
     worker.state = "sending"
     stage.record(trio.current_time() - first_at, None)
-    outbox = stage.ports.outbox
     try:
-        try:
-            outbox.send_nowait(out)
-        except trio.WouldBlock:
-            await outbox.send(out)
+        await hand_off(stage.ports.outbox, out)
     except BaseException as exc:
         for p in parts:
             stage.leave(p, _UNFINISHED, exc)

@@ -18,7 +18,7 @@ import trio
 from opentelemetry.trace import Link
 
 from ..telemetry import _spans
-from ._envelope import Envelope, Ledger
+from ._envelope import Envelope, Ledger, hand_off
 from ._fate import Fate
 from ._telemetry import start_source_span
 
@@ -165,12 +165,8 @@ class SourceReader:
             if self._trace
             else None
         )
-        send = self._send
         try:
-            try:
-                send.send_nowait(env)
-            except trio.WouldBlock:
-                await send.send(env)
+            await hand_off(self._send, env)
         except BaseException as exc:
             self._ledger.settle(env, _UNFINISHED, exc)
             if span is not None:

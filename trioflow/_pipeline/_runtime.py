@@ -23,13 +23,13 @@ from opentelemetry.trace import INVALID_SPAN, Span
 from .. import _registry
 from .._registry import Holding, Waiting
 from ..telemetry import _hooks
-from ._envelope import Envelope, Ledger
+from ._envelope import Envelope, Ledger, Outbox
 from ._fate import Fate
 from ._loops import run_stage
 from ._reader import SettlingSource, SourceReader
 from ._report import DeadLetter, PipelineReport
 from ._spec import StageSpec
-from ._stage import Outbox, RunTelemetry, StagePorts, StageRun
+from ._stage import RunTelemetry, StagePorts, StageRun
 from ._telemetry import end_run, links_to, start_run
 
 if TYPE_CHECKING:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import trio
@@ -32,7 +32,7 @@ from .. import _registry
 from .._registry import Holding, Waiting
 from ..telemetry import _hooks, _spans
 from ._attempt import Attempt, AwaitableReturned, build_attempt, call_with_retries, duration_clock
-from ._envelope import Envelope, Ledger
+from ._envelope import Envelope, Ledger, Outbox, hand_off
 from ._fate import Fate
 from ._report import DeadLetter, Latency, StageReport
 from ._spec import StageSpec
@@ -41,21 +41,11 @@ from ._telemetry import activate, end_item, retry_event, start_item
 if TYPE_CHECKING:
     import trio_parallel  # pyright: ignore[reportMissingTypeStubs]
 
-__all__ = ["Children", "Outbox", "RunTelemetry", "StagePorts", "StageRun", "Worker"]
+__all__ = ["Children", "RunTelemetry", "StagePorts", "StageRun", "Worker"]
 
 _LATENCY_RING: Final = 2048
 _DELIVERED: Final = Fate.DELIVERED
 _UNFINISHED: Final = Fate.UNFINISHED
-
-
-class Outbox(Protocol):
-    """Where a stage sends what it emits: the next stage's channel, ``run.outputs``, or a sink."""
-
-    def send_nowait(self, value: Envelope, /) -> None: ...
-
-    async def send(self, value: Envelope, /) -> None: ...
-
-    def close(self) -> None: ...
 
 
 @attrs.frozen
@@ -364,19 +354,12 @@ class StageRun:
             self.ports.fail(exc, f"stage {self.name!r}", env)
 
     async def emit(self, out: Envelope | Children) -> None:
-        """Send one item's result downstream; it leaves emitted, or unfinished if cancelled.
-
-        A receiver already waiting takes it at once, without a checkpoint, so
-        a cancellation that arrives after the work was done never loses a
-        hand-off that needed no wait (the sink-committed-then-cancelled case).
-        """
+        """Send one item's result downstream (:func:`hand_off`); it leaves emitted, or
+        unfinished if cancelled."""
         outbox = self.ports.outbox
         if isinstance(out, Envelope):
             try:
-                try:
-                    outbox.send_nowait(out)
-                except trio.WouldBlock:
-                    await outbox.send(out)
+                await hand_off(outbox, out)
             except BaseException as exc:
                 self.leave(out, _UNFINISHED, exc)
                 raise
@@ -390,10 +373,7 @@ class StageRun:
         sent = 0
         try:
             for child in children:
-                try:
-                    outbox.send_nowait(child)
-                except trio.WouldBlock:
-                    await outbox.send(child)
+                await hand_off(outbox, child)
                 sent += 1
                 self.sent += 1
         except BaseException as exc:
