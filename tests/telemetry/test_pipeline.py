@@ -322,20 +322,29 @@ async def test_batch_span_links_to_its_items(otel: Otel) -> None:
             for d in named(otel, "stage double")
             if d.kind is SpanKind.CONSUMER and item_of(d) == i
         )
-    writes = sorted(
-        (s for s in named(otel, "stage write") if s.kind is SpanKind.CONSUMER),
-        key=item_of,
-    )
-    assert [attrs_of(w)["trioflow.batch.size"] for w in writes] == [3, 3, 1]
-    for w, first in zip(writes, (0, 3, 6), strict=True):
-        assert w.parent is None  # a batch starts a trace of its own...
-        assert item_of(w) == first
-        size = attrs_of(w)["trioflow.batch.size"]
+    batches = sorted(named(otel, "batch group"), key=item_of)
+    assert [attrs_of(b)["trioflow.batch.size"] for b in batches] == [3, 3, 1]
+    writes = {s.parent.span_id: s for s in named(otel, "stage write") if s.parent}
+    for b, first in zip(batches, (0, 3, 6), strict=True):
+        assert b.parent is None  # a batch starts a trace of its own...
+        assert b.kind is SpanKind.CONSUMER
+        assert item_of(b) == first
+        size = attrs_of(b)["trioflow.batch.size"]
+        members = [group_items[i] for i in range(first, first + size)]
         # ... linked to the span of each item it holds, in order
-        assert [link.context for link in w.links] == [
-            group_items[i].context for i in range(first, first + size)
-        ]
-        assert w.context.trace_id not in {s.context.trace_id for s in group_items.values()}
+        assert [link.context for link in b.links] == [m.context for m in members]
+        assert b.context.trace_id not in {s.context.trace_id for s in group_items.values()}
+        assert attrs_of(b)["trioflow.outcome"] == "emitted"
+        # Trace ids to copy, both ways (issue 16):
+        assert attrs_of(b)["trioflow.batch.item_trace_ids"] == tuple(
+            format(m.context.trace_id, "032x") for m in members
+        )
+        for m in members:
+            assert attrs_of(m)["trioflow.batch.trace_id"] == format(b.context.trace_id, "032x")
+        # The stage after the batch continues its trace.
+        w = writes[b.context.span_id]
+        assert w.kind is SpanKind.CONSUMER
+        assert w.context.trace_id == b.context.trace_id
         assert attrs_of(w)["trioflow.outcome"] == "emitted"
 
 
@@ -348,10 +357,11 @@ async def test_batch_links_are_capped(otel: Otel, monkeypatch: pytest.MonkeyPatc
 
     pipe = tf.Pipeline("cap").batch(10, name="group").each(nap, name="after")
     await pipe.run(range(10))
-    (after,) = [s for s in named(otel, "stage after") if s.kind is SpanKind.CONSUMER]
-    assert len(after.links) == 4
-    assert attrs_of(after)["trioflow.batch.size"] == 10
-    assert attrs_of(after)["trioflow.batch.links_dropped"] == 6
+    (batch,) = named(otel, "batch group")
+    assert len(batch.links) == 4
+    assert attrs_of(batch)["trioflow.batch.size"] == 10
+    assert attrs_of(batch)["trioflow.batch.links_dropped"] == 6
+    assert len(attrs_of(batch)["trioflow.batch.item_trace_ids"]) == 4  # within the link limit
 
 
 async def test_stages_after_a_batch_continue_its_trace(otel: Otel) -> None:
@@ -368,7 +378,11 @@ async def test_stages_after_a_batch_continue_its_trace(otel: Otel) -> None:
     assert sorted(i.parent.span_id for i in incs if i.parent) == sorted(
         s.context.span_id for s in sums
     )
-    assert all(not i.links for i in incs)  # only the first stage after the batch links
+    pairs = named(otel, "batch pair")
+    assert sorted(s.parent.span_id for s in sums if s.parent) == sorted(
+        p.context.span_id for p in pairs
+    )
+    assert all(not i.links for i in [*sums, *incs])  # only the batch's own span links
 
 
 # -- other paths: ordered stages, threads, sampling -------------------------------------------

@@ -17,7 +17,7 @@ from ._attempt import duration_clock
 from ._envelope import Envelope, hand_off
 from ._fate import Fate
 from ._stage import Children, StageRun, Worker
-from ._telemetry import end_stage, start_stage, worker_context
+from ._telemetry import end_item, end_stage, start_batch, start_stage, worker_context
 
 __all__ = ["run_stage"]
 
@@ -131,9 +131,9 @@ async def _fast_worker(stage: StageRun, worker: Worker) -> None:
                 env = await receive()
             except trio.EndOfChannel:
                 return
-            if trace and (env.ctx is not None or env.parts is not None):
-                # A sampled item (or a batch to link): the general path, which
-                # starts and ends its span. Unsampled items stay here.
+            if trace and env.ctx is not None:
+                # A sampled item (or batch): the general path, which starts
+                # and ends its span. Unsampled items stay here.
                 await _one(stage, env, worker)
                 continue
             stage.received += 1
@@ -319,14 +319,24 @@ async def _flush(stage: StageRun, parts: list[Envelope], first_at: float, worker
     worker.item = out
     worker.state = "sending"
     stage.record(trio.current_time() - first_at, None)
+    spans = stage.item_spans
+    batch_span = None
+    if spans is not None:
+        batch_span = start_batch(
+            stage.batch_span_name, stage.attributes, out, [spans.get(p) for p in parts]
+        )
     try:
         await hand_off(stage.ports.outbox, out)
     except BaseException as exc:
         for p in parts:
             stage.leave(p, _UNFINISHED, exc)
+        if batch_span is not None:
+            end_item(batch_span, _UNFINISHED, exc)
         raise
     finally:
         worker.item = None
     stage.sent += 1
     for p in parts:
         stage.leave(p, _DELIVERED)
+    if batch_span is not None:
+        end_item(batch_span, _DELIVERED)

@@ -149,6 +149,7 @@ class StageRun:
             "trioflow.pipeline.name": ports.pipeline,
         }
         self.span_name: Final = _spans.span_name("stage", spec.name)
+        self.batch_span_name: Final = _spans.span_name("batch", spec.name)
         #: this run's ``stage {name}`` span (tracing "stage" and up)
         self.span: Span = INVALID_SPAN
         telemetry = ports.telemetry

@@ -21,11 +21,14 @@ What a run looks like in Jaeger (``docs/jaeger.md`` shows it drawn out):
   runs. A failed attempt that is retried is a ``trioflow.retry`` event on
   it; the error of the last attempt sets its status and ``error.type``.
 * A batch stage gives each item a ``stage {name}`` span that ends when its
-  batch is sent. The stage that then takes the batch starts a *new trace*
-  (a batch has many parents, so, as OpenTelemetry's messaging conventions
-  say, it links instead): ``stage {name}`` with one link per sampled item
-  span in the batch, up to the link limit (``trioflow.batch.links_dropped``
-  counts the rest). Stages after it continue that trace.
+  batch is sent, and, as it sends the batch, starts the batch's own *new
+  trace* (a batch has many parents, so, as OpenTelemetry's messaging
+  conventions say, it links instead): ``batch {name}`` with one link per
+  sampled item span, up to the link limit (``trioflow.batch.links_dropped``
+  counts the rest). The trace ids are copyable both ways:
+  ``trioflow.batch.item_trace_ids`` on the batch span,
+  ``trioflow.batch.trace_id`` on each item span. Stages after it continue
+  the batch's trace.
 
 Sampling: the item's root span is sampled by the configured sampler; an
 item whose root is not sampled gets no further spans at all (so 1 %
@@ -177,37 +180,64 @@ def _sampled(ctx: object) -> bool:
 def start_item(span_name: str, attributes: Attributes, env: Envelope) -> Span | None:
     """The item's ``stage {name}`` span (CONSUMER) as a stage takes it, or ``None``.
 
-    A single item: a child of the item's previous span (``env.ctx``), if
-    that one was sampled. A batch that no stage has traced yet: a new trace
-    linked to its items' spans. The span replaces ``env.ctx``, so the next
-    stage continues from it.
+    A child of the item's previous span (``env.ctx``: the stage before, the
+    source, or the batch's own span), if that one was sampled. The span
+    replaces ``env.ctx``, so the next stage continues from it.
     """
     ctx = env.ctx
-    if ctx is None:
-        parts = env.parts
-        if parts is None:
-            return None  # not sampled at the source
-        contexts = [p.ctx.get_span_context() for p in parts if isinstance(p.ctx, Span)]
-        contexts = [sc for sc in contexts if sc.trace_flags.sampled]
-        span = _spans.start_batch_span(
-            span_name,
-            contexts,
-            size=len(parts),
-            attributes={**attributes, "trioflow.item.id": env.id},
-        )
-        if not span.is_recording():
-            return None
-    elif _sampled(ctx):
-        assert isinstance(ctx, Span)
-        span = _spans.start_span(
-            span_name,
-            kind=SpanKind.CONSUMER,
-            parent=ctx,
-            attributes={**attributes, "trioflow.item.id": env.id},
-        )
-    else:
+    if not _sampled(ctx):
         return None
+    assert isinstance(ctx, Span)
+    span = _spans.start_span(
+        span_name,
+        kind=SpanKind.CONSUMER,
+        parent=ctx,
+        attributes={**attributes, "trioflow.item.id": env.id},
+    )
     env.ctx = span
+    return span
+
+
+def _trace_id(span: Span) -> str:
+    return format(span.get_span_context().trace_id, "032x")
+
+
+def start_batch(
+    span_name: str, attributes: Attributes, batch: Envelope, item_spans: Sequence[Span | None]
+) -> Span:
+    """A batch's own trace, started as the batch stage sends it: ``batch {stage}`` (CONSUMER).
+
+    A batch has many parents, so (as OpenTelemetry's messaging conventions
+    say for batch receives) it starts a new trace, linked to each sampled
+    item span up to the link limit (``trioflow.batch.links_dropped`` counts
+    the rest). Trace ids are copyable both ways: the batch span lists its
+    items' in ``trioflow.batch.item_trace_ids`` (within the link limit), and
+    each item span gets the batch's in ``trioflow.batch.trace_id``. The span
+    goes into ``batch.ctx``, so the stages after it continue the batch's
+    trace (or, if it is not sampled, trace nothing). End it with
+    :func:`end_item` when the batch has left the stage.
+    """
+    sampled = [s for s in item_spans if s is not None and s.is_recording()]
+    contexts = [s.get_span_context() for s in sampled]
+    limit = _spans.link_limit()
+    span = _spans.start_batch_span(
+        span_name,
+        contexts,
+        size=len(item_spans),
+        attributes={
+            **attributes,
+            "trioflow.item.id": batch.id,
+            "trioflow.batch.item_trace_ids": tuple(
+                dict.fromkeys(format(sc.trace_id, "032x") for sc in contexts[:limit])
+            ),
+        },
+        limit=limit,
+    )
+    if span.is_recording():
+        batch.ctx = span
+        trace_id = _trace_id(span)
+        for s in sampled:
+            s.set_attribute("trioflow.batch.trace_id", trace_id)
     return span
 
 
