@@ -107,7 +107,9 @@ def _stuck_stage() -> tuple[tf.Pipeline[Any, Any], threading.Event, threading.Ev
     started = threading.Event()
     release = threading.Event()
     # Old runtimes wait for the thread: a watchdog releases it so they fail, not hang.
-    threading.Timer(20, release.set).start()
+    watchdog = threading.Timer(20, release.set)
+    watchdog.daemon = True
+    watchdog.start()
 
     def stuck(x: int) -> int:
         started.set()

@@ -92,8 +92,8 @@ class Pipeline(Generic[In, Out]):
     the source.
 
     Cost: per item and stage, about what the same topology hand-written
-    with trio memory channels costs (within a few percent to a few tens of
-    percent; ``bench/pipeline.py``, figures in ``docs/benchmarks/pipeline.md``).
+    with trio memory channels costs, microseconds (``bench/pipeline.py``;
+    figures in ``docs/benchmarks/pipeline.md``).
     """
 
     __slots__ = ("_dead_letters", "_max_dead_letters", "_name", "_stages")
