@@ -109,12 +109,11 @@ class SourceReader:
     async def run(self) -> None:
         """Read until the source ends or :meth:`stop`; a source failure fails the run."""
         try:
-            if not self.stopping:
-                source = self._source
-                if isinstance(source, AsyncIterable):
-                    await self._read_async(source)
-                else:
-                    await self._read_sync(source)
+            source = self._source
+            if isinstance(source, AsyncIterable):
+                await self._read_async(source)
+            else:
+                await self._read_sync(source)
         except Exception as exc:
             self._fail(exc, "source", None)
         finally:
@@ -123,10 +122,12 @@ class SourceReader:
     async def _read_sync(self, source: Iterable[Any]) -> None:
         it = iter(source)
         try:
-            for raw in it:
-                await self._admit(raw)
-                if self.stopping:
+            while not self.stopping:
+                try:
+                    raw = next(it)
+                except StopIteration:
                     return
+                await self._admit(raw)
         finally:
             if inspect.isgenerator(it):
                 it.close()  # a generator the run drove is closed with the run, not at GC
