@@ -29,11 +29,21 @@ Jaeger JSON file (open it in the Jaeger UI's "Upload" tab) and, with
     python examples/event_service.py                 # defaults: done in well under a minute
     python examples/event_service.py --events 20000 --rate 800 --duration 120
     python examples/event_service.py --otlp http://localhost:4318
+
+A second mode (the blueprint of a service that runs as several replicas;
+see ``event_backends.py``): ``--broker redis://...`` reads the events from a
+Redis stream through a consumer group (publishing the generated ones there
+first), and ``--database postgresql://...`` writes the batches to
+PostgreSQL with psycopg in worker threads:
+
+    python examples/event_service.py --broker redis://127.0.0.1:6379 \
+        --database postgresql://postgres@127.0.0.1:5432/postgres
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import random
@@ -227,7 +237,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--duration", type=float, default=50.0, help="stop gracefully after this many seconds"
     )
     p.add_argument("--grace", type=float, default=10.0, help="seconds to drain on shutdown")
-    p.add_argument("--database", type=Path, default=Path("events.sqlite3"), help="SQLite file")
+    p.add_argument(
+        "--database",
+        default="events.sqlite3",
+        help="SQLite file, or a postgresql:// URL (PostgreSQL through psycopg)",
+    )
+    p.add_argument("--broker", help="read the events from a Redis stream at this redis:// URL")
     p.add_argument("--jaeger-file", type=Path, default=Path("event_service.jaeger.json"))
     p.add_argument(
         "--otlp", help="also send traces to this OTLP/HTTP endpoint, e.g. http://localhost:4318"
@@ -253,9 +268,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     api.degrade(at=args.duration / 5, capacity=20, latency=0.04)
     api.degrade(at=args.duration / 2.5, capacity=60, latency=0.02)
 
-    if args.database.exists():
-        args.database.unlink()
-    db = Database(args.database)
+    if str(args.database).startswith(("postgresql://", "postgres://")):
+        from event_backends import PostgresDatabase
+
+        db: Any = PostgresDatabase(args.database)
+    else:
+        args.database = Path(args.database)
+        if args.database.exists():
+            args.database.unlink()
+        db = Database(args.database)
     latencies = Latencies()
     written: list[int] = []
     history = LimitHistory()
@@ -281,9 +302,19 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         written.append(n)
         return n
 
-    source = jsonl_events(args.input) if args.input else generated_events(args.events, args.seed)
+    source: Any = (
+        jsonl_events(args.input) if args.input else generated_events(args.events, args.seed)
+    )
+    broker = contextlib.nullcontext(None)
+    if args.broker:
+        from event_backends import open_stream_events
 
-    async with trio.open_nursery() as nursery:
+        broker = open_stream_events(args.broker, None if args.input else source)
+
+    async with broker as stream_events, trio.open_nursery() as nursery:
+        if stream_events is not None:
+            source = stream_events
+            db = stream_events.acknowledging(db)
         port = await nursery.start(api.serve)
         limits = httpx.Limits(max_connections=300, max_keepalive_connections=300)
         async with httpx.AsyncClient(

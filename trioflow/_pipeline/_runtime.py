@@ -251,19 +251,13 @@ class RunEngine:
     def _start_telemetry(self) -> RunTelemetry:
         """Decide once, for the whole run, what telemetry costs per item (nothing when off).
 
-        Off means: tracing off, or a tracer that makes no real spans (the
-        OpenTelemetry API's no-op, as when no SDK is configured); a stage
-        hook that reports it would record nowhere (``live()`` false).
+        ``tf.telemetry.use()`` already switched off a side whose provider
+        reports nowhere, so with no SDK there is no hook and no tracing here.
         """
-        stage_hook = _hooks.stage_hook
-        live = getattr(stage_hook, "live", None)
-        if callable(live) and not live():
-            stage_hook = None
+        stage_hook = _hooks.stage_hook if _hooks.metrics else None
         if not _hooks.tracing:
             return RunTelemetry(stage_hook=stage_hook)
         span = start_run(self.name, [s.name for s in self.specs])
-        if not span.get_span_context().is_valid:
-            return RunTelemetry(stage_hook=stage_hook)  # a no-op tracer: no span anywhere
         self.span = span
         trace_items = _hooks.tracing >= _hooks.ITEM
         if trace_items:

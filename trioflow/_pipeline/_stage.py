@@ -31,6 +31,7 @@ from opentelemetry.trace import INVALID_SPAN, Span
 from .. import _registry
 from .._registry import Holding, Waiting
 from ..telemetry import _hooks, _spans
+from ..telemetry import _names as names
 from ._attempt import Attempt, AwaitableReturned, build_attempt, call_with_retries, duration_clock
 from ._envelope import Envelope, Ledger, Outbox, hand_off
 from ._fate import Fate
@@ -144,10 +145,7 @@ class StageRun:
         self.latency_n: int = 0
         n = 1 if spec.kind == "batch" else spec.workers
         self.workers: Final = [Worker(self, i + 1) for i in range(n)]
-        self.attributes: Final = {
-            "trioflow.stage.name": spec.name,
-            "trioflow.pipeline.name": ports.pipeline,
-        }
+        self.attributes: Final = {names.STAGE_NAME: spec.name, names.PIPELINE_NAME: ports.pipeline}
         self.span_name: Final = _spans.span_name("stage", spec.name)
         self.batch_span_name: Final = _spans.span_name("batch", spec.name)
         #: this run's ``stage {name}`` span (tracing "stage" and up)

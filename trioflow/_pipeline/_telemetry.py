@@ -26,7 +26,7 @@ What a run looks like in Jaeger (``docs/jaeger.md`` shows it drawn out):
   conventions say, it links instead): ``batch {name}`` with one link per
   sampled item span, up to the link limit (``trioflow.batch.links_dropped``
   counts the rest). The trace ids are copyable both ways:
-  ``trioflow.batch.item_trace_ids`` on the batch span,
+  ``trioflow.item.trace_ids`` on the batch span,
   ``trioflow.batch.trace_id`` on each item span. Stages after it continue
   the batch's trace.
 
@@ -59,6 +59,7 @@ from opentelemetry import trace
 from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind
 from opentelemetry.util.types import AttributeValue
 
+from ..telemetry import _names as names
 from ..telemetry import _spans
 from ._envelope import Envelope
 from ._fate import Fate
@@ -78,7 +79,7 @@ __all__ = [
 
 Attributes = Mapping[str, AttributeValue]
 
-_OUTCOME: Final = "trioflow.outcome"
+_OUTCOME: Final = names.OUTCOME
 
 
 # -- the run and its stages ------------------------------------------------------
@@ -91,7 +92,7 @@ def start_run(name: str, stages: Sequence[str]) -> Span:
     """
     return _spans.start_span(
         _spans.span_name("pipeline", name),
-        attributes={"trioflow.pipeline.name": name, "trioflow.pipeline.stages": tuple(stages)},
+        attributes={names.PIPELINE_NAME: name, "trioflow.pipeline.stages": tuple(stages)},
     )
 
 
@@ -103,7 +104,7 @@ def end_run(
         f"trioflow.pipeline.{key}": value for key, value in counts.items()
     }
     if exc is None and cancelled:
-        attributes["trioflow.cancelled"] = True
+        attributes[names.CANCELLED] = True
     _spans.end_span(span, exc, attributes=attributes)
 
 
@@ -162,7 +163,7 @@ def start_source_span(
         span_name,
         context=_spans.EMPTY_CONTEXT,
         kind=SpanKind.PRODUCER,
-        attributes={"trioflow.pipeline.name": pipeline, "trioflow.item.id": env.id},
+        attributes={names.PIPELINE_NAME: pipeline, "trioflow.item.id": env.id},
         links=links,
         record_exception=False,
         set_status_on_exception=False,
@@ -211,7 +212,7 @@ def start_batch(
     say for batch receives) it starts a new trace, linked to each sampled
     item span up to the link limit (``trioflow.batch.links_dropped`` counts
     the rest). Trace ids are copyable both ways: the batch span lists its
-    items' in ``trioflow.batch.item_trace_ids`` (within the link limit), and
+    items' in ``trioflow.item.trace_ids`` (within the link limit), and
     each item span gets the batch's in ``trioflow.batch.trace_id``. The span
     goes into ``batch.ctx``, so the stages after it continue the batch's
     trace (or, if it is not sampled, trace nothing). End it with
@@ -227,7 +228,7 @@ def start_batch(
         attributes={
             **attributes,
             "trioflow.item.id": batch.id,
-            "trioflow.batch.item_trace_ids": tuple(
+            names.ITEM_TRACE_IDS: tuple(
                 dict.fromkeys(format(sc.trace_id, "032x") for sc in contexts[:limit])
             ),
         },
@@ -237,7 +238,7 @@ def start_batch(
         batch.ctx = span
         trace_id = _trace_id(span)
         for s in sampled:
-            s.set_attribute("trioflow.batch.trace_id", trace_id)
+            s.set_attribute(names.BATCH_TRACE_ID, trace_id)
     return span
 
 

@@ -24,18 +24,12 @@ from typing import Any, Final, Literal
 
 import attrs
 from opentelemetry import trace
-from opentelemetry.metrics import (
-    CallbackOptions,
-    Histogram,
-    Meter,
-    MeterProvider,
-    NoOpHistogram,
-    Observation,
-)
+from opentelemetry.metrics import CallbackOptions, Histogram, Meter, MeterProvider, Observation
 
 from .. import _registry
 from .._pipeline._fate import Fate
 from . import _hooks
+from . import _names as n
 from ._spans import error_type
 
 __all__ = [
@@ -100,25 +94,25 @@ class InstrumentSpec:
 #: keyed by these names.
 OBSERVED: Final = (
     InstrumentSpec(
-        "trioflow.limiter.limit",
+        n.LIMITER_LIMIT,
         "updown",
         "{token}",
         "Tokens a limiter hands out in all (not reported while unlimited).",
     ),
     InstrumentSpec(
-        "trioflow.limiter.in_use",
+        n.LIMITER_USAGE,
         "updown",
         "{token}",
-        "Tokens held now.",
+        "Tokens held now, out of trioflow.limiter.limit.",
     ),
     InstrumentSpec(
-        "trioflow.limiter.waiting",
+        n.LIMITER_QUEUE_SIZE,
         "updown",
         "{task}",
         "Tasks waiting for tokens now.",
     ),
     InstrumentSpec(
-        "trioflow.rate.tokens",
+        n.RATE_LIMITER_TOKENS,
         "gauge",
         "{token}",
         "Tokens a rate limiter's bucket holds now.",
@@ -150,19 +144,19 @@ OBSERVED: Final = (
         "Source items a pipeline run has read and not yet finished.",
     ),
     InstrumentSpec(
-        "trioflow.task_group.running",
+        n.TASK_GROUP_RUNNING,
         "updown",
         "{task}",
         "Tasks of a task group spawned and not finished.",
     ),
     InstrumentSpec(
-        "trioflow.task_group.waiting",
+        n.TASK_GROUP_QUEUE_SIZE,
         "updown",
         "{task}",
         "Calls parked in a task group's spawn() or start() waiting for a slot.",
     ),
     InstrumentSpec(
-        "trioflow.task_group.tasks",
+        n.TASK_GROUP_TASKS,
         "counter",
         "{task}",
         "Tasks of a task group that finished, by trioflow.outcome (returned, failed, cancelled).",
@@ -182,12 +176,12 @@ def read_limiter(obj: Any) -> Reading:
     """A limiter or a lane: limit, tokens in use, tasks waiting (from ``statistics()``)."""
     stats = obj.statistics()
     out: dict[str, Value] = {
-        "trioflow.limiter.in_use": stats.borrowed_tokens,
-        "trioflow.limiter.waiting": stats.tasks_waiting,
+        n.LIMITER_USAGE: stats.borrowed_tokens,
+        n.LIMITER_QUEUE_SIZE: stats.tasks_waiting,
     }
     total = stats.total_tokens
     if total != math.inf:
-        out["trioflow.limiter.limit"] = total
+        out[n.LIMITER_LIMIT] = total
     return out
 
 
@@ -195,7 +189,7 @@ def read_rate(obj: Any) -> Reading:
     """A rate limiter: the tokens its bucket holds (``statistics().tokens``)."""
     stats = obj.statistics()
     tokens = getattr(stats, "tokens", None)
-    return {} if tokens is None else {"trioflow.rate.tokens": tokens}
+    return {} if tokens is None else {n.RATE_LIMITER_TOKENS: tokens}
 
 
 def read_task_group(obj: Any) -> Reading:
@@ -206,12 +200,12 @@ def read_task_group(obj: Any) -> Reading:
     """
     stats = obj.statistics()
     return {
-        "trioflow.task_group.running": stats.running,
-        "trioflow.task_group.waiting": stats.waiting,
-        "trioflow.task_group.tasks": [
-            ({"trioflow.outcome": "returned"}, obj._returned),
-            ({"trioflow.outcome": "failed"}, stats.failed),
-            ({"trioflow.outcome": "cancelled"}, stats.cancelled),
+        n.TASK_GROUP_RUNNING: stats.running,
+        n.TASK_GROUP_QUEUE_SIZE: stats.waiting,
+        n.TASK_GROUP_TASKS: [
+            ({n.OUTCOME: "returned"}, obj._returned),
+            ({n.OUTCOME: "failed"}, stats.failed),
+            ({n.OUTCOME: "cancelled"}, stats.cancelled),
         ],
     }
 
@@ -238,38 +232,39 @@ def read_pipeline(obj: Any) -> Reading:
     }
 
 
-#: Registry ``kind`` -> what to report for a primitive of that kind.
+#: Registry ``kind`` (snake_case, see :func:`~._names.kind_id`) -> what to
+#: report for a primitive of that kind.
 READERS: dict[str, Reader] = {
-    "limiter": read_limiter,
-    "lane": read_limiter,
-    "rate limiter": read_rate,
-    "task_group": read_task_group,
+    n.LIMITER: read_limiter,
+    n.LANE: read_limiter,
+    n.RATE_LIMITER: read_rate,
+    n.TASK_GROUP: read_task_group,
     "stage": read_stage,
     "pipeline": read_pipeline,
 }
 
 
 def identity(obj: Any) -> dict[str, str]:
-    """The attributes that name a primitive: ``trioflow.name``, and ``trioflow.lane`` for a lane.
+    """The attributes that name a primitive, one per kind (:data:`~._names.NAME_ATTRIBUTE`).
 
-    A lane is named by its limiter (``trioflow.name``, from its ``.limiter``)
-    and its own name (``trioflow.lane``: its ``name`` without the
-    ``"<limiter>/"`` prefix lane handles carry).
+    A lane is named by its limiter (``trioflow.limiter.name``, from its
+    ``.limiter``) and its own name (``trioflow.lane.name``: its ``name``
+    without the ``"<limiter>/"`` prefix lane handles carry). A kind with no
+    entry (a building block added later) gets ``trioflow.<kind>.name``.
     """
-    if obj.kind == "lane":
+    kind = n.kind_id(obj.kind)
+    if kind == n.LANE:
         lane: str = obj.name
         parent = getattr(getattr(obj, "limiter", None), "name", None)
         if not isinstance(parent, str):
-            return {"trioflow.lane": lane}
+            return {n.LANE_NAME: lane}
         prefix = f"{parent}/"
         if lane.startswith(prefix):
             lane = lane[len(prefix) :]
-        return {"trioflow.name": parent, "trioflow.lane": lane}
-    if obj.kind == "stage":
-        return {"trioflow.stage.name": obj.name, "trioflow.pipeline.name": obj.pipeline}
-    if obj.kind == "pipeline":
-        return {"trioflow.pipeline.name": obj.name}
-    return {"trioflow.name": obj.name}
+        return {n.LIMITER_NAME: parent, n.LANE_NAME: lane}
+    if kind == n.STAGE:
+        return {n.STAGE_NAME: obj.name, n.PIPELINE_NAME: obj.pipeline}
+    return {n.NAME_ATTRIBUTE.get(kind, f"trioflow.{kind}.name"): obj.name}
 
 
 def observe(name: str) -> list[Observation]:
@@ -287,7 +282,7 @@ def observe(name: str) -> list[Observation]:
         points[key] = (attributes, v if seen is None else seen[1] + v)
 
     for obj in _registry.live():
-        reader = READERS.get(obj.kind)
+        reader = READERS.get(n.kind_id(obj.kind))
         if reader is None:
             continue
         try:
@@ -331,7 +326,7 @@ class Instruments:
             explicit_bucket_boundaries_advisory=WAIT_BUCKETS,
         )
         self.wait_duration: Final[Histogram] = meter.create_histogram(
-            "trioflow.limiter.wait.duration",
+            n.LIMITER_WAIT_DURATION,
             unit="s",
             description="How long a task waited for a limiter, lane or rate limiter (only waits that parked).",
             explicit_bucket_boundaries_advisory=WAIT_BUCKETS,
@@ -366,45 +361,30 @@ def install(meter_provider: MeterProvider, version: str) -> Instruments:
 def wait_attributes(primitive: object) -> dict[str, str]:
     kind = getattr(primitive, "kind", None)
     if not isinstance(kind, str):
-        return {"trioflow.kind": type(primitive).__name__}
+        return {n.KIND: type(primitive).__name__}
     attrs_ = identity(primitive)
-    attrs_["trioflow.kind"] = kind
+    attrs_[n.KIND] = n.kind_id(kind)
     return attrs_
 
 
-class StageDurationHook:
+def make_stage_hook(histogram: Histogram) -> _hooks.StageHook:
     """The hook a pipeline stage calls once per item, recording ``trioflow.stage.duration``.
 
     Attributes: ``trioflow.stage.name``, ``trioflow.pipeline.name``, and
     ``error.type`` when the item's last attempt failed. Cost: one SDK
     histogram record per item and stage (microseconds; see
-    ``docs/benchmarks/telemetry.md``). A run asks :meth:`live` once, when it
-    starts: while the meter provider is OpenTelemetry's no-op (no SDK set,
-    as after ``tf.telemetry.use()`` without one) the run does not call the
-    hook at all.
+    ``docs/benchmarks/telemetry.md``); it is ``None`` while metrics are off
+    or report nowhere, and a run reads it once, when it starts.
     """
+    record = histogram.record
 
-    __slots__ = ("_histogram", "_record")
-
-    def __init__(self, histogram: Histogram) -> None:
-        self._histogram = histogram
-        self._record = histogram.record
-
-    def live(self) -> bool:
-        """Whether a record would reach an SDK now (a proxy may gain one later)."""
-        real: object = getattr(self._histogram, "_real_instrument", self._histogram)
-        return real is not None and not isinstance(real, NoOpHistogram)
-
-    def __call__(self, stage: Any, duration: float, exc: BaseException | None) -> None:
+    def on_item(stage: Any, duration: float, exc: BaseException | None) -> None:
         attributes: dict[str, str] = stage.attributes
         if exc is not None:
             attributes = {**attributes, "error.type": error_type(exc)}
-        self._record(duration, attributes)
+        record(duration, attributes)
 
-
-def make_stage_hook(histogram: Histogram) -> StageDurationHook:
-    """The ``trioflow.stage.duration`` hook over ``histogram`` (see :class:`StageDurationHook`)."""
-    return StageDurationHook(histogram)
+    return on_item
 
 
 def make_wait_hook(histogram: Histogram | None) -> _hooks.WaitHook:
@@ -414,8 +394,11 @@ def make_wait_hook(histogram: Histogram | None) -> _hooks.WaitHook:
     are on) and, when tracing is on, the wait lasted at least
     :data:`WAIT_EVENT_MIN` and a recording span is current in the waiting
     task, adds a ``trioflow.wait`` event with the duration to that span.
-    Cost when it runs (SDK): about one histogram record (~7 µs) plus, with a
-    recording span, one event (~7 µs); it never runs on a fast path.
+    Cost when it runs (SDK): one histogram record plus, with a recording
+    span, one event, each on the order of 10 µs
+    (``docs/benchmarks/telemetry.md``); it never runs on a fast path, and
+    it is ``None`` (not called) while neither metrics nor tracing report
+    anywhere.
     """
 
     def on_wait(primitive: object, since: float, now: float) -> None:
@@ -427,7 +410,7 @@ def make_wait_hook(histogram: Histogram | None) -> _hooks.WaitHook:
             span = trace.get_current_span()
             if span.is_recording():
                 event: dict[str, str | float] = dict(attributes)
-                event["trioflow.wait.duration"] = duration
-                span.add_event("trioflow.wait", event)
+                event[n.WAIT_DURATION] = duration
+                span.add_event(n.WAIT_EVENT, event)
 
     return on_wait
