@@ -92,8 +92,9 @@ def _checked_async(fn: Callable[[object], Awaitable[Any]], stage: str) -> Attemp
     return call_predicate
 
 
-def _boxed(fn: Callable[[object], Any], payload: object) -> tuple[Any]:
+def _boxed(fn: Callable[[object], Any], payload: object, started: list[bool]) -> tuple[Any]:
     """Run ``fn`` in the thread; the result boxed, so that an awaitable reaches our own check."""
+    started.append(True)
     return (fn(payload),)
 
 
@@ -107,11 +108,14 @@ def _in_thread(fn: Callable[[object], Any], stage: str, abandoned: Callable[[], 
     """
 
     async def call_in_thread(payload: object) -> Any:
-        await trio.lowlevel.checkpoint_if_cancelled()
+        started: list[bool] = []
         try:
-            (result,) = await trio.to_thread.run_sync(_boxed, fn, payload, abandon_on_cancel=True)
+            (result,) = await trio.to_thread.run_sync(
+                _boxed, fn, payload, started, abandon_on_cancel=True
+            )
         except trio.Cancelled:
-            abandoned()  # the thread was started (we were not cancelled above): it runs on
+            if started:  # the function runs on in its thread (else it never started)
+                abandoned()
             raise
         _refuse_awaitable(result, stage, fn)
         return result
