@@ -30,7 +30,10 @@ from ._admission._rate import RateLimiterStatistics as RateLimiterStatistics
 from ._admission._rate import Reservation as Reservation
 
 # -- pipelines: stages with workers, back-pressure, retries, dead letters --
+from ._pipeline._fate import Fate as Fate
 from ._pipeline._pipeline import Pipeline as Pipeline
+from ._pipeline._pipeline import StageOptions as StageOptions
+from ._pipeline._reader import SettlingSource as SettlingSource
 from ._pipeline._report import DeadLetter as DeadLetter
 from ._pipeline._report import Latency as Latency
 from ._pipeline._report import PipelineReport as PipelineReport

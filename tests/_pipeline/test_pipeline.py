@@ -15,6 +15,7 @@ import trio.testing
 
 import trioflow as tf
 from trioflow import _registry
+from trioflow._pipeline._runtime import engine_of
 from trioflow._pipeline._stage import StageRun
 from trioflow.adaptive import _base
 
@@ -229,7 +230,7 @@ async def test_backoff_sleep_is_cancellable_and_holds_no_limiter_token(
         async with pipe.open([1]) as run:
             await trio.sleep(10)
             assert limiter.borrowed_tokens == 0  # asleep in backoff, holding nothing
-            [worker] = run.stages[0].workers
+            [worker] = engine_of(run).stages[0].workers
             assert worker.state == "backoff"
     assert trio.current_time() == 50
     assert run.report.unfinished == 1
@@ -411,8 +412,9 @@ async def test_dead_letters_channel_receives_them(autojump_clock: trio.testing.M
     report = await pipe.run([1, 2])
     got = [receive.receive_nowait(), receive.receive_nowait()]
     assert [d.item for d in got] == [1, 2]
-    assert list(report.dead_letters) == got
-    assert report.dead_lettered == 2
+    # The channel holds them; the report keeps counts, not a second copy (issue 13).
+    assert report.dead_letters == ()
+    assert (report.dead_lettered, report.dead_letters_omitted) == (2, 2)
 
 
 # -- shutdown ---------------------------------------------------------------------------
@@ -537,9 +539,12 @@ async def test_stages_and_pipeline_register_and_name_their_workers(
     pipe = tf.Pipeline("events").map(enrich, workers=5)
     async with pipe.open(range(3)) as run:
         await trio.testing.wait_all_tasks_blocked()
-        stages = [s for s in _registry.live("stage") if isinstance(s, StageRun) and s.run is run]
+        engine = engine_of(run)
+        stages = [
+            s for s in _registry.live("stage") if isinstance(s, StageRun) and s in engine.stages
+        ]
         assert [s.name for s in stages] == ["enrich"]
-        assert run in _registry.live("pipeline")
+        assert engine in _registry.live("pipeline")
         [stage] = stages
         assert (stage.received, stage.queued) == (3, 0)
         roles = sorted(stage.task_roles().values())
@@ -567,7 +572,7 @@ async def test_task_roles_name_the_limiter_a_worker_waits_on(
     pipe = tf.Pipeline("events").map(enrich, workers=3, rate=api, limiter=pool)
     async with pipe.open(range(3)) as run:
         await trio.sleep(1.5)  # item 0 runs, item 1 got a rate token at 1 s, item 2 waits
-        roles = sorted(run.stages[0].task_roles().values())
+        roles = sorted(engine_of(run).stages[0].task_roles().values())
         run.cancel()
     assert sum(r.endswith(", waiting on rate limiter 'api'") for r in roles) == 1
     assert sum(r.endswith(", waiting on limiter 'api-connections'") for r in roles) == 1

@@ -317,7 +317,8 @@ async def test_a_flagship_like_run_keeps_every_error_and_stays_small(
     assert dead_in_file == dead
     assert retried_in_file == flaky
     names = {trace["spans"][0]["operationName"] for trace in doc["data"]}
-    assert {"pipeline events", "source events", "stage write"} <= names
+    # A batch's trace starts at the batch stage (``batch {stage}``), as it sends the batch.
+    assert {"pipeline events", "source events", "batch batch"} <= names
 
 
 # -- a file that cannot be written -------------------------------------------------------

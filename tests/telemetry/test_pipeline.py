@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -15,6 +17,7 @@ from opentelemetry.trace import INVALID_SPAN, Link, SpanKind, StatusCode, TraceS
 from opentelemetry.util.types import Attributes
 
 import trioflow as tf
+from trioflow._pipeline._runtime import engine_of
 from trioflow.telemetry import _hooks
 
 from .conftest import Otel, close_otel, make_otel
@@ -81,8 +84,9 @@ async def test_stage_level_run_and_stage_spans(autojump_clock: trio.testing.Mock
         assert run.parent == job.get_span_context()
         assert run.kind is SpanKind.INTERNAL
         a = attrs_of(run)
-        assert a["trioflow.name"] == "events"
-        assert a["trioflow.pipeline.stages"] == 3
+        assert a["trioflow.pipeline.name"] == "events"
+        # The stages, in pipeline order (issue 16).
+        assert a["trioflow.pipeline.stages"] == ("enrich", "slow", "even")
         assert (a["trioflow.pipeline.source_items"], a["trioflow.pipeline.delivered"]) == (4, 2)
         assert (a["trioflow.pipeline.filtered"], a["trioflow.pipeline.unfinished"]) == (2, 0)
         assert run.status.status_code is StatusCode.UNSET
@@ -91,7 +95,7 @@ async def test_stage_level_run_and_stage_spans(autojump_clock: trio.testing.Mock
         for s in stages.values():
             assert s.parent == run.context
             assert s.kind is SpanKind.INTERNAL
-            assert attrs_of(s)["trioflow.pipeline"] == "events"
+            assert attrs_of(s)["trioflow.pipeline.name"] == "events"
         even = attrs_of(stages["stage even"])
         assert (even["trioflow.stage.received"], even["trioflow.stage.emitted"]) == (4, 2)
         assert even["trioflow.stage.filtered"] == 2
@@ -162,8 +166,8 @@ async def test_one_trace_per_item_across_channels(otel: Otel) -> None:
             s = by_name[name]
             assert s.kind is SpanKind.CONSUMER
             assert attrs_of(s) == {
-                "trioflow.name": name.removeprefix("stage "),
-                "trioflow.pipeline": "orders",
+                "trioflow.stage.name": name.removeprefix("stage "),
+                "trioflow.pipeline.name": "orders",
                 "trioflow.item.id": i,
                 "trioflow.outcome": "emitted",
             }
@@ -318,20 +322,29 @@ async def test_batch_span_links_to_its_items(otel: Otel) -> None:
             for d in named(otel, "stage double")
             if d.kind is SpanKind.CONSUMER and item_of(d) == i
         )
-    writes = sorted(
-        (s for s in named(otel, "stage write") if s.kind is SpanKind.CONSUMER),
-        key=item_of,
-    )
-    assert [attrs_of(w)["trioflow.batch.size"] for w in writes] == [3, 3, 1]
-    for w, first in zip(writes, (0, 3, 6), strict=True):
-        assert w.parent is None  # a batch starts a trace of its own...
-        assert item_of(w) == first
-        size = attrs_of(w)["trioflow.batch.size"]
+    batches = sorted(named(otel, "batch group"), key=item_of)
+    assert [attrs_of(b)["trioflow.batch.size"] for b in batches] == [3, 3, 1]
+    writes = {s.parent.span_id: s for s in named(otel, "stage write") if s.parent}
+    for b, first in zip(batches, (0, 3, 6), strict=True):
+        assert b.parent is None  # a batch starts a trace of its own...
+        assert b.kind is SpanKind.CONSUMER
+        assert item_of(b) == first
+        size = attrs_of(b)["trioflow.batch.size"]
+        members = [group_items[i] for i in range(first, first + size)]
         # ... linked to the span of each item it holds, in order
-        assert [link.context for link in w.links] == [
-            group_items[i].context for i in range(first, first + size)
-        ]
-        assert w.context.trace_id not in {s.context.trace_id for s in group_items.values()}
+        assert [link.context for link in b.links] == [m.context for m in members]
+        assert b.context.trace_id not in {s.context.trace_id for s in group_items.values()}
+        assert attrs_of(b)["trioflow.outcome"] == "emitted"
+        # Trace ids to copy, both ways (issue 16):
+        assert attrs_of(b)["trioflow.item.trace_ids"] == tuple(
+            format(m.context.trace_id, "032x") for m in members
+        )
+        for m in members:
+            assert attrs_of(m)["trioflow.batch.trace_id"] == format(b.context.trace_id, "032x")
+        # The stage after the batch continues its trace.
+        w = writes[b.context.span_id]
+        assert w.kind is SpanKind.CONSUMER
+        assert w.context.trace_id == b.context.trace_id
         assert attrs_of(w)["trioflow.outcome"] == "emitted"
 
 
@@ -344,10 +357,11 @@ async def test_batch_links_are_capped(otel: Otel, monkeypatch: pytest.MonkeyPatc
 
     pipe = tf.Pipeline("cap").batch(10, name="group").each(nap, name="after")
     await pipe.run(range(10))
-    (after,) = [s for s in named(otel, "stage after") if s.kind is SpanKind.CONSUMER]
-    assert len(after.links) == 4
-    assert attrs_of(after)["trioflow.batch.size"] == 10
-    assert attrs_of(after)["trioflow.batch.links_dropped"] == 6
+    (batch,) = named(otel, "batch group")
+    assert len(batch.links) == 4
+    assert attrs_of(batch)["trioflow.batch.size"] == 10
+    assert attrs_of(batch)["trioflow.batch.links_dropped"] == 6
+    assert len(attrs_of(batch)["trioflow.item.trace_ids"]) == 4  # within the link limit
 
 
 async def test_stages_after_a_batch_continue_its_trace(otel: Otel) -> None:
@@ -364,7 +378,11 @@ async def test_stages_after_a_batch_continue_its_trace(otel: Otel) -> None:
     assert sorted(i.parent.span_id for i in incs if i.parent) == sorted(
         s.context.span_id for s in sums
     )
-    assert all(not i.links for i in incs)  # only the first stage after the batch links
+    pairs = named(otel, "batch pair")
+    assert sorted(s.parent.span_id for s in sums if s.parent) == sorted(
+        p.context.span_id for p in pairs
+    )
+    assert all(not i.links for i in [*sums, *incs])  # only the batch's own span links
 
 
 # -- other paths: ordered stages, threads, sampling -------------------------------------------
@@ -468,9 +486,9 @@ async def test_tracing_off_keeps_the_fast_path() -> None:
         pipe = tf.Pipeline("quiet").map(double, name="m")
         async with pipe.open(range(3)) as run:
             got = [x async for x in run.outputs]
-            stage = run.stages[0]
-            assert stage._trace_items is False
-            assert stage._stage_hook is not None  # metrics are on
+            stage = engine_of(run).stages[0]
+            assert stage.trace_items is False
+            assert stage.stage_hook is not None  # metrics are on
         assert got == [0, 2, 4]
         assert o.spans() == []
     finally:
@@ -482,15 +500,49 @@ async def test_no_telemetry_at_all() -> None:
     assert _hooks.stage_hook is None
     async with tf.Pipeline("bare").map(double).open(range(2)) as run:
         assert [x async for x in run.outputs] == [0, 2]
-        assert run.stages[0]._stage_hook is None
-        assert run.span is INVALID_SPAN
+        assert engine_of(run).stages[0].stage_hook is None
+        assert engine_of(run).span is INVALID_SPAN
+
+
+_NO_SDK_CHECK = """
+import trio
+import trioflow as tf
+from opentelemetry.trace import INVALID_SPAN
+from trioflow._pipeline._runtime import engine_of
+from trioflow.telemetry import _hooks
+
+async def double(x):
+    return 2 * x
+
+async def main():
+    with tf.telemetry.use(tracing="item"):
+        async with tf.Pipeline("bare").map(double).open(range(2)) as run:
+            assert [x async for x in run.outputs] == [0, 2]
+            stage = engine_of(run).stages[0]
+            assert stage.stage_hook is None
+            assert stage.trace_items is False
+            assert engine_of(run).span is INVALID_SPAN
+    print("ok")
+
+trio.run(main)
+"""
+
+
+def test_use_without_an_sdk_costs_no_per_item_hook() -> None:
+    """``tf.telemetry.use()`` on OpenTelemetry's own no-op providers (a fresh process, where
+    no SDK was ever set): the run decides once, when it starts, that nothing would be
+    recorded, and runs no per-item telemetry code (issue 21)."""
+    out = subprocess.run(
+        [sys.executable, "-c", _NO_SDK_CHECK], capture_output=True, text=True, timeout=120
+    )
+    assert out.stdout.strip() == "ok", out.stderr
 
 
 # -- metrics ---------------------------------------------------------------------------------
 
 
 def stage_key(stage: str, pipeline: str, outcome: str | None = None) -> tuple[tuple[str, Any], ...]:
-    items = [("trioflow.name", stage), ("trioflow.pipeline", pipeline)]
+    items = [("trioflow.stage.name", stage), ("trioflow.pipeline.name", pipeline)]
     if outcome is not None:
         items.append(("trioflow.outcome", outcome))
     return tuple(sorted(items))
@@ -526,11 +578,11 @@ async def test_stage_and_pipeline_metrics(
     )
     async with pipe.open(range(6)) as run:
         with trio.fail_after(60):
-            while run.stages[2].queued < 3:
+            while engine_of(run).stages[2].queued < 3:
                 await trio.sleep(0.1)
         # 1 item held by the gated worker, 3 in its buffer
         assert points(otel, "trioflow.stage.queue")[stage_key("gated", "m")] == 3
-        in_flight = points(otel, "trioflow.pipeline.in_flight")[(("trioflow.name", "m"),)]
+        in_flight = points(otel, "trioflow.pipeline.in_flight")[(("trioflow.pipeline.name", "m"),)]
         assert in_flight == 4  # read 6: item 0 filtered, item 3 skipped
         gate.set()
         got = [x async for x in run.outputs]
@@ -543,10 +595,10 @@ async def test_stage_and_pipeline_metrics(
     assert items[stage_key("gated", "m", "unfinished")] == 0
     assert points(otel, "trioflow.stage.queue")[stage_key("gated", "m")] == 0
     pipeline_items = points(otel, "trioflow.pipeline.items")
-    assert pipeline_items[(("trioflow.name", "m"), ("trioflow.outcome", "delivered"))] == 4
-    assert pipeline_items[(("trioflow.name", "m"), ("trioflow.outcome", "skipped"))] == 1
-    assert pipeline_items[(("trioflow.name", "m"), ("trioflow.outcome", "filtered"))] == 1
-    assert points(otel, "trioflow.pipeline.in_flight")[(("trioflow.name", "m"),)] == 0
+    assert pipeline_items[(("trioflow.outcome", "delivered"), ("trioflow.pipeline.name", "m"))] == 4
+    assert pipeline_items[(("trioflow.outcome", "skipped"), ("trioflow.pipeline.name", "m"))] == 1
+    assert pipeline_items[(("trioflow.outcome", "filtered"), ("trioflow.pipeline.name", "m"))] == 1
+    assert points(otel, "trioflow.pipeline.in_flight")[(("trioflow.pipeline.name", "m"),)] == 0
     metrics = otel.metrics()
     assert metrics["trioflow.stage.items"].data.is_monotonic  # type: ignore[union-attr]
     assert metrics["trioflow.stage.items"].unit == "{item}"
@@ -574,12 +626,14 @@ async def test_two_runs_of_one_pipeline_add_up(otel: Otel) -> None:
     async with pipe.open(range(2)) as one, pipe.open(range(3)) as two:
         await trio.testing.wait_all_tasks_blocked()
         # each run: one item in its worker, one in its reader's hand; one point for both
-        assert points(otel, "trioflow.pipeline.in_flight")[(("trioflow.name", "twice"),)] == 4
+        assert (
+            points(otel, "trioflow.pipeline.in_flight")[(("trioflow.pipeline.name", "twice"),)] == 4
+        )
         gate.set()
         await one.wait()
         await two.wait()
     delivered = points(otel, "trioflow.pipeline.items")
-    assert delivered[(("trioflow.name", "twice"), ("trioflow.outcome", "delivered"))] == 5
+    assert delivered[(("trioflow.outcome", "delivered"), ("trioflow.pipeline.name", "twice"))] == 5
 
 
 async def test_a_wait_inside_a_stage_is_a_log_on_the_items_span(

@@ -257,8 +257,13 @@ async def test_a_pipeline_on_the_wire(
     for i, span in group.items():
         assert by_id[span.parent_span_id].name == "stage enrich"
         assert span.parent_span_id == enrich_spans[i].span_id
-    writes = sorted(items("stage write").values(), key=lambda s: s.start_time_unix_nano)
+    # The batch stage starts each batch's own trace as it sends it (issue 16).
+    writes = sorted(items("batch group").values(), key=lambda s: s.start_time_unix_nano)
     assert [attributes(w.attributes)["trioflow.batch.size"] for w in writes] == [2, 1]
+    assert sorted(by_id[w.parent_span_id].name for w in items("stage write").values()) == [
+        "batch group",
+        "batch group",
+    ]
     linked: list[int] = []
     for w in writes:
         assert w.parent_span_id == b""  # a batch starts its own trace...

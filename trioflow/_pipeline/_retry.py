@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Final, final
+from collections.abc import Callable
+from typing import Final, cast, final
 
 import attrs
 
 from .._util import check_fraction, check_positive_number, raise_type
 
-__all__ = ["Backoff", "Retry"]
+__all__ = ["Backoff", "Retry", "RetryPredicate"]
 
 # One shared generator for jitter. Jitter only needs to de-correlate retries,
 # not to be unpredictable; tests that need exact delays pass jitter=0.
@@ -91,13 +92,22 @@ class Backoff:
         return base
 
 
-def _check_retry_on(value: object) -> tuple[type[BaseException], ...]:
+#: ``retry_on=`` as a predicate: ``True`` if the exception is worth another attempt.
+RetryPredicate = Callable[[Exception], bool]
+
+
+def _check_retry_on(
+    value: object,
+) -> tuple[type[BaseException], ...] | RetryPredicate:
+    if callable(value) and not isinstance(value, type):
+        return cast(RetryPredicate, value)
     items: tuple[object, ...] = value if isinstance(value, tuple) else (value,)  # pyright: ignore[reportUnknownVariableType]
     out: list[type[BaseException]] = []
     for item in items:
         if not (isinstance(item, type) and issubclass(item, Exception)):
             raise TypeError(
-                f"retry_on must be an Exception subclass or a tuple of them, got {value!r}"
+                "retry_on must be an Exception subclass, a tuple of them, or a predicate "
+                f"on the exception, got {value!r}"
             )
         out.append(item)
     if not out:
@@ -115,25 +125,32 @@ class Retry:
 
     Between attempts the worker sleeps ``backoff.delay(n)`` (a cancellable
     :func:`trio.sleep`; it holds no limiter token and no rate token while it
-    sleeps). Only exceptions that are instances of ``retry_on`` are retried
-    (default: every :class:`Exception`, including the :class:`trio.TooSlowError`
-    of a stage ``timeout=``); cancellation is never retried. When the last
-    attempt fails, the stage's ``on_error`` policy decides.
+    sleeps). Only exceptions that ``retry_on`` accepts are retried: it is an
+    exception type or a tuple of them (default: every :class:`Exception`,
+    including the :class:`trio.TooSlowError` of a stage ``timeout=``), or a
+    predicate ``retry_on(exc) -> bool`` (say, "an HTTP error with a 5xx
+    status"); a predicate runs in the worker, synchronously, and an exception
+    it raises fails the item like the attempt's own. Cancellation is never
+    retried. When the last attempt fails, the stage's ``on_error`` policy
+    decides.
+
+    .. versionchanged:: 0.1
+       ``retry_on`` also accepts a predicate.
     """
 
     attempts: int
     """Attempts in all, the first included (``Retry(attempts=1)`` never retries)."""
     backoff: Backoff
     """The delays between attempts (none by default)."""
-    retry_on: tuple[type[BaseException], ...]
-    """The exception types worth another attempt."""
+    retry_on: tuple[type[BaseException], ...] | RetryPredicate
+    """The exception types worth another attempt, or a predicate on the exception."""
 
     def __init__(
         self,
         attempts: int = 3,
         *,
         backoff: Backoff | None = None,
-        retry_on: type[Exception] | tuple[type[Exception], ...] = Exception,
+        retry_on: type[Exception] | tuple[type[Exception], ...] | RetryPredicate = Exception,
     ) -> None:
         if isinstance(attempts, bool) or not isinstance(attempts, int):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise_type("attempts", "an int", attempts)
@@ -144,3 +161,10 @@ class Retry:
         elif not isinstance(backoff, Backoff):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise_type("backoff", "a trioflow.Backoff or None", backoff)
         self.__attrs_init__(attempts, backoff, _check_retry_on(retry_on))  # pyright: ignore[reportAttributeAccessIssue, reportUnknownMemberType]
+
+    def retries(self, exc: Exception) -> bool:
+        """Whether ``exc`` (a failed attempt's exception) is worth another attempt."""
+        retry_on = self.retry_on
+        if isinstance(retry_on, tuple):
+            return isinstance(exc, retry_on)
+        return bool(retry_on(exc))

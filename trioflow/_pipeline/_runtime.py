@@ -1,39 +1,49 @@
-"""One run of a pipeline: the source reader, the stages, shutdown and the report.
+"""One run of a pipeline: the engine (reader, stages, shutdown, report) and its public face.
 
-Lifecycle (each step is one function, so telemetry can wrap it later):
-``PipelineRun.main`` opens the run's cancel scope and nursery, starts
-``_read`` (the source) and each stage's ``StageRun.run_stage``; when they are
-all done — the source ended and every stage drained, or the scope was
-cancelled — ``_settle_leftovers`` counts whatever still sat in a channel as
-unfinished, and the report is final.
+Lifecycle: :meth:`RunEngine.main` decides telemetry once, builds each
+stage's ports, opens the run's cancel scope and nursery and starts the
+reader and each stage; when they are all done — the source ended and every
+stage drained, or the scope was cancelled — :meth:`RunEngine._settle_leftovers`
+counts whatever still sat in a channel as unfinished, and the report is final.
+
+:class:`PipelineRun` is what users hold: outputs, stop, cancel, wait, report.
+Everything else is the engine's, out of the public API.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from contextlib import AsyncExitStack
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, cast
 
 import trio
-from opentelemetry.trace import INVALID_SPAN, Link, Span
+from opentelemetry.trace import INVALID_SPAN, Span
 
 from .. import _registry
 from .._registry import Holding, Waiting
-from ..telemetry import _hooks, _spans
-from . import _telemetry
-from ._envelope import DEAD, DELIVERED, FILTERED, SKIPPED, UNFINISHED, Envelope, Ledger
+from ..telemetry import _hooks
+from ._envelope import Envelope, Ledger, Outbox
+from ._fate import Fate
+from ._loops import run_stage
+from ._reader import SettlingSource, SourceReader
 from ._report import DeadLetter, PipelineReport
-from ._stage import StageRun, StageSpec
+from ._spec import StageSpec
+from ._stage import RunTelemetry, StagePorts, StageRun
+from ._telemetry import end_run, links_to, start_run
 
 if TYPE_CHECKING:
     import trio_parallel  # pyright: ignore[reportMissingTypeStubs]
 
-__all__ = ["Outputs", "PipelineRun"]
+__all__ = ["Outputs", "PipelineRun", "RunEngine", "engine_of", "new_run"]
+
+Out = TypeVar("Out", covariant=True)
+
+_DELIVERED: Final = Fate.DELIVERED
+_UNFINISHED: Final = Fate.UNFINISHED
 
 
-class Outputs:
+class Outputs(Generic[Out]):
     """The last stage's items, as ``run.outputs``: ``async for item in run.outputs``.
 
     Receiving is a checkpoint (it is a :class:`trio.MemoryReceiveChannel`
@@ -47,29 +57,47 @@ class Outputs:
         self._receive = receive
         self._ledger = ledger
 
-    async def receive(self) -> Any:
+    async def receive(self) -> Out:
         """The next output; raises :class:`trio.EndOfChannel` when the run is over."""
         env = await self._receive.receive()
-        self._ledger.settle(env, DELIVERED)
-        return env.payload
+        self._ledger.settle(env, _DELIVERED)
+        return env.payload  # pyright: ignore[reportReturnType]
 
-    def __aiter__(self) -> AsyncIterator[Any]:
+    def __aiter__(self) -> AsyncIterator[Out]:
         return self
 
-    async def __anext__(self) -> Any:
+    async def __anext__(self) -> Out:
         try:
             return await self.receive()
         except trio.EndOfChannel:
             raise StopAsyncIteration from None
 
 
-class PipelineRun:
-    """One run of a :class:`~trioflow.Pipeline`: what ``pipe.open(source)`` yields.
+class _Sink:
+    """``pipe.run()``'s outbox for the last stage: every item is delivered on arrival."""
 
-    ``run.outputs`` are the last stage's items; ``await run.stop(grace)``
-    ends the run gracefully; ``run.report`` is the :class:`PipelineReport`
-    (live while running, final once the run is over).
-    """
+    __slots__ = ("_ledger",)
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+
+    def send_nowait(self, value: Envelope, /) -> None:
+        self._ledger.settle(value, _DELIVERED)
+
+    async def send(self, value: Envelope, /) -> None:  # pragma: no cover - send_nowait never blocks
+        self.send_nowait(value)
+
+    def close(self) -> None:
+        pass
+
+
+#: How many dead letters a run keeps in ``report.dead_letters`` by default
+#: (without a ``dead_letters=`` channel); the rest are counted.
+MAX_DEAD_LETTERS: Final = 1000
+
+
+class RunEngine:
+    """Everything one run needs; registered as kind ``"pipeline"``."""
 
     kind = "pipeline"
 
@@ -79,52 +107,47 @@ class PipelineRun:
         specs: Sequence[StageSpec],
         source: Iterable[Any] | AsyncIterable[Any],
         dead_letters: trio.MemorySendChannel[DeadLetter] | None,
+        max_dead_letters: int,
         with_outputs: bool,
     ) -> None:
         self.name: Final = name
-        self.ledger: Final = Ledger()
-        self.source_items: int = 0
+        self.specs: Final = tuple(specs)
+        settle = source.settle if isinstance(source, SettlingSource) else None
+        self.ledger: Final = Ledger(settle, self._settle_failed)
         self.failures: list[BaseException] = []
-        self.dead_letters: list[DeadLetter] = []
-        self._dead_letter_channel = dead_letters
-        self._source = source
-        self._scope: Final = trio.CancelScope()
-        self._reader_scope: Final = trio.CancelScope()
-        self._pulling = False
-        self._stopping = False
-        self._done: Final = trio.Event()
-        self._started_at: float | None = None
-        self._ended_at: float | None = None
+        self.kept_letters: list[DeadLetter] = []
+        self.omitted_letters: int = 0
+        self._max_letters = max_dead_letters
+        self._letter_channel = dead_letters
+        self.scope: Final = trio.CancelScope()
+        self.stopping: bool = False
+        self.done: Final = trio.Event()
+        self.started_at: float | None = None
+        self.ended_at: float | None = None
         self._process_ctx: trio_parallel.WorkerContext | None = None
-        self._needs_processes = any(s.executor == "process" for s in specs)
-        #: telemetry (set when the run starts): the run's span, one trace per item?
         self.span: Span = INVALID_SPAN
-        self.trace_items: bool = False
-        self.source_span_name: Final = _spans.span_name("source", name)
-        self.source_links: list[Link] = []
 
-        # Channels: stage i reads _receivers[i]; the reader writes _senders[0];
-        # stage i writes _senders[i + 1] (the outputs channel, for the last
+        # Channels: stage i reads receivers[i]; the reader writes senders[0];
+        # stage i writes senders[i + 1] (the outputs channel, for the last
         # stage of an open() run) or, in run(), a sink that counts delivery.
-        self._senders: list[trio.MemorySendChannel[Envelope]] = []
-        self._receivers: list[trio.MemoryReceiveChannel[Envelope]] = []
+        self.senders: list[trio.MemorySendChannel[Envelope]] = []
+        self.receivers: list[trio.MemoryReceiveChannel[Envelope]] = []
         for spec in specs:
             s, r = trio.open_memory_channel[Envelope](spec.buffer)
-            self._senders.append(s)
-            self._receivers.append(r)
+            self.senders.append(s)
+            self.receivers.append(r)
         s, r = trio.open_memory_channel[Envelope](0)
+        self.outboxes: list[Outbox] = [*self.senders[1:]]
         if with_outputs:
-            self._senders.append(s)
-            self._receivers.append(r)
+            self.senders.append(s)
+            self.receivers.append(r)
+            self.outboxes.append(s)
         else:
             s.close()  # run(): the last stage delivers to a sink; outputs is empty
-        #: the last stage's items (empty for ``pipe.run()``)
-        self.outputs: Final = Outputs(r, self.ledger)
+            self.outboxes.append(_Sink(self.ledger))
+        self.outputs: Final = Outputs[Any](r, self.ledger)
+        self.reader: Final = SourceReader(source, self.senders[0], self.ledger, self.fail, name)
         self.stages: list[StageRun] = []
-        last = len(specs) - 1
-        for i, spec in enumerate(specs):
-            send = self._senders[i + 1].send if i < last or with_outputs else self._sink
-            self.stages.append(StageRun(spec, self, self._receivers[i], send, i == last))
         _registry.register(self)
 
     # -- inspection ------------------------------------------------------------
@@ -136,57 +159,48 @@ class PipelineRun:
         return []
 
     @property
-    def was_cancelled(self) -> bool:
-        """Whether the run's own scope was cancelled (``cancel()``, a failure, or ``stop()``'s grace)."""
-        return self._scope.cancelled_caught
-
-    @property
-    def running(self) -> bool:
-        """Whether the run has started and not yet ended."""
-        return self._started_at is not None and not self._done.is_set()
+    def source_items(self) -> int:
+        return self.reader.read
 
     def __repr__(self) -> str:
-        state = "done" if self._done.is_set() else "stopping" if self._stopping else "running"
+        state = "done" if self.done.is_set() else "stopping" if self.stopping else "running"
         return (
-            f"<trioflow pipeline {self.name!r} {state}, {self.source_items} read, "
-            f"{len(self.stages)} stages>"
+            f"<trioflow pipeline {self.name!r} {state}, {self.reader.read} read, "
+            f"{len(self.specs)} stages>"
         )
 
-    @property
-    def report(self) -> PipelineReport:
-        """What the run did with every source item: final once the run is over.
-
-        While the run is still going it is a snapshot, and ``unfinished``
-        counts the items in flight.
-        """
+    def counts(self) -> dict[str, int]:
+        """Source items by fate, and those in flight (span attributes, metrics)."""
         counts = self.ledger.counts
-        end = self._ended_at
-        if end is None:
-            end = trio.current_time() if self._started_at is not None else 0.0
         settled = sum(counts)
-        unfinished = counts[UNFINISHED] + (self.source_items - settled)
+        out = {"source_items": self.reader.read}
+        for fate in Fate:
+            out[fate.outcome] = counts[fate]
+        out["unfinished"] += self.reader.read - settled
+        return out
+
+    def report(self) -> PipelineReport:
+        counts = self.ledger.counts
+        end = self.ended_at
+        if end is None:
+            end = trio.current_time() if self.started_at is not None else 0.0
+        read = self.reader.read
         return PipelineReport(
-            source_items=self.source_items,
-            outputs=self.stages[-1].sent,
-            skipped=counts[SKIPPED],
-            unfinished=unfinished,
-            dead_letters=tuple(self.dead_letters),
-            elapsed=end - (self._started_at if self._started_at is not None else end),
+            source_items=read,
+            outputs=self.stages[-1].sent if self.stages else 0,
+            skipped=counts[Fate.SKIPPED],
+            unfinished=counts[_UNFINISHED] + (read - sum(counts)),
+            dead_letters=tuple(self.kept_letters),
+            elapsed=end - (self.started_at if self.started_at is not None else end),
             stages={s.name: s.report() for s in self.stages},
-            delivered=counts[DELIVERED],
-            filtered=counts[FILTERED],
-            dead_lettered=counts[DEAD],
+            delivered=counts[_DELIVERED],
+            filtered=counts[Fate.FILTERED],
+            dead_lettered=counts[Fate.DEAD_LETTERED],
+            dead_letters_omitted=self.omitted_letters,
+            pipeline=self.name,
         )
 
-    # -- called by stages --------------------------------------------------------
-
-    async def _sink(self, env: Envelope) -> None:
-        self.ledger.settle(env, DELIVERED)
-
-    def close_output(self, stage: StageRun) -> None:
-        i = self.stages.index(stage) + 1
-        if i < len(self._senders):
-            self._senders[i].close()
+    # -- the stages' ports -------------------------------------------------------
 
     def fail(self, exc: BaseException, where: str, env: Envelope | None) -> None:
         """``on_error="fail"`` (or a failing source): remember why, cancel the whole run."""
@@ -195,13 +209,38 @@ class PipelineRun:
             note += f", on {env!r}"
         exc.add_note(note)
         self.failures.append(exc)
-        self._scope.cancel()
+        self.scope.cancel()
 
-    async def dead_letter(self, letter: DeadLetter) -> None:
-        channel = self._dead_letter_channel
-        if channel is not None:
+    def _settle_failed(self, exc: Exception, item: object) -> None:
+        self.fail(exc, f"source.settle() for the source item {item!r}", None)
+
+    async def dead_letter(self, letter: DeadLetter, env: Envelope) -> None:
+        """Send ``letter`` to the ``dead_letters=`` channel, or keep it (up to the maximum).
+
+        A checkpoint only with a channel. If the channel's receiver is gone,
+        the letter is kept in the report and the run fails with an error
+        that names the channel.
+        """
+        channel = self._letter_channel
+        if channel is None:
+            if len(self.kept_letters) < self._max_letters:
+                self.kept_letters.append(letter)
+            else:
+                self.omitted_letters += 1
+            return
+        try:
             await channel.send(letter)
-        self.dead_letters.append(letter)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.kept_letters.append(letter)
+            error = RuntimeError(
+                f"the dead_letters= channel {channel!r} of pipeline {self.name!r} is closed "
+                f"({type(exc).__name__}): the dead letter of {env!r} from stage "
+                f"{letter.stage!r} is kept in report.dead_letters instead"
+            )
+            error.__cause__ = exc
+            self.fail(error, f"stage {letter.stage!r}", env)
+            return
+        self.omitted_letters += 1
 
     def process_context(self) -> trio_parallel.WorkerContext:
         assert self._process_ctx is not None
@@ -209,18 +248,43 @@ class PipelineRun:
 
     # -- lifecycle -----------------------------------------------------------------
 
+    def _start_telemetry(self) -> RunTelemetry:
+        """Decide once, for the whole run, what telemetry costs per item (nothing when off).
+
+        ``tf.telemetry.use()`` already switched off a side whose provider
+        reports nowhere, so with no SDK there is no hook and no tracing here.
+        """
+        stage_hook = _hooks.stage_hook if _hooks.metrics else None
+        if not _hooks.tracing:
+            return RunTelemetry(stage_hook=stage_hook)
+        span = start_run(self.name, [s.name for s in self.specs])
+        self.span = span
+        trace_items = _hooks.tracing >= _hooks.ITEM
+        if trace_items:
+            self.reader.trace_items(links_to(span))
+        return RunTelemetry(span, trace_items, stage_hook)
+
     async def main(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the pipeline to its end; never raises a stage failure (see :meth:`raise_failure`)."""
-        self._started_at = trio.current_time()
-        if _hooks.tracing:
-            self.span = _telemetry.start_run(self)
-            self.trace_items = _hooks.tracing >= _hooks.ITEM
-            self.source_links = _telemetry.links_to(self.span)
+        self.started_at = trio.current_time()
+        telemetry = self._start_telemetry()
+        for i, spec in enumerate(self.specs):
+            ports = StagePorts(
+                pipeline=self.name,
+                inbox=self.receivers[i],
+                outbox=self.outboxes[i],
+                fail=self.fail,
+                dead_letter=self.dead_letter,
+                ledger=self.ledger,
+                telemetry=telemetry,
+                process_context=self.process_context,
+            )
+            self.stages.append(StageRun(spec, ports))
         raised: BaseException | None = None
         try:
-            with self._scope:
+            with self.scope:
                 async with AsyncExitStack() as stack:
-                    if self._needs_processes:
+                    if any(s.executor == "process" for s in self.specs):
                         import trio_parallel  # pyright: ignore[reportMissingTypeStubs]
 
                         # Worker processes live exactly as long as this run.
@@ -228,9 +292,9 @@ class PipelineRun:
                             trio_parallel.open_worker_context()  # pyright: ignore[reportUnknownMemberType]
                         )
                     async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self._read, name=f"pipeline {self.name}, source")
+                        nursery.start_soon(self.reader.run, name=f"pipeline {self.name}, source")
                         for stage in self.stages:
-                            nursery.start_soon(stage.run_stage, name=f"stage {stage.name}")
+                            nursery.start_soon(run_stage, stage, name=f"stage {stage.name}")
                         task_status.started()
         except Exception as exc:  # pragma: no cover - a bug in trioflow, or the process pool
             self.fail(exc, "runtime", None)
@@ -238,128 +302,145 @@ class PipelineRun:
             raised = exc
             raise
         finally:
-            self._settle_leftovers()
-            self._ended_at = trio.current_time()
+            self._settle_leftovers(raised)
+            self.ended_at = trio.current_time()
             if self.span is not INVALID_SPAN:
-                _telemetry.end_run(self, self.span, raised)
-            self._done.set()
+                end_run(
+                    self.span, self.counts(), raised or self.failure(), self.scope.cancelled_caught
+                )
+            self.done.set()
 
-    async def _read(self) -> None:
-        """Feed source items into the first stage until the source ends or ``stop()``."""
-        send = self._senders[0]
-        try:
-            with self._reader_scope:
-                if self._stopping:
-                    return
-                source = self._source
-                if isinstance(source, AsyncIterable):
-                    await self._read_async(source, send)
-                else:
-                    # _admit, inlined: one coroutine frame less per item.
-                    settle = self.ledger.settle
-                    trace = self.trace_items
-                    span = None
-                    for raw in source:
-                        env = Envelope(self.source_items, raw)
-                        self.source_items += 1
-                        if trace:
-                            span = _telemetry.start_source_span(self, env)
-                        try:
-                            await send.send(env)
-                        except BaseException as exc:
-                            settle(env, UNFINISHED)
-                            if span is not None:
-                                _spans.end_span(span, exc)
-                            raise
-                        if span is not None:
-                            span.end()
-                        if self._stopping:
-                            break
-        except Exception as exc:
-            self.fail(exc, "source", None)
-        finally:
-            send.close()
-
-    async def _read_async(
-        self, source: AsyncIterable[Any], send: trio.MemorySendChannel[Envelope]
-    ) -> None:
-        it = source.__aiter__()
-        try:
-            while True:
-                # Only the wait for the next source item is cancelled by
-                # stop(); an item already read is sent on, within the grace.
-                self._pulling = True
-                try:
-                    raw = await it.__anext__()
-                except StopAsyncIteration:
-                    return
-                finally:
-                    self._pulling = False
-                await self._admit(raw, send)
-                if self._stopping:
-                    return
-        finally:
-            if inspect.isasyncgen(it):
-                await it.aclose()
-
-    async def _admit(self, raw: object, send: trio.MemorySendChannel[Envelope]) -> None:
-        env = Envelope(self.source_items, raw)
-        self.source_items += 1
-        span = _telemetry.start_source_span(self, env) if self.trace_items else None
-        try:
-            await send.send(env)
-        except BaseException as exc:
-            self.ledger.settle(env, UNFINISHED)
-            if span is not None:
-                _spans.end_span(span, exc)
-            raise
-        if span is not None:
-            span.end()
-
-    def _settle_leftovers(self) -> None:
+    def _settle_leftovers(self, exc: BaseException | None) -> None:
         """After every task is done: items still in a channel never finished."""
         ledger = self.ledger
-        for receive in self._receivers:
+        for receive in self.receivers:
             while True:
                 try:
                     env = receive.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                     break
-                ledger.settle(env, UNFINISHED)
-        for send in self._senders:
+                ledger.settle(env, _UNFINISHED, exc)
+        for send in self.senders:
             send.close()
+
+    def stop(self, grace: float) -> None:
+        """Stop reading; give what was admitted ``grace`` seconds, then cancel. Not a checkpoint."""
+        self.stopping = True
+        self.reader.stop()
+        if grace != math.inf:
+            deadline = trio.current_time() + grace
+            if deadline < self.scope.deadline:
+                self.scope.deadline = deadline
+
+    def cancel(self) -> None:
+        self.stopping = True
+        self.reader.stop()
+        self.scope.cancel()
+
+    def failure(self) -> BaseException | None:
+        """What failed the run (one exception, or a group of them), or ``None``."""
+        failures = self.failures
+        if not failures:
+            return None
+        if len(failures) == 1:
+            return failures[0]
+        return BaseExceptionGroup(
+            f"pipeline {self.name!r} failed in {len(failures)} places", failures
+        )
+
+    def raise_failure(self) -> None:
+        """Raise what failed the run (``on_error="fail"`` or the source), if anything did."""
+        failure = self.failure()
+        if failure is not None:
+            raise failure
+
+    async def discard_outputs(self) -> None:
+        """Consume (and count as delivered) outputs nobody reads, so the run can finish."""
+        async for _ in self.outputs:
+            pass
+
+
+class PipelineRun(Generic[Out]):
+    """One run of a :class:`~trioflow.Pipeline`: what ``pipe.open(source)`` yields.
+
+    ``run.outputs`` are the last stage's items; ``await run.stop(grace)``
+    ends the run gracefully; ``run.report`` is the :class:`PipelineReport`
+    (live while running, final once the run is over). Made by
+    :meth:`Pipeline.open`, never directly.
+    """
+
+    __slots__ = ("_engine",)
+
+    _engine: RunEngine
+
+    def __init__(self) -> None:
+        raise TypeError("trioflow.PipelineRun has no public constructor: use Pipeline.open()")
+
+    @property
+    def name(self) -> str:
+        """The pipeline's name."""
+        return self._engine.name
+
+    @property
+    def outputs(self) -> Outputs[Out]:
+        """The last stage's items (empty for ``pipe.run()``)."""
+        return self._engine.outputs
+
+    @property
+    def report(self) -> PipelineReport:
+        """What the run did with every source item: final once the run is over.
+
+        While the run is still going it is a snapshot, and ``unfinished``
+        counts the items in flight.
+        """
+        return self._engine.report()
+
+    @property
+    def dead_letters(self) -> Sequence[DeadLetter]:
+        """The dead letters kept so far (``report.dead_letters``)."""
+        return tuple(self._engine.kept_letters)
+
+    @property
+    def running(self) -> bool:
+        """Whether the run has started and not yet ended."""
+        engine = self._engine
+        return engine.started_at is not None and not engine.done.is_set()
+
+    @property
+    def was_cancelled(self) -> bool:
+        """Whether the run's own scope was cancelled (``cancel()``, a failure, or ``stop()``'s grace)."""
+        return self._engine.scope.cancelled_caught
+
+    def __repr__(self) -> str:
+        return repr(self._engine)
 
     async def stop(self, grace: float = math.inf) -> None:
         """Stop reading the source, let admitted items finish for ``grace`` seconds, then cancel.
 
-        Returns when the run is over. Items that did not finish within the
-        grace period are reported as unfinished. Calling it again (or after
-        the run ended) only shortens the grace. The outputs must still be
-        consumed for the last items to finish.
+        Returns when the run is over. Every item already read from the
+        source goes on into the pipeline; items that did not finish within
+        the grace period are reported as unfinished. Calling it again (or
+        after the run ended) only shortens the grace. The outputs must still
+        be consumed for the last items to finish (read ``run.outputs`` in
+        another task, or call ``stop`` from one).
 
         This is a checkpoint. If ``stop()`` itself is cancelled, the run keeps
         draining with the deadline already set.
 
         Raises:
+          TypeError: if ``grace`` is not a number.
           ValueError: if ``grace`` is negative or NaN.
         """
         if isinstance(grace, bool) or not isinstance(grace, int | float):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise TypeError(f"grace must be a number, got {grace!r} ({type(grace).__name__})")
         if math.isnan(grace) or grace < 0:
             raise ValueError(f"grace must be >= 0, got {grace!r}")
-        self._stopping = True
-        if self._pulling:
-            self._reader_scope.cancel()
-        if grace != math.inf:
-            deadline = trio.current_time() + grace
-            if deadline < self._scope.deadline:
-                self._scope.deadline = deadline
-        await self._done.wait()
+        self._engine.stop(grace)
+        await self._engine.done.wait()
 
     def cancel(self) -> None:
         """End the run at once: everything in flight is reported unfinished. Not a checkpoint."""
-        self._stopping = True
-        self._scope.cancel()
+        self._engine.cancel()
 
     async def wait(self) -> PipelineReport:
         """Wait until the run is over and return the final report.
@@ -369,21 +450,18 @@ class PipelineRun:
         do not call it while another task reads ``run.outputs``. A checkpoint;
         cancelling it leaves the run going.
         """
-        await self.discard_outputs()
-        await self._done.wait()
-        return self.report
+        await self._engine.discard_outputs()
+        await self._engine.done.wait()
+        return self._engine.report()
 
-    def raise_failure(self) -> None:
-        """Raise what failed the run (``on_error="fail"`` or the source), if anything did."""
-        if not self.failures:
-            return
-        if len(self.failures) == 1:
-            raise self.failures[0]
-        raise BaseExceptionGroup(
-            f"pipeline {self.name!r} failed in {len(self.failures)} places", self.failures
-        )
 
-    async def discard_outputs(self) -> None:
-        """Consume (and count as delivered) outputs nobody reads, so the run can finish."""
-        async for _ in self.outputs:
-            pass
+def new_run(engine: RunEngine) -> PipelineRun[Any]:
+    """The public face of ``engine``."""
+    run = cast("PipelineRun[Any]", object.__new__(PipelineRun))
+    run._engine = engine  # pyright: ignore[reportPrivateUsage]
+    return run
+
+
+def engine_of(run: PipelineRun[Any]) -> RunEngine:
+    """The engine behind a run (for the builder and trioflow's own tests)."""
+    return run._engine  # pyright: ignore[reportPrivateUsage]

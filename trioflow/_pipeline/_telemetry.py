@@ -21,11 +21,14 @@ What a run looks like in Jaeger (``docs/jaeger.md`` shows it drawn out):
   runs. A failed attempt that is retried is a ``trioflow.retry`` event on
   it; the error of the last attempt sets its status and ``error.type``.
 * A batch stage gives each item a ``stage {name}`` span that ends when its
-  batch is sent. The stage that then takes the batch starts a *new trace*
-  (a batch has many parents, so, as OpenTelemetry's messaging conventions
-  say, it links instead): ``stage {name}`` with one link per sampled item
-  span in the batch, up to the link limit (``trioflow.batch.links_dropped``
-  counts the rest). Stages after it continue that trace.
+  batch is sent, and, as it sends the batch, starts the batch's own *new
+  trace* (a batch has many parents, so, as OpenTelemetry's messaging
+  conventions say, it links instead): ``batch {name}`` with one link per
+  sampled item span, up to the link limit (``trioflow.batch.links_dropped``
+  counts the rest). The trace ids are copyable both ways:
+  ``trioflow.item.trace_ids`` on the batch span,
+  ``trioflow.batch.trace_id`` on each item span. Stages after it continue
+  the batch's trace.
 
 Sampling: the item's root span is sampled by the configured sampler; an
 item whose root is not sampled gets no further spans at all (so 1 %
@@ -34,109 +37,97 @@ function runs with no current span, so spans it starts are roots of their
 own, subject to the sampler, rather than pieces of a trace as long as the
 run. A batch trace is sampled on its own (links carry no sampling decision).
 
-Costs (``bench/telemetry.py --only pipeline``, 3 trivial stages, see
-``docs/benchmarks/``): tracing off is one flag read per run and per
-worker; ``"stage"`` adds spans per run and stage only (1.01x median);
-``"item"`` at 1% sampling costs one unsampled root span per item, while
-unsampled items keep the fast worker path (1.25-1.35x); every item
-sampled is about 45 µs per span. ``trioflow.stage.duration`` is one SDK
-histogram record per item and stage (~10 µs) while a meter provider is set;
-its hook is ``None`` otherwise.
+Costs (``bench/telemetry.py --only pipeline`` and ``bench/pipeline.py``,
+figures in ``docs/benchmarks/``): with tracing off the run decides once
+that no span is made, and no per-item code of this module runs;
+``"stage"`` adds spans per run and stage only; ``"item"`` costs one
+unsampled root span per item at low sampling rates (microseconds) and tens
+of microseconds per sampled span.
+
+These functions take plain values (names, attributes, spans, envelopes)
+and never import the runtime: the run and its stages call them.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Generator
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Generator, Mapping, Sequence
+from typing import Final
 
 from opentelemetry import context as otel_context
+from opentelemetry import trace
 from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind
+from opentelemetry.util.types import AttributeValue
 
+from ..telemetry import _names as names
 from ..telemetry import _spans
-
-if TYPE_CHECKING:
-    from ._envelope import Envelope
-    from ._runtime import PipelineRun
-    from ._stage import StageRun
+from ._envelope import Envelope
+from ._fate import Fate
 
 __all__ = [
     "end_item",
+    "end_run",
+    "end_stage",
+    "links_to",
     "retry_event",
     "start_item",
+    "start_run",
     "start_source_span",
+    "start_stage",
+    "worker_context",
 ]
 
-EMITTED: Final = "emitted"
-FILTERED: Final = "filtered"
-SKIPPED: Final = "skipped"
-DEAD_LETTERED: Final = "dead_lettered"
-UNFINISHED: Final = "unfinished"
+Attributes = Mapping[str, AttributeValue]
+
+_OUTCOME: Final = names.OUTCOME
 
 
 # -- the run and its stages ------------------------------------------------------
 
 
-def start_run(run: PipelineRun) -> Span:
-    """The ``pipeline {name}`` span, child of the span current in the task that runs it."""
+def start_run(name: str, stages: Sequence[str]) -> Span:
+    """The ``pipeline {name}`` span, child of the span current in the task that runs it.
+
+    ``trioflow.pipeline.stages`` lists the stage names in pipeline order.
+    """
     return _spans.start_span(
-        _spans.span_name("pipeline", run.name),
-        attributes={"trioflow.name": run.name, "trioflow.pipeline.stages": len(run.stages)},
+        _spans.span_name("pipeline", name),
+        attributes={names.PIPELINE_NAME: name, "trioflow.pipeline.stages": tuple(stages)},
     )
 
 
-def end_run(run: PipelineRun, span: Span, exc: BaseException | None) -> None:
+def end_run(
+    span: Span, counts: Mapping[str, int], exc: BaseException | None, cancelled: bool
+) -> None:
     """End the run's span with what became of the source items, and why it failed if it did."""
-    if exc is None and run.failures:
-        failures = run.failures
-        exc = (
-            failures[0]
-            if len(failures) == 1
-            else BaseExceptionGroup(f"pipeline {run.name!r} failed", failures)
-        )
-    report = run.report
-    attributes: dict[str, Any] = {
-        "trioflow.pipeline.source_items": report.source_items,
-        "trioflow.pipeline.delivered": report.delivered,
-        "trioflow.pipeline.filtered": report.filtered,
-        "trioflow.pipeline.skipped": report.skipped,
-        "trioflow.pipeline.dead_lettered": report.dead_lettered,
-        "trioflow.pipeline.unfinished": report.unfinished,
+    attributes: dict[str, AttributeValue] = {
+        f"trioflow.pipeline.{key}": value for key, value in counts.items()
     }
-    if exc is None and run.was_cancelled:
-        attributes["trioflow.cancelled"] = True
+    if exc is None and cancelled:
+        attributes[names.CANCELLED] = True
     _spans.end_span(span, exc, attributes=attributes)
 
 
-def start_stage(stage: StageRun, parent: Span) -> Span:
+def start_stage(name: str, kind: str, attributes: Attributes, parent: Span) -> Span:
     """The stage's ``stage {name}`` span for its whole life in this run, child of the run's."""
     return _spans.start_span(
-        _spans.span_name("stage", stage.name),
+        _spans.span_name("stage", name),
         parent=parent,
-        attributes={**stage.telemetry_attributes, "trioflow.stage.kind": stage.spec.kind},
+        attributes={**attributes, "trioflow.stage.kind": kind},
     )
 
 
-def end_stage(stage: StageRun, span: Span, exc: BaseException | None) -> None:
-    r = stage
+def end_stage(span: Span, counts: Mapping[str, int], exc: BaseException | None) -> None:
+    """End a stage's span with its counts (``trioflow.stage.received``, ``...emitted``...)."""
     _spans.end_span(
         span,
         exc,
-        attributes={
-            "trioflow.stage.received": r.received,
-            "trioflow.stage.emitted": r.emitted,
-            "trioflow.stage.filtered": r.filtered,
-            "trioflow.stage.skipped": r.skipped,
-            "trioflow.stage.failed": r.failed,
-            "trioflow.stage.retried": r.retried,
-            "trioflow.stage.dead_lettered": r.dead_lettered,
-            "trioflow.stage.unfinished": r.unfinished,
-        },
+        attributes={f"trioflow.stage.{key}": value for key, value in counts.items()},
     )
 
 
 @contextlib.contextmanager
-def worker_context(stage: StageRun) -> Generator[None]:
+def worker_context(stage_span: Span, trace_items: bool) -> Generator[None]:
     """What is current in a worker task for its whole life (entered and left in that task).
 
     At ``"stage"`` level: the stage's span. At ``"item"`` level: nothing
@@ -144,22 +135,23 @@ def worker_context(stage: StageRun) -> Generator[None]:
     function's spans under the run; traced items make their own span
     current around the call.
     """
-    run = stage.run
-    if run.trace_items:
+    if trace_items:
         token = otel_context.attach(otel_context.Context())
         try:
             yield
         finally:
             otel_context.detach(token)
     else:
-        with _spans.activate(stage.span):
+        with _spans.activate(stage_span):
             yield
 
 
 # -- one trace per item ------------------------------------------------------------
 
 
-def start_source_span(run: PipelineRun, env: Envelope) -> Span | None:
+def start_source_span(
+    span_name: str, pipeline: str, env: Envelope, links: Sequence[Link]
+) -> Span | None:
     """Start the item's trace as it enters the first stage: ``source {pipeline}`` (PRODUCER).
 
     Puts the span in ``env.ctx`` if it is sampled and returns it (the reader
@@ -168,11 +160,11 @@ def start_source_span(run: PipelineRun, env: Envelope) -> Span | None:
     # The tracer directly (what _spans.start_span(parent=None) does, less two
     # calls): this runs for every source item, sampled or not.
     span = _spans.tracer.start_span(
-        run.source_span_name,
+        span_name,
         context=_spans.EMPTY_CONTEXT,
         kind=SpanKind.PRODUCER,
-        attributes={"trioflow.pipeline": run.name, "trioflow.item.id": env.id},
-        links=run.source_links,
+        attributes={names.PIPELINE_NAME: pipeline, "trioflow.item.id": env.id},
+        links=links,
         record_exception=False,
         set_status_on_exception=False,
     )
@@ -186,60 +178,77 @@ def _sampled(ctx: object) -> bool:
     return isinstance(ctx, Span) and ctx.get_span_context().trace_flags.sampled
 
 
-def start_item(stage: StageRun, env: Envelope) -> Span:
-    """The item's ``stage {name}`` span (CONSUMER) as this stage takes it, or INVALID_SPAN.
+def start_item(span_name: str, attributes: Attributes, env: Envelope) -> Span | None:
+    """The item's ``stage {name}`` span (CONSUMER) as a stage takes it, or ``None``.
 
-    A single item: a child of the item's previous span (``env.ctx``), if
-    that one was sampled. A batch that no stage has traced yet: a new trace
-    linked to its items' spans. The span replaces ``env.ctx``, so the next
-    stage continues from it.
+    A child of the item's previous span (``env.ctx``: the stage before, the
+    source, or the batch's own span), if that one was sampled. The span
+    replaces ``env.ctx``, so the next stage continues from it.
     """
     ctx = env.ctx
-    attributes = stage.telemetry_attributes
-    if ctx is None:
-        parts = env.parts
-        if parts is None:
-            return INVALID_SPAN  # entered before item tracing was on
-        span = _spans.start_batch_span(
-            stage.span_name,
-            [
-                p.ctx.get_span_context()
-                for p in parts
-                if isinstance(p.ctx, Span) and _sampled(p.ctx)
-            ],
-            size=len(parts),
-            attributes={**attributes, "trioflow.item.id": env.id},
-        )
-    elif _sampled(ctx):
-        assert isinstance(ctx, Span)
-        span = _spans.start_span(
-            stage.span_name,
-            kind=SpanKind.CONSUMER,
-            parent=ctx,
-            attributes={**attributes, "trioflow.item.id": env.id},
-        )
-    else:
-        return INVALID_SPAN
+    if not _sampled(ctx):
+        return None
+    assert isinstance(ctx, Span)
+    span = _spans.start_span(
+        span_name,
+        kind=SpanKind.CONSUMER,
+        parent=ctx,
+        attributes={**attributes, "trioflow.item.id": env.id},
+    )
     env.ctx = span
     return span
 
 
-def end_item(span: object, outcome: str, exc: BaseException | None = None) -> None:
-    """The item left the stage: end its span with ``outcome``.
+def _trace_id(span: Span) -> str:
+    return format(span.get_span_context().trace_id, "032x")
 
-    ``span`` is the item's ``env.ctx`` as this stage last saw it: read it
-    *before* handing the item downstream, where the next stage replaces it.
-    Does nothing if this stage started no span (``span`` is then the
-    previous stage's, already ended, or ``None``).
+
+def start_batch(
+    span_name: str, attributes: Attributes, batch: Envelope, item_spans: Sequence[Span | None]
+) -> Span:
+    """A batch's own trace, started as the batch stage sends it: ``batch {stage}`` (CONSUMER).
+
+    A batch has many parents, so (as OpenTelemetry's messaging conventions
+    say for batch receives) it starts a new trace, linked to each sampled
+    item span up to the link limit (``trioflow.batch.links_dropped`` counts
+    the rest). Trace ids are copyable both ways: the batch span lists its
+    items' in ``trioflow.item.trace_ids`` (within the link limit), and
+    each item span gets the batch's in ``trioflow.batch.trace_id``. The span
+    goes into ``batch.ctx``, so the stages after it continue the batch's
+    trace (or, if it is not sampled, trace nothing). End it with
+    :func:`end_item` when the batch has left the stage.
     """
-    if isinstance(span, Span) and span.is_recording():
-        _spans.end_span(span, exc, attributes={"trioflow.outcome": outcome})
+    sampled = [s for s in item_spans if s is not None and s.is_recording()]
+    contexts = [s.get_span_context() for s in sampled]
+    limit = _spans.link_limit()
+    span = _spans.start_batch_span(
+        span_name,
+        contexts,
+        size=len(item_spans),
+        attributes={
+            **attributes,
+            "trioflow.item.id": batch.id,
+            names.ITEM_TRACE_IDS: tuple(
+                dict.fromkeys(format(sc.trace_id, "032x") for sc in contexts[:limit])
+            ),
+        },
+        limit=limit,
+    )
+    if span.is_recording():
+        batch.ctx = span
+        trace_id = _trace_id(span)
+        for s in sampled:
+            s.set_attribute(names.BATCH_TRACE_ID, trace_id)
+    return span
+
+
+def end_item(span: Span, fate: Fate, exc: BaseException | None = None) -> None:
+    """The item left the stage with ``fate``: end its span (``trioflow.outcome``)."""
+    _spans.end_span(span, exc, attributes={_OUTCOME: fate.stage_outcome})
 
 
 def retry_event(attempt: int, exc: BaseException, delay: float) -> None:
     """A failed attempt will be retried: an event on the item's span (current around the call)."""
-    from opentelemetry import trace
-
     span = trace.get_current_span()
     if span.is_recording():
         span.add_event(
@@ -256,3 +265,8 @@ def links_to(span: Span) -> list[Link]:
     """A one-link list to ``span`` if it is sampled, else none."""
     sc = span.get_span_context()
     return [Link(sc)] if sc.is_valid and sc.trace_flags.sampled else []
+
+
+def activate(span: Span | None) -> contextlib.AbstractContextManager[object]:
+    """Make an item's span current around its call (``None``: nothing to do)."""
+    return _spans.activate(INVALID_SPAN if span is None else span)

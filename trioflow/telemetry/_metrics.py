@@ -27,6 +27,7 @@ from opentelemetry import trace
 from opentelemetry.metrics import CallbackOptions, Histogram, Meter, MeterProvider, Observation
 
 from .. import _registry
+from .._pipeline._fate import Fate
 from . import _hooks
 from . import _names as n
 from ._spans import error_type
@@ -209,28 +210,23 @@ def read_task_group(obj: Any) -> Reading:
     }
 
 
-_STAGE_OUTCOMES: Final = ("emitted", "filtered", "skipped", "dead_lettered", "unfinished")
-#: ledger fate index (FILTERED, DELIVERED, SKIPPED, DEAD, UNFINISHED) -> outcome
-_PIPELINE_OUTCOMES: Final = ("filtered", "delivered", "skipped", "dead_lettered", "unfinished")
-
-
 def read_stage(obj: Any) -> Reading:
-    """A pipeline stage of one run: items out by outcome, items queued at its input."""
+    """A pipeline stage of one run: items out by fate (``Fate.stage_outcome``), items queued."""
+    left = list(obj.left)  # one copy: the worker may update it meanwhile
     return {
         "trioflow.stage.items": [
-            ({"trioflow.outcome": outcome}, getattr(obj, outcome)) for outcome in _STAGE_OUTCOMES
+            ({"trioflow.outcome": fate.stage_outcome}, left[fate]) for fate in Fate
         ],
         "trioflow.stage.queue": obj.queued,
     }
 
 
 def read_pipeline(obj: Any) -> Reading:
-    """A pipeline run: source items settled by outcome, and those still in flight."""
+    """A pipeline run: source items settled by fate (``Fate.outcome``), and those in flight."""
     counts = list(obj.ledger.counts)
     return {
         "trioflow.pipeline.items": [
-            ({"trioflow.outcome": outcome}, counts[i])
-            for i, outcome in enumerate(_PIPELINE_OUTCOMES)
+            ({"trioflow.outcome": fate.outcome}, counts[fate]) for fate in Fate
         ],
         "trioflow.pipeline.in_flight": max(0, obj.source_items - sum(counts)),
     }
@@ -266,10 +262,8 @@ def identity(obj: Any) -> dict[str, str]:
         if lane.startswith(prefix):
             lane = lane[len(prefix) :]
         return {n.LIMITER_NAME: parent, n.LANE_NAME: lane}
-    if kind == "stage":
-        return {"trioflow.name": obj.name, "trioflow.pipeline": obj.run.name}
-    if kind == "pipeline":
-        return {"trioflow.name": obj.name}
+    if kind == n.STAGE:
+        return {n.STAGE_NAME: obj.name, n.PIPELINE_NAME: obj.pipeline}
     return {n.NAME_ATTRIBUTE.get(kind, f"trioflow.{kind}.name"): obj.name}
 
 
@@ -376,16 +370,16 @@ def wait_attributes(primitive: object) -> dict[str, str]:
 def make_stage_hook(histogram: Histogram) -> _hooks.StageHook:
     """The hook a pipeline stage calls once per item, recording ``trioflow.stage.duration``.
 
-    Attributes: ``trioflow.name`` (the stage), ``trioflow.pipeline``, and
+    Attributes: ``trioflow.stage.name``, ``trioflow.pipeline.name``, and
     ``error.type`` when the item's last attempt failed. Cost: one SDK
-    histogram record, about 8 µs on this machine (``research/otel.md`` says
-    7 µs idle), per item and stage; it is ``None`` (not called) while
-    metrics are off.
+    histogram record per item and stage (microseconds; see
+    ``docs/benchmarks/telemetry.md``); it is ``None`` while metrics are off
+    or report nowhere, and a run reads it once, when it starts.
     """
     record = histogram.record
 
     def on_item(stage: Any, duration: float, exc: BaseException | None) -> None:
-        attributes: dict[str, str] = stage.telemetry_attributes
+        attributes: dict[str, str] = stage.attributes
         if exc is not None:
             attributes = {**attributes, "error.type": error_type(exc)}
         record(duration, attributes)
