@@ -61,30 +61,6 @@ class StreamEvents:
         if entry is not None:
             self.source.settle(entry, fate, exception)
 
-    def settle_all(self, events: Iterable[dict[str, Any]], fate: str) -> None:
-        for event in events:
-            self.settle(event, fate, None)
-
-    def acknowledging(self, db: Any) -> Any:
-        """``db`` whose ``write_batch`` settles each written event as delivered.
-
-        Until the pipeline settles its source's items itself, this is what
-        acknowledges the written events (a second settle of one entry does
-        nothing, so it stays harmless once it does).
-        """
-        events = self
-
-        class Acknowledging:
-            def __getattr__(self, name: str) -> Any:
-                return getattr(db, name)
-
-            async def write_batch(self, batch: list[dict[str, Any]]) -> int:
-                n = await db.write_batch(batch)
-                events.settle_all(batch, "delivered")
-                return n
-
-        return Acknowledging()
-
 
 async def publish(client: Any, stream: str, events: Iterable[dict[str, Any]]) -> int:
     """Append every event to ``stream`` (pipelined, 500 per round trip)."""

@@ -319,8 +319,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
     async with broker as stream_events, trio.open_nursery() as nursery:
         if stream_events is not None:
-            source = stream_events
-            db = stream_events.acknowledging(db)
+            source = stream_events  # the pipeline settles each entry's fate itself
         port = await nursery.start(api.serve)
         if args.debug_port is not None:
             debug_port = await nursery.start(tf.debug.serve, args.debug_port)

@@ -97,10 +97,7 @@ async def replica(args: argparse.Namespace) -> None:
 
         async def store(batch: list[Any]) -> int:
             rows = [(int(e.fields[b"id"]), index) for e in batch]
-            n = await trio.to_thread.run_sync(write, rows)
-            for e in batch:  # until the pipeline settles its source's items itself
-                source.settle(e, "delivered", None)
-            return n
+            return await trio.to_thread.run_sync(write, rows)
 
         pipe = (
             tf.Pipeline(f"replica-{index}")

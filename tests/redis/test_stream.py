@@ -169,23 +169,43 @@ async def test_bad_arguments(client: Any, name: str) -> None:
 
 
 async def test_feeds_a_real_pipeline(client: Any, name: str) -> None:
-    await _add(client, name, 20)
+    # The pipeline settles every entry it read by itself (tf.SettlingSource):
+    # delivered and filtered entries are acknowledged, dead letters copied to
+    # the dead-letter stream, and what the stop left unfinished stays pending.
+    await _add(client, name, 40)
     seen: list[int] = []
     async with open_stream_source(client, name, "g", consumer="a", count=4, block=0.05) as source:
+        assert isinstance(source, tf.SettlingSource)
 
         async def work(entry: StreamEntry) -> StreamEntry:
-            seen.append(int(entry.fields[b"n"]))
+            n = int(entry.fields[b"n"])
+            seen.append(n)
+            if n % 7 == 3:
+                raise ValueError(f"bad entry {n}")
             return entry
 
-        pipe = tf.Pipeline(name).map(work, workers=3)
+        pipe = (
+            tf.Pipeline(name)
+            .filter(lambda e: int(e.fields[b"n"]) % 5 != 0)
+            .map(work, workers=3, on_error="dead_letter")
+        )
         async with pipe.open(source) as run:
-            n = 0
-            async for entry in run.outputs:
-                source.settle(entry, "delivered", None)  # until the pipeline settles by itself
-                n += 1
-                if n == 20:
+            delivered = 0
+            async for _ in run.outputs:
+                delivered += 1
+                if delivered == 20:
                     await run.stop(grace=5)
-        assert run.report.source_items >= 20
-        assert sorted(seen) == list(range(20))
         await _settled(source)
-    assert await _pending(client, name, "g") == max(0, run.report.source_items - 20)
+        stats = source.statistics()
+    report = run.report
+    assert report.conserved
+    assert report.delivered >= 20
+    assert stats.read == report.source_items
+    assert stats.acked == report.delivered + report.filtered + report.skipped
+    assert stats.dead_lettered == report.dead_lettered > 0
+    assert stats.left_pending == report.unfinished
+    assert len(await client.xrange(source.dead_letter_stream)) == report.dead_lettered
+    # Still pending: the unfinished ones, and what the last read fetched
+    # ahead (at most count=4) that the stop kept from the pipeline.
+    pending = await _pending(client, name, "g")
+    assert report.unfinished <= pending <= report.unfinished + 4
