@@ -219,7 +219,7 @@ def format_group(members: Sequence[TaskInfo]) -> str:
     if len(members) > 1 and first.blocked_on is not None and first.blocked_on.obj is not None:
         distinct = len({id(m.blocked_on.obj) for m in members if m.blocked_on is not None})
         if distinct > 1:
-            what += f", {distinct} distinct objects"
+            what = _ADDRESS.sub("", what) + f", {distinct} distinct objects"
     names = sorted({m.name for m in members})
     shown = ", ".join(json.dumps(n) for n in names[:3])
     if len(names) > 3:
