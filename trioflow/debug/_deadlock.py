@@ -508,7 +508,27 @@ def _task_holds_in_block(task: Task, obj: object) -> bool:
         frames = running_frames(task) or []
         return any(v is obj or _field_is(v, obj) for f in frames for v in f.f_locals.values())
     owners = _owners(task)
-    return any(_in_block(o, obj) for o in owners) or any(_refers(o, obj) for o in owners)
+    if any(_in_block(o, obj) for o in owners) or any(_refers(o, obj) for o in owners):
+        return True
+    return _in_globals(task, obj)
+
+
+def _in_globals(task: Task, obj: object) -> bool:
+    """Does a module global of some frame of ``task`` hold ``obj`` (``API = Limiter()``)?
+
+    Such a holding is deliberate and reachable: the task's code can release it.
+    """
+    from ._dump import iter_frames
+
+    seen: set[int] = set()
+    for f, _owner in iter_frames(task):
+        g = f.f_globals
+        if id(g) in seen:
+            continue
+        seen.add(id(g))
+        if any(v is obj for v in g.values()):
+            return True
+    return False
 
 
 def _suspended_async_gens() -> list[types.AsyncGeneratorType[Any, Any]]:
