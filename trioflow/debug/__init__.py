@@ -14,6 +14,9 @@
 See ``docs/debugging.md``.
 """
 
+# ``TRIOFLOW_DEBUG=...`` in the environment: dumps without changing code (docs/debugging.md).
+from os import environ as _environ
+
 from ._deadlock import Deadlock as Deadlock
 from ._deadlock import Leak as Leak
 from ._deadlock import find_deadlocks as find_deadlocks
@@ -21,6 +24,7 @@ from ._deadlock import find_leaks as find_leaks
 from ._dump import dump_tasks as dump_tasks
 from ._install import Installed as Installed
 from ._install import install as install
+from ._launch import from_environment as _from_environment
 from ._model import SCHEMA_VERSION as SCHEMA_VERSION
 from ._model import BlockedOn as BlockedOn
 from ._model import CreatedBy as CreatedBy
@@ -29,3 +33,6 @@ from ._model import ResourceInfo as ResourceInfo
 from ._model import TaskDump as TaskDump
 from ._model import TaskInfo as TaskInfo
 from ._serve import serve as serve
+
+_from_environment(_environ)
+del _environ, _from_environment

@@ -86,16 +86,19 @@ def _dispatch(signum: int, frame: FrameType | None) -> None:
 
 own_handlers.add(id(_dispatch))
 
-_REGISTRY_FILE = os.path.abspath(_registry.__file__)
-_DEBUG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_HERE = os.path.dirname(os.path.abspath(__file__))
+#: code a dump would re-enter: the registry (its lock) and the dump's own modules
+_REENTRY_FILES = frozenset(
+    [os.path.abspath(_registry.__file__)]
+    + [os.path.join(_HERE, m) for m in ("_dump.py", "_model.py", "_deadlock.py", "_stuck.py")]
+)
 
 
 def _inside_our_locks(frame: FrameType | None) -> bool:
     """Was the interrupted code inside the registry or a dump (which a dump would re-enter)?"""
     f = frame
     while f is not None:
-        name = f.f_code.co_filename
-        if name == _REGISTRY_FILE or name.startswith(_DEBUG_DIR):
+        if f.f_code.co_filename in _REENTRY_FILES:
             return True
         f = f.f_back
     return False
@@ -454,24 +457,61 @@ def install(
       ValueError / TypeError: for a bad parameter, naming it. Everything is
         checked before anything is changed: a failed call leaves no state.
     """
-    signal = _check_signal(signal)
-    fold_above = _check_fold(fold_above)
-    if stuck_after is not None:
-        stuck_after = check_positive_number(stuck_after, "stuck_after")
-    if slow_step is not None:
-        slow_step = check_positive_number(slow_step, "slow_step")
-    if on_deadlock not in _ON_DEADLOCK:
-        raise ValueError(
-            f"on_deadlock must be one of 'warn', 'exit', 'ignore', got {on_deadlock!r}"
-        )
     try:
         trio.lowlevel.current_task()
     except RuntimeError:
+        _validate(signal, stuck_after, slow_step, on_deadlock, file, fold_above)
         raise RuntimeError("install() must be called from inside trio.run") from None
-    if signal is not None and threading.current_thread() is not threading.main_thread():
+    return install_for_run(
+        signal=signal,
+        stuck_after=stuck_after,
+        slow_step=slow_step,
+        on_deadlock=on_deadlock,
+        file=file,
+        fold_above=fold_above,
+    )
+
+
+def install_for_run(
+    *,
+    signal: int | None = _DEFAULT_SIGNAL,
+    stuck_after: float | None = None,
+    slow_step: float | None = None,
+    on_deadlock: str = "warn",
+    file: TextIO | None = None,
+    fold_above: int | None = _DEFAULT_FOLD,
+) -> Installed:
+    """:func:`install` for code that runs inside a run but outside any task
+    (an instrument's ``before_run``, as ``python -m trioflow run`` does)."""
+    args = _validate(signal, stuck_after, slow_step, on_deadlock, file, fold_above)
+    try:
+        trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        raise RuntimeError("install() must be called from inside trio.run") from None
+    if args[0] is not None and threading.current_thread() is not threading.main_thread():
         raise RuntimeError("install(signal=...) must be called from the main thread")
-    if file is not None and not callable(getattr(file, "write", None)):
-        raise_type("file", "a text file or None", file)
-    inst = Installed(signal, stuck_after, slow_step, on_deadlock, file, fold_above)
+    inst = Installed(*args)
     inst._start()  # pyright: ignore[reportPrivateUsage]
     return inst
+
+
+def _validate(
+    signal: object,
+    stuck_after: object,
+    slow_step: object,
+    on_deadlock: object,
+    file: object,
+    fold_above: object,
+) -> tuple[int | None, float | None, float | None, str, TextIO | None, int | None]:
+    sig = _check_signal(signal)
+    fold = _check_fold(fold_above)
+    stuck = None if stuck_after is None else check_positive_number(stuck_after, "stuck_after")
+    slow = None if slow_step is None else check_positive_number(slow_step, "slow_step")
+    if not isinstance(on_deadlock, str) or on_deadlock not in _ON_DEADLOCK:
+        raise ValueError(
+            f"on_deadlock must be one of 'warn', 'exit', 'ignore', got {on_deadlock!r}"
+        )
+    if file is not None and not callable(getattr(file, "write", None)):
+        raise_type("file", "a text file or None", file)
+    out: Any = file
+    return sig, stuck, slow, on_deadlock, out, fold

@@ -167,8 +167,9 @@ class _Pass:
                 key = (id(task), id(task.coro))
                 points = task._schedule_points  # pyright: ignore[reportPrivateUsage]
                 csd = task.custom_sleep_data
-                exact = csd is not None and _is_waiting(csd)
-                if exact:
+                exact = False
+                if csd is not None and _is_waiting(csd):
+                    exact = True
                     since: float = csd.since
                 else:
                     prev = old.get(key)
