@@ -4,6 +4,9 @@
   long, what it holds, who spawned it. ``format()`` / ``format(group=True)``
   / ``to_json()``.
 * :func:`find_deadlocks` — rings in the wait-for graph, jstack-style.
+* :func:`find_stuck` — parked tasks that nothing able to run could ever
+  wake, proved by reachability (Go 1.26's goroutine leak profile), cycles
+  reported as cycles.
 * :func:`find_leaks` — receivers whose senders were all dropped unclosed,
   tokens held after the block that took them was left.
 * :func:`install` — dump on ``SIGUSR1``, spawn records, "all tasks are
@@ -32,6 +35,8 @@ from ._model import FrameInfo as FrameInfo
 from ._model import ResourceInfo as ResourceInfo
 from ._model import TaskDump as TaskDump
 from ._model import TaskInfo as TaskInfo
+from ._reach import Stuck as Stuck
+from ._reach import find_stuck as find_stuck
 from ._serve import serve as serve
 
 _from_environment(_environ)
