@@ -263,3 +263,22 @@ async def test_big_dumps_fold_by_default_and_full_gives_everything() -> None:
         status, text = await get(port, "/debug/tasks?full=1")
         assert text.count("[waiting on event") == 200
         nursery.cancel_scope.cancel()
+
+
+async def test_big_programs_are_answered_by_a_forked_child() -> None:
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(functools.partial(tf.debug.serve, 0, fork_above=50))
+        for i in range(100):
+            nursery.start_soon(trio.Event().wait, name=f"request-{i}")
+        await trio.testing.wait_all_tasks_blocked()
+        status, text = await get(port, "/debug/tasks?full=1")
+        assert status == 200
+        assert text.count("[waiting on event") == 100
+        status, text = await get(port, "/debug/deadlocks")
+        assert status == 200
+        assert "No deadlock found." in text
+        status, text = await get(port, "/debug/tasks?format=json")
+        doc = json.loads(text)
+        jsonschema.validate(doc, SCHEMA)
+        assert len(doc["tasks"]) > 100
+        nursery.cancel_scope.cancel()

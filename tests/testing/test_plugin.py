@@ -169,6 +169,8 @@ def test_plugin_on_a_scratch_file(tmp_path: pathlib.Path) -> None:
     hang = out.split("_ test_hangs _", 1)[1].split("\n_", 1)[0]
     assert "test exceeded trioflow_timeout=0.5s; every task at that moment:" in hang
     assert '"lock-holder" [sleep]' in hang
+    # the reachability analysis runs too: nothing is stuck for good here (a sleep holds the lock)
+    assert "Found one task that nothing can wake" not in hang
     assert "[waiting on lock 'lock'" in hang
     # the loop was blocked: the main thread's stack went straight to stderr,
     # and once the loop ran again the test was dumped and failed as usual
@@ -243,6 +245,18 @@ async def test_a_slow_finisher_gets_its_grace():
 @pytest.mark.trioflow_timeout(0.2)
 async def test_blocks_the_loop_past_the_timeout_then_returns():
     time.sleep(1.0)  # synchronous code: the test cannot be cancelled in time
+
+
+@pytest.mark.trioflow_timeout(0.5)
+async def test_hangs_for_good():
+    done = trio.Event()
+
+    async def child():
+        await done.wait()
+
+    async with trio.open_nursery() as n:
+        n.start_soon(child, name="forever-child")
+    done.set()
 """
 
 
@@ -253,7 +267,11 @@ def test_checks_are_opt_in_with_a_grace_in_time(tmp_path: pathlib.Path) -> None:
         "test_leaks_checked": "FAILED",
         "test_a_slow_finisher_gets_its_grace": "PASSED",
         "test_blocks_the_loop_past_the_timeout_then_returns": "FAILED",
+        "test_hangs_for_good": "FAILED",
     }, proc.stdout + proc.stderr
+    forever = proc.stdout.split("_ test_hangs_for_good _", 1)[1]
+    assert "Found 2 tasks that only each other could wake (a cycle):" in forever
+    assert '"forever-child":' in forever
     late = proc.stdout.split("_ test_blocks_the_loop_past_the_timeout_then_returns _", 1)[1]
     assert "test exceeded trioflow_timeout=0.2s (it took " in late
     assert "time.sleep(1.0)" in late

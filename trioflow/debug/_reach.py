@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import gc
 import math
+import os
 import sys
 import types
 from collections.abc import Iterable
@@ -48,10 +49,10 @@ import trio
 from trio.lowlevel import Task
 
 from .. import _registry
-from ._dump import iter_frames, record, task_info, trio_holders
+from ._dump import iter_frames, record, running_frames, task_info, trio_holders
 from ._model import BlockedOn, TaskInfo
 
-__all__ = ["Stuck", "enclosing_scopes", "find_stuck"]
+__all__ = ["Stuck", "enclosing_scopes", "find_stuck", "find_stuck_except"]
 
 #: waits the world outside the task tree can end
 _EXTERNAL = frozenset(
@@ -73,6 +74,9 @@ _EXTERNAL = frozenset(
     }
 )
 _BY_REFERENCE = frozenset({"event", "condition", "semaphore"})
+_TESTING_DIR = (
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "testing") + os.sep
+)
 _SYSTEM_NAMES = frozenset({"<init>", "<TrioToken.run_sync_soon task>"})
 _CHANNEL = frozenset({"channel receive", "channel send"})
 
@@ -154,9 +158,23 @@ class _Reach:
         self.skip = skip
         #: keeps every reached object alive while its id is in ``seen``
         self._hold: list[object] = []
+        self.opaque: tuple[type, ...] = _OPAQUE
 
-    def add_task(self, task: Task) -> None:
+    def opaque_for(self, task: Task) -> None:
+        """trio's tree of cancel states links every scope of the run: never walk into it."""
+        status = getattr(task, "_cancel_status", None)
+        if status is not None and type(status) not in self.opaque:
+            self.opaque = (*self.opaque, type(status))
+
+    def add_task(self, task: Task, running: bool = False) -> None:
         start: list[object] = []
+        frames = running_frames(task) if running else None
+        if frames is not None:  # a running chain has no cr_await links: read the thread's stack
+            for f in frames:
+                # not trioflow.testing's own frames: the plugin's timeout holds
+                # the test's cancel scope, which would make every task cancellable
+                if not f.f_code.co_filename.startswith(_TESTING_DIR):
+                    start.extend(f.f_locals.values())
         for f, owner in iter_frames(task):
             start.append(owner)
             start.extend(f.f_locals.values())
@@ -164,7 +182,8 @@ class _Reach:
 
     def walk(self, start: Iterable[object]) -> None:
         seen, skip, hold = self.seen, self.skip, self._hold
-        opaque = _OPAQUE
+        opaque = frozenset(self.opaque)
+        frame_type = types.FrameType
         get = gc.get_referents
         stack = list(start)
         while stack:
@@ -174,7 +193,13 @@ class _Reach:
                 continue
             seen.add(i)
             hold.append(o)
-            if isinstance(o, opaque):
+            t = type(o)
+            if t in opaque or isinstance(o, type):
+                continue
+            if t is frame_type:
+                # Its variables only: not f_back (the running task's caller is
+                # trio's run loop, which refers to every task) nor its globals.
+                stack.extend(o.f_locals.values())  # pyright: ignore[reportAttributeAccessIssue, reportUnknownMemberType, reportUnknownArgumentType]
                 continue
             stack.extend(get(o))
 
@@ -183,7 +208,10 @@ class _Reach:
 
 
 def _all_tasks() -> list[Task]:
-    root = trio.lowlevel.current_root_task()
+    try:
+        root = trio.lowlevel.current_root_task()
+    except RuntimeError:
+        root = None
     if root is None:
         raise RuntimeError("find_stuck() must be called from inside trio.run, in its thread")
     out: list[Task] = []
@@ -215,13 +243,13 @@ def _channel_ends(obj: object, kind: str) -> tuple[list[object], int]:
 
 class _Analysis:
     def __init__(self) -> None:
+        self.tasks = _all_tasks()
         try:
             current: Task | None = trio.lowlevel.current_task()
         except RuntimeError:
             current = None
         self.current = current
         now = trio.current_time()
-        self.tasks = _all_tasks()
         objs: dict[int, tuple[BlockedOn, object]] = {}
         self.info: dict[Task, TaskInfo] = {}
         for t in self.tasks:
@@ -230,7 +258,9 @@ class _Analysis:
             pid = None if pt is None else record(pt).id
             self.info[t] = task_info(t, record(t), pid, 0, current, now, False, objs)
         self.live: set[Task] = set()
+        self._ends: dict[tuple[int, str], tuple[list[object], int]] = {}
         self.reach = _Reach()
+        self.reach.opaque_for(self.tasks[0])
         # task groups by the limiter that bounds them (TaskHandle holders)
         self.groups_of: dict[int, list[Any]] = {}
         for g in _registry.live():
@@ -261,9 +291,17 @@ class _Analysis:
             parked = rest
         return parked
 
+    def channel_ends(self, obj: object, kind: str) -> tuple[list[object], int]:
+        """:func:`_channel_ends`, once per channel per analysis (it scans the heap)."""
+        key = (id(getattr(obj, "_state", obj)), kind)
+        found = self._ends.get(key)
+        if found is None:
+            found = self._ends[key] = _channel_ends(obj, kind)
+        return found
+
     def _make_live(self, t: Task) -> None:
         self.live.add(t)
-        self.reach.add_task(t)
+        self.reach.add_task(t, running=t is self.current)
 
     def _starts_live(self, t: Task) -> bool:
         info = self.info[t]
@@ -289,7 +327,9 @@ class _Analysis:
             if not stuck:
                 return None
             names = ", ".join(f'task {self.info[c].id} "{self.info[c].name}"' for c in stuck[:5])
-            return f"its nursery can only close when its children exit, and these never will: {names}"
+            return (
+                f"its nursery can only close when its children exit, and these never will: {names}"
+            )
         if obj is None:
             return None  # nothing known to reason about: assume it can be woken
         if kind in _BY_REFERENCE:
@@ -298,7 +338,7 @@ class _Analysis:
             verb = {"event": "set()", "condition": "notify()", "semaphore": "release()"}[kind]
             return f"no task that can still run refers to it, so none can ever {verb} it"
         if kind in _CHANNEL:
-            ends, count = _channel_ends(obj, kind)
+            ends, count = self.channel_ends(obj, kind)
             if any(e in self.reach for e in ends):
                 return None
             side = "send" if kind == "channel receive" else "receive"
@@ -370,12 +410,13 @@ class _Analysis:
             return [h for h in holders if isinstance(h, Task) and h in stuck]
         targets: list[object] = [obj]
         if b.kind in _CHANNEL:
-            targets = list(_channel_ends(obj, b.kind)[0])
+            targets = list(self.channel_ends(obj, b.kind)[0])
         out: list[Task] = []
         for u in stuck:
             if u is t:
                 continue
             r = _Reach()
+            r.opaque = self.reach.opaque
             r.add_task(u)
             if any(x in r for x in targets):
                 out.append(u)
@@ -399,10 +440,17 @@ def find_stuck() -> list[Stuck]:
     Raises:
       RuntimeError: outside ``trio.run``.
     """
+    return find_stuck_except(())
+
+
+def find_stuck_except(ignore: Iterable[object]) -> list[Stuck]:
+    """:func:`find_stuck`, not counting references to the ``ignore`` objects
+    (the pytest plugin's own cancel scope, which it will use on timeout)."""
     was = gc.isenabled()
     gc.disable()
     try:
         a = _Analysis()
+        a.reach.skip.update(id(o) for o in ignore)
         stuck_tasks = a.run()
         return _report(a, stuck_tasks)
     finally:

@@ -24,7 +24,9 @@ import trio
 from .._util import check_positive_number, raise_type
 from ._deadlock import find_deadlocks, find_leaks
 from ._dump import dump_tasks
+from ._fork import can_fork, in_child
 from ._model import TaskDump
+from ._reach import find_stuck
 
 __all__ = ["serve"]
 
@@ -102,9 +104,19 @@ def _deadlocks_page(server: _Server, query: dict[str, list[str]]) -> _Render:
     dump = dump_tasks()
     deadlocks = find_deadlocks(dump)
     leaks = find_leaks(dump)
+    stuck = find_stuck()
     if fmt == "json":
         doc = {
             "schema": "trioflow.deadlocks/1",
+            "stuck": [
+                {
+                    "kind": st.kind,
+                    "tasks": [t.id for t in st.tasks],
+                    "reasons": st.reasons,
+                    "report": st.format(),
+                }
+                for st in stuck
+            ],
             "deadlocks": [
                 {
                     "tasks": [t.id for t in d.tasks],
@@ -125,6 +137,7 @@ def _deadlocks_page(server: _Server, query: dict[str, list[str]]) -> _Render:
         }
         return lambda: (_JSON, json.dumps(doc).encode())
     text = "\n".join(d.format() for d in deadlocks) or "No deadlock found.\n"
+    text += "\n" + ("\n".join(st.format() for st in stuck) or "No stuck task found.\n")
     text += "\n" + ("\n".join(lk.format() for lk in leaks) or "No leak found.") + "\n"
     return lambda: (_TEXT, text.encode())
 
@@ -146,7 +159,9 @@ class _Server:
         idle_timeout: float,
         cache_for: float,
         fold_above: int | None,
+        fork_above: int | None,
     ) -> None:
+        self.fork_above = fork_above
         self.allow_remote = allow_remote
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
@@ -254,19 +269,31 @@ class _Server:
         page = _ROUTES.get(url.path)
         if page is None:
             return "404 Not Found", _TEXT, b"not found: try /debug/tasks or /debug/deadlocks\n"
+        try:  # every page takes the same parameters: check them before any work
+            _format(query), _flag(query, "full"), _flag(query, "group")
+        except _BadRequest as exc:
+            return "400 Bad Request", _TEXT, f"bad request: {exc}\n".encode()
         key = (url.path, json.dumps(sorted((k, v[-1]) for k, v in query.items())))
         async with self._lock:
             cached = self._cache.get(key)
             if cached is not None and time.monotonic() - cached[0] < self.cache_for:
                 return cached[1]
-            try:
-                render = page(self, query)
-            except _BadRequest as exc:
-                return "400 Bad Request", _TEXT, f"bad request: {exc}\n".encode()
             self.dumps_taken += 1
-            # Rendering (the costly part of a big dump: ~60 MB of JSON at 100k
-            # tasks) runs in a thread; the loop goes on meanwhile.
-            ctype, body = await trio.to_thread.run_sync(render, limiter=self._render)
+            living = trio.lowlevel.current_statistics().tasks_living
+            if self.fork_above is not None and living > self.fork_above and can_fork():
+                # A big program: the whole look (walk, analysis, rendering) in a
+                # forked child; the loop pauses only for the fork.
+                def everything() -> bytes:
+                    ctype, body = page(self, query)()
+                    return ctype.encode() + b"\n" + body
+
+                raw = await in_child(everything)
+                ctype_b, _, body = raw.partition(b"\n")
+                ctype = ctype_b.decode()
+            else:
+                render = page(self, query)
+                # Rendering (~60 MB of JSON at 100k tasks) runs in a thread.
+                ctype, body = await trio.to_thread.run_sync(render, limiter=self._render)
             answer: _Answer = ("200 OK", ctype, body)
             now = time.monotonic()
             self._cache = {k: v for k, v in self._cache.items() if now - v[0] < self.cache_for}
@@ -313,6 +340,7 @@ async def serve(
     idle_timeout: float = 5.0,
     cache_for: float = 1.0,
     fold_above: int | None = 100,
+    fork_above: int | None = 2000,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve task dumps over HTTP until cancelled.
@@ -327,8 +355,9 @@ async def serve(
       doing the same thing when there are more than ``fold_above`` tasks
       (``?full=1`` for every task, ``?group=1`` to fold a small one);
       ``?format=json`` gives the JSON schema'd form (always every task);
-    * ``/debug/deadlocks`` — cycles found by :func:`find_deadlocks` and
-      leaks found by :func:`find_leaks`, as text (``?format=json`` too).
+    * ``/debug/deadlocks`` — cycles found by :func:`find_deadlocks`, tasks
+      nothing can wake found by :func:`find_stuck` and leaks found by
+      :func:`find_leaks`, as text (``?format=json`` too).
 
     Each dump is taken on the loop (a few µs per task) and rendered in a
     worker thread; one dump is taken at a time, and an identical request
@@ -352,6 +381,10 @@ async def serve(
         never; still one dump at a time).
       fold_above: text dumps of more tasks than this are folded; ``None``
         never folds.
+      fork_above: with more live tasks than this, a request is answered by
+        a forked copy of the process (POSIX), so the loop pauses only for
+        the fork rather than for the walk, the analysis and the rendering;
+        ``None`` never forks.
 
     Raises:
       ValueError: for a non-loopback ``host`` without ``allow_remote=True``,
@@ -362,7 +395,9 @@ async def serve(
     idle, cache = _check(
         port, host, allow_remote, max_connections, idle_timeout, cache_for, fold_above
     )
-    server = _Server(allow_remote, max_connections, idle, cache, fold_above)
+    if fork_above is not None and (isinstance(fork_above, bool) or not isinstance(fork_above, int)):
+        raise_type("fork_above", "an int or None", fork_above)
+    server = _Server(allow_remote, max_connections, idle, cache, fold_above, fork_above)
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound: int = listeners[0].socket.getsockname()[1]
     task_status.started(bound)

@@ -22,6 +22,7 @@ import trio
 
 from ..debug._deadlock import all_tasks_asleep, find_deadlocks, loop_may_sleep
 from ..debug._dump import dump_tasks, record_spawn
+from ..debug._reach import find_stuck_except
 from ._leaks import leftover_tasks, live_tasks
 
 __all__ = ["wrap_item"]
@@ -202,6 +203,9 @@ class _Watcher:
             f"trioflow: test exceeded trioflow_timeout={self._timeout}s; "
             f"every task at that moment:\n\n{dump_tasks().format()}"
         )
+        stuck = find_stuck_except([self._scope])
+        if stuck:
+            text += "\n" + "\n".join(st.format() for st in stuck)
         if self._blocked:
             text = f"{self._blocked}\nWhen the loop ran again:\n{text}"
         self._report.append(text)
