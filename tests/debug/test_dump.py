@@ -369,3 +369,56 @@ async def test_the_running_task_shows_its_whole_stack() -> None:
     names = [f.function.rsplit(".", 1)[-1] for f in me.stack]
     assert names[-2:] == ["test_the_running_task_shows_its_whole_stack", "deeper"]
     assert me.stack[-1].filename == __file__
+
+
+async def test_created_by_points_at_the_spawning_line_through_trioflow_and_trio() -> None:
+    """Issue 15: not trioflow/_tasks/_group.py, not the trio.run(...) line."""
+    started = trio.Event()
+
+    async def handler(stream: trio.SocketStream) -> None:
+        started.set()
+        await trio.sleep_forever()
+
+    with tf.debug.install(signal=None):
+        async with trio.open_nursery() as nursery:
+            async with tf.open_task_group(name="jobs") as tg:
+                spawn_line = _line() + 1
+                await tg.spawn(trio.sleep_forever, name="via-spawn")
+                serve_line = _line() + 1
+                listeners = await nursery.start(trio.serve_tcp, handler, 0)
+                port = listeners[0].socket.getsockname()[1]
+                client = await trio.open_tcp_stream("127.0.0.1", port)
+                await started.wait()
+                await trio.testing.wait_all_tasks_blocked()
+                dump = dump_tasks()
+                spawned = by_name(dump, "via-spawn").created_by
+                assert spawned is not None
+                assert spawned.frame is not None
+                assert (spawned.frame.filename, spawned.frame.lineno) == (__file__, spawn_line)
+                handlers = [t for t in dump if t.name.endswith("handler")]
+                assert len(handlers) == 1
+                by_trio = handlers[0].created_by
+                assert by_trio is not None
+                assert by_trio.frame is not None
+                # spawned inside trio's serve_listeners: the line that started serving
+                assert (by_trio.frame.filename, by_trio.frame.lineno) == (__file__, serve_line)
+                tg.cancel_scope.cancel()
+            await client.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_an_exited_creator_is_marked() -> None:
+    with tf.debug.install(signal=None):
+        async with trio.open_nursery() as nursery:
+
+            async def spawner() -> None:
+                nursery.start_soon(trio.sleep_forever, name="orphan")
+
+            nursery.start_soon(spawner, name="spawner")
+            await trio.testing.wait_all_tasks_blocked()
+            orphan = by_name(dump_tasks(), "orphan")
+            assert orphan.created_by is not None
+            assert orphan.created_by.exited
+            assert '(exited)' in orphan.format()
+            assert orphan.to_dict()["created_by"]["exited"] is True
+            nursery.cancel_scope.cancel()

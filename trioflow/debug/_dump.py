@@ -20,6 +20,7 @@ beyond the stamps they already keep.
 
 from __future__ import annotations
 
+import contextvars
 import gc
 import itertools
 import os
@@ -32,6 +33,7 @@ from typing import Any
 
 import trio
 from trio.lowlevel import Task
+from trio.lowlevel import current_task as _current_task
 
 from .. import _registry
 from ._model import BlockedOn, CreatedBy, FrameInfo, ResourceInfo, TaskDump, TaskInfo
@@ -48,13 +50,10 @@ _TRIOFLOW_DIR = os.path.dirname(os.path.dirname(__file__)) + os.sep
 class _Record:
     """What trioflow remembers about one task while it lives."""
 
-    __slots__ = ("created_by", "creator", "id", "ref")
+    __slots__ = ("id", "ref")
 
     def __init__(self, task: Task, tid: int) -> None:
         self.id = tid
-        self.created_by: CreatedBy | None = None
-        #: the spawner's record (its weak ``ref`` tells whether it still lives)
-        self.creator: _Record | None = None
         # No callback: a callback weakref costs ~4 µs per spawn (made and
         # fired); dead entries are swept in bulk instead, and a lookup checks
         # that the entry is really this task (ids are reused after death).
@@ -471,19 +470,18 @@ def task_info(
         blocked_for,
         [],
         parent_id,
-        _created_by(rec),
+        _created_by(task),
         depth,
     )
 
 
-def _created_by(rec: _Record) -> CreatedBy | None:
-    c = rec.created_by
-    creator = rec.creator
-    if c is not None and creator is not None:
-        t = creator.ref()
-        if t is None or getattr(t.coro, "cr_frame", True) is None:
-            return c._replace(exited=True)
-    return c
+def _created_by(task: Task) -> CreatedBy | None:
+    spawned = spawn_record(task)
+    if spawned is None:
+        return None
+    _, parent, where, _seq = spawned
+    exited = getattr(parent.coro, "cr_frame", True) is None
+    return CreatedBy(record(parent).id, parent.name, where, exited)
 
 
 def describe_tasks(
@@ -510,10 +508,21 @@ def describe_tasks(
 
 
 def _ordered(tasks: frozenset[Task]) -> list[Task]:
-    """Siblings by id, newest first: popped from the walk's stack, oldest comes out first."""
+    """Siblings newest first (popped from the walk's stack, oldest comes out first).
+
+    By spawn order where it was recorded, else by id (tasks spawned before
+    recording began are older than any recorded one).
+    """
     if len(tasks) < 2:
         return list(tasks)
-    return sorted(tasks, key=task_id, reverse=True)
+    return sorted(tasks, key=_age, reverse=True)
+
+
+def _age(task: Task) -> tuple[int, int]:
+    spawned = spawn_record(task)
+    if spawned is None:
+        return (0, task_id(task))
+    return (1, spawned[3])
 
 
 _Spot = tuple[types.FrameType, _Code, "types.FrameType | None"]
@@ -619,8 +628,21 @@ def trio_holders(obj: object) -> list[object]:
     return []
 
 
+#: (id of the task, its spawner, the spawning line, spawn order), set in the
+#: task's own context when it is spawned: it lives exactly as long as the task,
+#: costs no weak reference and no registry entry, and a child spawned after
+#: uninstall() (which inherits the context) is told apart by the id.
+_SPAWN: contextvars.ContextVar[tuple[int, Task, FrameInfo | None, int] | None] = (
+    contextvars.ContextVar("trioflow.debug.spawn", default=None)
+)
+_spawn_seq = itertools.count(1)
+#: record_spawn <- the instrument's task_spawned <- Instruments.call <-
+#: spawn_impl <- start_soon / spawn_system_task <- the spawning line
+_SPAWN_DEPTH = 5
+
+
 def record_spawn(task: Task) -> None:
-    """For a ``task_spawned`` instrument: give ``task`` its id and note the line that spawned it.
+    """For a ``task_spawned`` instrument: note who spawned ``task`` and from which line.
 
     The line is the innermost frame of the spawner's own code outside trio
     and trioflow: ``await tg.spawn(...)`` rather than trioflow's
@@ -630,33 +652,58 @@ def record_spawn(task: Task) -> None:
     every frame of the spawner is library code (a handler task started by
     ``trio.serve_tcp``), the line that spawned the spawner is used.
 
-    Costs about a microsecond per spawn (a few frames walked, each code
-    object classified once and cached); nothing per task step.
+    Costs well under a microsecond for a plain ``start_soon`` (one frame
+    read at a known depth, one context variable set); a spawn through
+    library code walks a few frames more (``docs/benchmarks/debug.md``).
+    Nothing per task step.
     """
     try:
-        parent = trio.lowlevel.current_task()
+        parent = _current_task()
     except RuntimeError:  # spawned by the run itself (<init>)
         return
-    prec = record(parent)  # first, so a parent's id is below its children's
-    rec = record(task)
-    rec.creator = prec
-    # sys._getframe(1) is the instrument's hook; the walk starts at its caller.
-    f: types.FrameType | None = sys._getframe(2)  # pyright: ignore[reportPrivateUsage]
+    where: FrameInfo | None = None
+    try:
+        f: types.FrameType | None = sys._getframe(_SPAWN_DEPTH)  # pyright: ignore[reportPrivateUsage]
+    except ValueError:
+        f = None
+    if f is not None:
+        code = f.f_code
+        c = _codes.get(id(code))
+        if c is None:
+            c = _code(code)
+        if c.user:
+            where = c.frames.get(f.f_lasti) or c.frame(f)
+    if where is None:
+        where = _spawn_line(parent)
+    task.context.run(_SPAWN.set, (id(task), parent, where, next(_spawn_seq)))
+
+
+def _spawn_line(parent: Task) -> FrameInfo | None:
+    """The slow path of :func:`record_spawn`: walk the spawner's frames."""
+    f: types.FrameType | None = sys._getframe(3)  # pyright: ignore[reportPrivateUsage]
     coro: Any = parent.coro
     outermost = getattr(coro, "cr_frame", None)
     codes = _codes
-    where: FrameInfo | None = None
     while f is not None:
         code = f.f_code
         c = codes.get(id(code))
         if c is None:
             c = _code(code)
         if c.user:
-            where = c.frame(f)
-            break
+            return c.frame(f)
         if f is outermost:
             break
         f = f.f_back
-    if where is None and prec.created_by is not None:
-        where = prec.created_by.frame
-    rec.created_by = CreatedBy(prec.id, parent.name, where)
+    spawned = spawn_record(parent)
+    return None if spawned is None else spawned[2]
+
+
+def spawn_record(task: Task) -> tuple[int, Task, FrameInfo | None, int] | None:
+    """What :func:`record_spawn` noted for ``task``, or ``None``."""
+    try:
+        value = task.context.get(_SPAWN)
+    except AttributeError:  # pragma: no cover - a task without a context
+        return None
+    if value is None or value[0] != id(task):
+        return None  # inherited from its spawner (spawned while nothing recorded)
+    return value
