@@ -232,7 +232,10 @@ async def test_format_goroutine_style(autojump_clock: trio.testing.MockClock) ->
         (first,) = [t for t in dump.tasks if t.holding == ["limiter 'db'"]]
         others = sorted(t.name for t in dump.tasks if t.name.startswith("enrich") and t != first)
         text = first.format().splitlines()
-        assert text[0] == f"task {first.id} \"{first.name}\" [waiting on limiter 'api', 2.4s]:"
+        assert (
+            text[0]
+            == f"task {first.id} \"{first.name}\" [waiting on limiter 'api' (weight 1 of 1 tokens, 1 borrowed), 2.4s]:"
+        )
         assert text[1] == "LimiterFace.__aenter__(...)"
         assert text[2].startswith("\t")
         assert "trioflow/_admission/_face.py:" in text[2]
@@ -245,8 +248,14 @@ async def test_format_goroutine_style(autojump_clock: trio.testing.MockClock) ->
 
         grouped = dump.format(group=True)
         # enrich-1 and -2 wait on db, held by enrich-0: same stack, same wait
-        assert f'2 tasks [waiting on limiter \'db\', 2.4s]: "{others[0]}", "{others[1]}"' in grouped
-        assert f"1 task [waiting on limiter 'api', 2.4s]: \"{first.name}\"" in grouped
+        assert (
+            f'2 tasks [waiting on limiter \'db\' (weight 1 of 1 tokens, 1 borrowed), 2.4s]: "{others[0]}", "{others[1]}"'
+            in grouped
+        )
+        assert (
+            f"1 task [waiting on limiter 'api' (weight 1 of 1 tokens, 1 borrowed), 2.4s]: \"{first.name}\""
+            in grouped
+        )
         api.release()
         nursery.cancel_scope.cancel()
 
@@ -419,6 +428,20 @@ async def test_an_exited_creator_is_marked() -> None:
             orphan = by_name(dump_tasks(), "orphan")
             assert orphan.created_by is not None
             assert orphan.created_by.exited
-            assert '(exited)' in orphan.format()
+            assert "(exited)" in orphan.format()
             assert orphan.to_dict()["created_by"]["exited"] is True
             nursery.cancel_scope.cancel()
+
+
+def test_a_weight_above_the_capacity_is_flagged() -> None:
+    """A limiter shrunk under a waiter (total_tokens set lower) leaves a weight that never fits."""
+    from trioflow.debug._dump import _weight_detail  # pyright: ignore[reportPrivateUsage]
+
+    class Shrunk:
+        def statistics(self) -> object:
+            return tf.LimiterStatistics(
+                name="api", total_tokens=1, borrowed_tokens=3, tasks_waiting=1, borrowers=()
+            )
+
+    assert _weight_detail(Shrunk(), 2) == "weight 2 of 1 tokens, 3 borrowed: can never fit"
+    assert _weight_detail(object(), 2) == ""

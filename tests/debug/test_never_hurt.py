@@ -269,6 +269,6 @@ async def test_stuck_check_groups_and_names_the_root(
     assert root.startswith("task ")
     assert "'call-upstream', waiting on I/O" in root.splitlines()[0]
     assert "holding limiter 'api': 1000 stuck tasks wait behind it." in root.splitlines()[0]
-    assert "1000 tasks [waiting on limiter 'api', " in text
+    assert "1000 tasks [waiting on limiter 'api' (weight 1 of 1 tokens, 1 borrowed), " in text
     assert '"request-0", "request-1", "request-10" and 997 more names' in text
     assert text.count("\n") < 200  # bounded: no line per task

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextvars
 import gc
 import itertools
+import math
 import os
 import sys
 import time
@@ -448,6 +449,9 @@ def task_info(
         del frames[lib_from + 1 :]
     blocked_on: BlockedOn | None = None
     blocked_for: float | None = None
+    deadline: float | None = None
+    shielded = False
+    detail = ""
     if task is current:
         state = "running"
     elif getattr(task, "_next_send_fn", None) is not None:
@@ -459,8 +463,10 @@ def task_info(
             prim: Any = csd.primitive
             blocked_on = BlockedOn(prim.kind, prim.name, prim)
             blocked_for = max(0.0, now - csd.since)
+            detail = _weight_detail(prim, csd.weight)
         else:
             blocked_on = _classify(wait, lot, csd, trio_objs)
+        deadline, shielded = _scopes(task, now)
     return TaskInfo(
         tid,
         task.name,
@@ -472,7 +478,46 @@ def task_info(
         parent_id,
         _created_by(task),
         depth,
+        deadline,
+        shielded,
+        detail,
     )
+
+
+def _scopes(task: Task, now: float) -> tuple[float | None, bool]:
+    """Seconds to the nearest deadline that can cancel ``task``, and whether a shield is in the way."""
+    deadline = math.inf
+    status: Any = getattr(task, "_cancel_status", None)
+    while status is not None:
+        scope: Any = status._scope
+        d = scope.deadline
+        if d < deadline:
+            deadline = d
+        if scope.shield:
+            return (None if deadline == math.inf else deadline - now), True
+        status = status._parent
+    return (None if deadline == math.inf else deadline - now), False
+
+
+def _weight_detail(prim: Any, weight: int) -> str:
+    """``weight 5 of 3 tokens: can never fit`` for a limiter's waiter; ``""`` otherwise."""
+    stats_fn = getattr(prim, "statistics", None)
+    if stats_fn is None:
+        return ""
+    try:
+        stats = stats_fn()
+    except Exception:
+        return ""
+    total = getattr(stats, "total_tokens", None)
+    if not isinstance(total, int | float) or isinstance(total, bool):
+        return ""
+    borrowed = getattr(stats, "borrowed_tokens", None)
+    text = f"weight {weight} of {total} tokens"
+    if isinstance(borrowed, int):
+        text += f", {borrowed} borrowed"
+    if weight > total:
+        text += ": can never fit"
+    return text
 
 
 def _created_by(task: Task) -> CreatedBy | None:

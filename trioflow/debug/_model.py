@@ -109,22 +109,43 @@ class TaskInfo:
     (or the pytest plugin) is active; ``None`` for tasks spawned before."""
     depth: int = 0
     """How many nurseries deep it sits under the main task."""
+    deadline: float | None = None
+    """For a parked task: seconds until the nearest deadline of the cancel
+    scopes that can cancel it (up to and including the first shielded
+    one; negative if already past), ``None`` if none has a deadline."""
+    shielded: bool = False
+    """For a parked task: a shielded cancel scope encloses it (cancelling
+    the scopes outside the shield does not reach it)."""
+    wait_detail: str = ""
+    """For a waiter on a limiter: ``"weight 5 of 3 tokens, 3 borrowed: can
+    never fit"`` (the waiter's weight, the capacity, what is held; a weight
+    above the capacity is flagged)."""
 
     def header(self) -> str:
         """``task 12 "enrich-3" [waiting on limiter 'api', 2.4s]:``"""
-        if self.state == "blocked":
-            b = self.blocked_on
-            if b is None:
-                what = "blocked"
-            elif b.kind in _VERBLESS:
-                what = b.describe()
-            else:
-                what = f"waiting on {b.describe()}"
-            if self.blocked_for is not None:
-                what += f", {format_seconds(self.blocked_for)}"
+        spent = None if self.blocked_for is None else format_seconds(self.blocked_for)
+        return f"task {self.id} {json.dumps(self.name)} [{self.what(spent)}]:"
+
+    def what(self, spent: str | None) -> str:
+        """What the header's brackets say, with ``spent`` as the time blocked."""
+        if self.state != "blocked":
+            return self.state
+        b = self.blocked_on
+        if b is None:
+            what = "blocked"
+        elif b.kind in _VERBLESS:
+            what = b.describe()
         else:
-            what = self.state
-        return f"task {self.id} {json.dumps(self.name)} [{what}]:"
+            what = f"waiting on {b.describe()}"
+        if self.wait_detail:
+            what += f" ({self.wait_detail})"
+        if spent is not None:
+            what += f", {spent}"
+        if self.deadline is not None:
+            what += f", deadline in {format_seconds(max(0.0, self.deadline))}"
+        if self.shielded:
+            what += ", shielded"
+        return what
 
     def group_key(self) -> tuple[object, ...]:
         """What the task is doing, without object identity (see ``TaskDump.format(group=True)``)."""
@@ -184,6 +205,9 @@ class TaskInfo:
                 },
             },
             "depth": self.depth,
+            "deadline_in": self.deadline,
+            "shielded": self.shielded,
+            "wait_detail": self.wait_detail,
         }
 
 
@@ -210,12 +234,12 @@ def _counted(texts: list[str], total: int) -> list[str]:
 def format_group(members: Sequence[TaskInfo]) -> str:
     """One folded entry: count, what they do, names, ids, one stack, holdings, creators."""
     first = members[0]
-    what = first.header().split(" [", 1)[1].rsplit("]", 1)[0]
-    if first.blocked_for is not None:
-        what = what.rsplit(", ", 1)[0]
-        spans = [m.blocked_for for m in members if m.blocked_for is not None]
+    spent = None
+    spans = [m.blocked_for for m in members if m.blocked_for is not None]
+    if spans:
         lo, hi = format_seconds(min(spans)), format_seconds(max(spans))
-        what += f", {lo}" if lo == hi else f", {lo}..{hi}"
+        spent = lo if lo == hi else f"{lo}..{hi}"
+    what = first.what(spent)
     if len(members) > 1 and first.blocked_on is not None and first.blocked_on.obj is not None:
         distinct = len({id(m.blocked_on.obj) for m in members if m.blocked_on is not None})
         if distinct > 1:
