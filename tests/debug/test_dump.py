@@ -445,3 +445,44 @@ def test_a_weight_above_the_capacity_is_flagged() -> None:
 
     assert _weight_detail(Shrunk(), 2) == "weight 2 of 1 tokens, 3 borrowed: can never fit"
     assert _weight_detail(object(), 2) == ""
+
+
+async def test_deadlines_shields_and_weights() -> None:
+    api = tf.CapacityLimiter(3, name="api")
+    release = trio.Event()
+
+    async def heavy() -> None:
+        await api.acquire(weight=2)
+
+    async def with_deadline() -> None:
+        with trio.move_on_after(30):
+            await trio.Event().wait()
+
+    async def shielded() -> None:
+        with trio.CancelScope(shield=True):
+            await release.wait()  # a shield: only the event ends it
+
+    async with trio.open_nursery() as nursery:
+        await api.acquire(weight=3)
+        try:
+            nursery.start_soon(heavy, name="heavy")
+            nursery.start_soon(with_deadline, name="timed")
+            nursery.start_soon(shielded, name="shielded")
+            await trio.testing.wait_all_tasks_blocked()
+            dump = dump_tasks()
+            waiter = by_name(dump, "heavy")
+            assert waiter.wait_detail == "weight 2 of 3 tokens, 3 borrowed"
+            assert "(weight 2 of 3 tokens, 3 borrowed)" in waiter.header()
+            timed = by_name(dump, "timed")
+            assert timed.deadline is not None
+            assert 25 < timed.deadline <= 30
+            assert ", deadline in " in timed.header()
+            shield = by_name(dump, "shielded")
+            assert shield.shielded
+            assert shield.deadline is None
+            assert shield.header().endswith(", shielded]:")
+            assert {t["name"]: t["shielded"] for t in dump.to_dict()["tasks"]}["shielded"] is True
+        finally:
+            release.set()
+            nursery.cancel_scope.cancel()
+    api.release(weight=3)
