@@ -712,10 +712,7 @@ def record_spawn(task: Task) -> None:
     except ValueError:
         f = None
     if f is not None:
-        code = f.f_code
-        c = _codes.get(id(code))
-        if c is None:
-            c = _code(code)
+        c = _codes.get(id(f.f_code)) or _code(f.f_code)
         if c.user:
             where = c.frames.get(f.f_lasti) or c.frame(f)
     if where is None:
@@ -728,12 +725,8 @@ def _spawn_line(parent: Task) -> FrameInfo | None:
     f: types.FrameType | None = sys._getframe(3)  # pyright: ignore[reportPrivateUsage]
     coro: Any = parent.coro
     outermost = getattr(coro, "cr_frame", None)
-    codes = _codes
     while f is not None:
-        code = f.f_code
-        c = codes.get(id(code))
-        if c is None:
-            c = _code(code)
+        c = _codes.get(id(f.f_code)) or _code(f.f_code)
         if c.user:
             return c.frame(f)
         if f is outermost:

@@ -268,6 +268,23 @@ def format_group(members: Sequence[TaskInfo]) -> str:
     return "\n".join(lines)
 
 
+def ring_report(title: str, tasks: Sequence[TaskInfo], why: Sequence[str]) -> str:
+    """The jstack-style report: per task, what it waits on and ``why[i]``; then the stacks."""
+    lines = [title, "=" * len(title)]
+    for t, reason in zip(tasks, why, strict=True):
+        b = t.blocked_on
+        what = "?" if b is None else b.describe()
+        wait = "" if t.blocked_for is None else f" for {t.blocked_for:.1f}s"
+        lines.append(f'task {t.id} "{t.name}":')
+        lines.append(f"  waiting on {what}{wait},")
+        lines.append(f"  {reason}")
+    lines.append("")
+    sub = "Stacks of the tasks listed above:"
+    lines += [sub, "=" * len(sub)]
+    lines += [t.format() + "\n" for t in tasks]
+    return "\n".join(lines)
+
+
 def describe(kind: str, name: str, obj: object) -> str:
     """trioflow primitives by name; trio's by name (if found) and address, like jstack."""
     text = f"{kind} {name!r}" if name else kind

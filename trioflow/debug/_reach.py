@@ -50,7 +50,7 @@ from trio.lowlevel import Task
 
 from .. import _registry
 from ._dump import iter_frames, record, running_frames, task_info, trio_holders
-from ._model import BlockedOn, TaskInfo
+from ._model import BlockedOn, TaskInfo, ring_report
 
 __all__ = ["Stuck", "enclosing_scopes", "find_stuck", "find_stuck_except"]
 
@@ -116,19 +116,7 @@ class Stuck:
             title = f"Found {n} tasks that only each other could wake (a cycle):"
         else:
             title = "Found one task that nothing can wake:"
-        lines = [title, "=" * len(title)]
-        for i, t in enumerate(self.tasks):
-            b = t.blocked_on
-            what = "?" if b is None else b.describe()
-            wait = "" if t.blocked_for is None else f" for {t.blocked_for:.1f}s"
-            lines.append(f'task {t.id} "{t.name}":')
-            lines.append(f"  waiting on {what}{wait},")
-            lines.append(f"  {self.reasons[i]}")
-        lines.append("")
-        sub = "Stacks of the tasks listed above:"
-        lines += [sub, "=" * len(sub)]
-        lines += [t.format() + "\n" for t in self.tasks]
-        return "\n".join(lines)
+        return ring_report(title, self.tasks, self.reasons)
 
     def __str__(self) -> str:
         return self.format()
@@ -154,7 +142,8 @@ class _Reach:
 
     def __init__(self) -> None:
         self.seen: set[int] = set()
-        skip = {id(m.__dict__) for m in list(sys.modules.values()) if m is not None}
+        modules: list[Any] = list(sys.modules.values())  # may hold None placeholders
+        skip = {id(m.__dict__) for m in modules if m is not None}
         self.skip = skip
         #: keeps every reached object alive while its id is in ``seen``
         self._hold: list[object] = []
@@ -480,8 +469,7 @@ def _report(a: _Analysis, stuck_tasks: list[Task]) -> list[Stuck]:
     for comp in _sccs(set(edges), edges):
         # Start the ring at a task that waits on an object rather than on its
         # nursery, so "a sends to b, b sends to a" is the ring, not a parent.
-        objects = [i for i in comp if a.info[by_id[i]].blocked_on is not None
-                   and a.info[by_id[i]].blocked_on.kind != "nursery"]  # fmt: skip
+        objects = [i for i in comp if _waits_on_object(a.info[by_id[i]])]
         start = min(objects or comp)
         if len(comp) == 1 and start not in edges[start]:
             continue
@@ -507,6 +495,11 @@ def _report(a: _Analysis, stuck_tasks: list[Task]) -> list[Stuck]:
         if ids[t] not in in_cycle:
             out.append(Stuck("task", [a.info[t]], [reasons[t]]))
     return out
+
+
+def _waits_on_object(info: TaskInfo) -> bool:
+    b = info.blocked_on
+    return b is not None and b.kind != "nursery"
 
 
 def _cycle_reason(a: _Analysis, reason: str, nxt: Task) -> str:

@@ -270,7 +270,9 @@ class _Server:
         if page is None:
             return "404 Not Found", _TEXT, b"not found: try /debug/tasks or /debug/deadlocks\n"
         try:  # every page takes the same parameters: check them before any work
-            _format(query), _flag(query, "full"), _flag(query, "group")
+            _format(query)
+            _flag(query, "full")
+            _flag(query, "group")
         except _BadRequest as exc:
             return "400 Bad Request", _TEXT, f"bad request: {exc}\n".encode()
         key = (url.path, json.dumps(sorted((k, v[-1]) for k, v in query.items())))
@@ -301,6 +303,11 @@ class _Server:
             return answer
 
 
+def _check_optional_int(value: object, param: str) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise_type(param, "an int or None", value)
+
+
 def _check(
     port: object,
     host: object,
@@ -324,8 +331,7 @@ def _check(
         raise ValueError(f"max_connections must be >= 1, got {max_connections!r}")
     idle = check_positive_number(idle_timeout, "idle_timeout")
     cache = check_positive_number(cache_for, "cache_for", allow_zero=True)
-    if fold_above is not None and (isinstance(fold_above, bool) or not isinstance(fold_above, int)):
-        raise_type("fold_above", "an int or None", fold_above)
+    _check_optional_int(fold_above, "fold_above")
     if not allow_remote and not _is_loopback(host):
         raise ValueError(f"host must be a loopback address unless allow_remote=True, got {host!r}")
     return idle, cache
@@ -395,8 +401,7 @@ async def serve(
     idle, cache = _check(
         port, host, allow_remote, max_connections, idle_timeout, cache_for, fold_above
     )
-    if fork_above is not None and (isinstance(fork_above, bool) or not isinstance(fork_above, int)):
-        raise_type("fork_above", "an int or None", fork_above)
+    _check_optional_int(fork_above, "fork_above")
     server = _Server(allow_remote, max_connections, idle, cache, fold_above, fork_above)
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound: int = listeners[0].socket.getsockname()[1]

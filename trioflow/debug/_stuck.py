@@ -76,6 +76,7 @@ class StuckScan:
         self.passes = 0
         self.reports = 0
         self.longest_slice = 0.0
+        self.longest_slice_cpu = 0.0
         self.last_pass_slices = 0
         #: loop time the last complete pass took, all slices together
         self.last_pass_cost = 0.0
@@ -92,6 +93,7 @@ class StuckScan:
 
     def _slice(self, p: _Pass | None) -> None:
         t0 = time.perf_counter()
+        c0 = time.thread_time()
         # As in dump_tasks(): a slice allocates a record per task it describes
         # and none of it forms a cycle; a gen-2 collection of a 100k-task heap
         # inside a slice would be the whole pause.
@@ -110,6 +112,9 @@ class StuckScan:
                 gc.enable()
         took = time.perf_counter() - t0
         self.longest_slice = max(self.longest_slice, took)
+        # CPU time of the loop's thread: what the slice cost, without the
+        # time a loaded machine kept the process off the CPU
+        self.longest_slice_cpu = max(self.longest_slice_cpu, time.thread_time() - c0)
         p.slices += 1
         p.cost += took
         if not done:
@@ -157,6 +162,7 @@ class _Pass:
         self.group_of: dict[int, _Group] = {}
         self.holding: dict[int, list[Any]] = {}
         self.external: dict[int, tuple[Task, TaskInfo, float]] = {}
+        self.keys: set[tuple[int, int, int]] = set()
 
     def step(self, deadline: float) -> bool:
         clock = time.perf_counter
@@ -244,15 +250,13 @@ class _Pass:
             g.infos.append(info)
         g.oldest = max(g.oldest, waited)
         self.group_of[id(task)] = g
+        # built here, a slice at a time, rather than over every stuck task at report time
+        self.keys.add((id(task), id(task.coro), task._schedule_points))  # pyright: ignore[reportPrivateUsage]
 
     def _report(self) -> None:
         scan = self.scan
         # "new" is judged on every stuck task, not only the examples
-        keys = {
-            (id(t), id(t.coro), t._schedule_points)  # pyright: ignore[reportPrivateUsage]
-            for t, _w, _e in self.candidates
-            if id(t) in self.group_of
-        }
+        keys = self.keys
         new = keys - scan._reported  # pyright: ignore[reportPrivateUsage]
         scan._reported = keys  # pyright: ignore[reportPrivateUsage]
         if not new:
