@@ -486,3 +486,13 @@ async def test_deadlines_shields_and_weights() -> None:
             release.set()
             nursery.cancel_scope.cancel()
     api.release(weight=3)
+
+
+def test_snake_case_registry_kinds_print_with_a_space() -> None:
+    """Registry kinds are becoming identifiers (rate_limiter); both spellings print the same."""
+    from trioflow.debug._model import describe
+
+    assert describe("rate_limiter", "api", None) == "rate limiter 'api'"
+    assert describe("rate limiter", "api", None) == "rate limiter 'api'"
+    assert describe("task_group", "jobs", None) == "task group 'jobs'"
+    assert describe("wait_all_tasks_blocked", "", None) == "wait_all_tasks_blocked"

@@ -286,7 +286,13 @@ def ring_report(title: str, tasks: Sequence[TaskInfo], why: Sequence[str]) -> st
 
 
 def describe(kind: str, name: str, obj: object) -> str:
-    """trioflow primitives by name; trio's by name (if found) and address, like jstack."""
+    """trioflow primitives by name; trio's by name (if found) and address, like jstack.
+
+    Registry kinds are identifiers (``rate_limiter``); they print with a
+    space (``rate limiter 'api'``). Both spellings are accepted.
+    """
+    if kind != "wait_all_tasks_blocked":
+        kind = kind.replace("_", " ")
     text = f"{kind} {name!r}" if name else kind
     if obj is not None and not hasattr(obj, "_trioflow_holders"):
         text += f" <{id(obj):#x}>"
