@@ -1,6 +1,8 @@
 """How long does a task dump take, and what does trioflow's bookkeeping cost?
 
-1. ``tf.debug.dump_tasks()`` (and ``format()``) on programs of 1k / 10k /
+1. ``tf.debug.dump_tasks()`` (and ``format()``, ``format(group=True)``,
+   ``to_json()``), ``tf.debug.find_stuck()`` and one pass of the stuck-task
+   check (its total loop time and its longest slice) on programs of 1k / 10k /
    100k tasks in mixed states: parked on a trioflow limiter, a trio Lock,
    a memory channel, an Event, sleeping, and runnable; nested two nurseries
    deep. Beside it, stackscope 0.2 (``stackscope.extract(root,
@@ -83,7 +85,17 @@ async def build(nursery: trio.Nursery, n: int) -> list[Any]:
 
 
 def time_dump(n: int, repeats: int, use_stackscope: bool) -> dict[str, float]:
-    out: dict[str, list[float]] = {"dump": [], "dump_cpu": [], "format": [], "stackscope": []}
+    out: dict[str, list[float]] = {
+        "dump": [],
+        "dump_cpu": [],
+        "format": [],
+        "grouped": [],
+        "json": [],
+        "find_stuck": [],
+        "stackscope": [],
+        "stuck_slice": [],
+        "stuck_pass": [],
+    }
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -99,9 +111,18 @@ def time_dump(n: int, repeats: int, use_stackscope: bool) -> dict[str, float]:
                         c1 = time.process_time()
                         d.format()
                         t2 = time.perf_counter()
+                        d.format(group=True)
+                        t3 = time.perf_counter()
+                        d.to_json()
+                        t4 = time.perf_counter()
+                        tf.debug.find_stuck()
+                        t5 = time.perf_counter()
                         out["dump"].append(t1 - t0)
                         out["dump_cpu"].append(c1 - c0)
                         out["format"].append(t2 - t1)
+                        out["grouped"].append(t3 - t2)
+                        out["json"].append(t4 - t3)
+                        out["find_stuck"].append(t5 - t4)
                     elif use_stackscope:
                         t0 = time.perf_counter()
                         st = stackscope.extract(  # pyright: ignore
@@ -109,11 +130,26 @@ def time_dump(n: int, repeats: int, use_stackscope: bool) -> dict[str, float]:
                         )
                         st.format()  # pyright: ignore
                         out["stackscope"].append(time.perf_counter() - t0)
+            # One stuck-task pass (what install(stuck_after=...) runs): every
+            # task parked "long enough", so phase 2 describes all of them.
+            from trioflow.debug._stuck import StuckScan
+
+            scan = StuckScan(1e-9, trio.lowlevel.current_trio_token(), lambda _text: None, _raise)
+            for _ in range(2):  # the second pass sees every task twice: all candidates
+                scan.kick()
+                while scan._busy:  # pyright: ignore[reportPrivateUsage]
+                    await trio.sleep(0)
+            out["stuck_slice"].append(scan.longest_slice)
+            out["stuck_pass"].append(scan.last_pass_cost)
             nursery.cancel_scope.cancel()
             del keep
 
     trio.run(main)
     return {k: statistics.median(v) * 1000 for k, v in out.items() if v}
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc
 
 
 ROUNDS = 50
@@ -208,7 +244,9 @@ def main() -> None:
         res = time_dump(n, reps, use_ss)
         line = (
             f"{n:>7} tasks: dump_tasks {res['dump']:8.1f} ms (CPU {res['dump_cpu']:7.1f} ms)"
-            f"   format {res['format']:8.1f} ms"
+            f"   format {res['format']:8.1f} ms   grouped {res['grouped']:7.1f} ms"
+            f"   to_json {res['json']:8.1f} ms   find_stuck {res['find_stuck']:8.1f} ms"
+            f"   stuck pass {res['stuck_pass']:7.1f} ms in slices of <= {res['stuck_slice']:5.1f} ms"
         )
         if "stackscope" in res:
             ratio = res["stackscope"] / (res["dump"] + res["format"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import signal as _signal
 from collections.abc import Mapping
 from typing import Any
 
@@ -67,7 +68,15 @@ def check_optional_name(value: object, param: str = "name") -> str | None:
     return value
 
 
-def check_signal(value: object, param: str = "signal") -> None:
-    """A signal number (an int, not a bool) or ``None``."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+def check_signal(value: object, param: str = "signal") -> int | None:
+    """A signal number this process can catch (an int, not a bool), or ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
         raise_type(param, "a signal number or None", value)
+    uncatchable = {getattr(_signal, n) for n in ("SIGKILL", "SIGSTOP") if hasattr(_signal, n)}
+    if value not in _signal.valid_signals() or value in uncatchable:
+        raise ValueError(
+            f"{param} must be a signal number this process can catch, got {int(value)!r}"
+        )
+    return int(value)

@@ -232,7 +232,10 @@ async def test_format_goroutine_style(autojump_clock: trio.testing.MockClock) ->
         (first,) = [t for t in dump.tasks if t.holding == ["limiter 'db'"]]
         others = sorted(t.name for t in dump.tasks if t.name.startswith("enrich") and t != first)
         text = first.format().splitlines()
-        assert text[0] == f"task {first.id} \"{first.name}\" [waiting on limiter 'api', 2.4s]:"
+        assert (
+            text[0]
+            == f"task {first.id} \"{first.name}\" [waiting on limiter 'api' (weight 1 of 1 tokens, 1 borrowed), 2.4s]:"
+        )
         assert text[1] == "LimiterFace.__aenter__(...)"
         assert text[2].startswith("\t")
         assert "trioflow/_admission/_face.py:" in text[2]
@@ -245,8 +248,14 @@ async def test_format_goroutine_style(autojump_clock: trio.testing.MockClock) ->
 
         grouped = dump.format(group=True)
         # enrich-1 and -2 wait on db, held by enrich-0: same stack, same wait
-        assert f'2 tasks [waiting on limiter \'db\', 2.4s]: "{others[0]}", "{others[1]}"' in grouped
-        assert f"1 task [waiting on limiter 'api', 2.4s]: \"{first.name}\"" in grouped
+        assert (
+            f'2 tasks [waiting on limiter \'db\' (weight 1 of 1 tokens, 1 borrowed), 2.4s]: "{others[0]}", "{others[1]}"'
+            in grouped
+        )
+        assert (
+            f"1 task [waiting on limiter 'api' (weight 1 of 1 tokens, 1 borrowed), 2.4s]: \"{first.name}\""
+            in grouped
+        )
         api.release()
         nursery.cancel_scope.cancel()
 
@@ -369,3 +378,121 @@ async def test_the_running_task_shows_its_whole_stack() -> None:
     names = [f.function.rsplit(".", 1)[-1] for f in me.stack]
     assert names[-2:] == ["test_the_running_task_shows_its_whole_stack", "deeper"]
     assert me.stack[-1].filename == __file__
+
+
+async def test_created_by_points_at_the_spawning_line_through_trioflow_and_trio() -> None:
+    """Issue 15: not trioflow/_tasks/_group.py, not the trio.run(...) line."""
+    started = trio.Event()
+
+    async def handler(stream: trio.SocketStream) -> None:
+        started.set()
+        await trio.sleep_forever()
+
+    with tf.debug.install(signal=None):
+        async with trio.open_nursery() as nursery:
+            async with tf.open_task_group(name="jobs") as tg:
+                spawn_line = _line() + 1
+                await tg.spawn(trio.sleep_forever, name="via-spawn")
+                serve_line = _line() + 1
+                listeners = await nursery.start(trio.serve_tcp, handler, 0)
+                port = listeners[0].socket.getsockname()[1]
+                client = await trio.open_tcp_stream("127.0.0.1", port)
+                await started.wait()
+                await trio.testing.wait_all_tasks_blocked()
+                dump = dump_tasks()
+                spawned = by_name(dump, "via-spawn").created_by
+                assert spawned is not None
+                assert spawned.frame is not None
+                assert (spawned.frame.filename, spawned.frame.lineno) == (__file__, spawn_line)
+                handlers = [t for t in dump if t.name.endswith("handler")]
+                assert len(handlers) == 1
+                by_trio = handlers[0].created_by
+                assert by_trio is not None
+                assert by_trio.frame is not None
+                # spawned inside trio's serve_listeners: the line that started serving
+                assert (by_trio.frame.filename, by_trio.frame.lineno) == (__file__, serve_line)
+                tg.cancel_scope.cancel()
+            await client.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_an_exited_creator_is_marked() -> None:
+    with tf.debug.install(signal=None):
+        async with trio.open_nursery() as nursery:
+
+            async def spawner() -> None:
+                nursery.start_soon(trio.sleep_forever, name="orphan")
+
+            nursery.start_soon(spawner, name="spawner")
+            await trio.testing.wait_all_tasks_blocked()
+            orphan = by_name(dump_tasks(), "orphan")
+            assert orphan.created_by is not None
+            assert orphan.created_by.exited
+            assert "(exited)" in orphan.format()
+            assert orphan.to_dict()["created_by"]["exited"] is True
+            nursery.cancel_scope.cancel()
+
+
+def test_a_weight_above_the_capacity_is_flagged() -> None:
+    """A limiter shrunk under a waiter (total_tokens set lower) leaves a weight that never fits."""
+    from trioflow.debug._dump import _weight_detail  # pyright: ignore[reportPrivateUsage]
+
+    class Shrunk:
+        def statistics(self) -> object:
+            return tf.LimiterStatistics(
+                name="api", total_tokens=1, borrowed_tokens=3, tasks_waiting=1, borrowers=()
+            )
+
+    assert _weight_detail(Shrunk(), 2) == "weight 2 of 1 tokens, 3 borrowed: can never fit"
+    assert _weight_detail(object(), 2) == ""
+
+
+async def test_deadlines_shields_and_weights() -> None:
+    api = tf.CapacityLimiter(3, name="api")
+    release = trio.Event()
+
+    async def heavy() -> None:
+        await api.acquire(weight=2)
+
+    async def with_deadline() -> None:
+        with trio.move_on_after(30):
+            await trio.Event().wait()
+
+    async def shielded() -> None:
+        with trio.CancelScope(shield=True):
+            await release.wait()  # a shield: only the event ends it
+
+    async with trio.open_nursery() as nursery:
+        await api.acquire(weight=3)
+        try:
+            nursery.start_soon(heavy, name="heavy")
+            nursery.start_soon(with_deadline, name="timed")
+            nursery.start_soon(shielded, name="shielded")
+            await trio.testing.wait_all_tasks_blocked()
+            dump = dump_tasks()
+            waiter = by_name(dump, "heavy")
+            assert waiter.wait_detail == "weight 2 of 3 tokens, 3 borrowed"
+            assert "(weight 2 of 3 tokens, 3 borrowed)" in waiter.header()
+            timed = by_name(dump, "timed")
+            assert timed.deadline is not None
+            assert 25 < timed.deadline <= 30
+            assert ", deadline in " in timed.header()
+            shield = by_name(dump, "shielded")
+            assert shield.shielded
+            assert shield.deadline is None
+            assert shield.header().endswith(", shielded]:")
+            assert {t["name"]: t["shielded"] for t in dump.to_dict()["tasks"]}["shielded"] is True
+        finally:
+            release.set()
+            nursery.cancel_scope.cancel()
+    api.release(weight=3)
+
+
+def test_snake_case_registry_kinds_print_with_a_space() -> None:
+    """Registry kinds are becoming identifiers (rate_limiter); both spellings print the same."""
+    from trioflow.debug._model import describe
+
+    assert describe("rate_limiter", "api", None) == "rate limiter 'api'"
+    assert describe("rate limiter", "api", None) == "rate limiter 'api'"
+    assert describe("task_group", "jobs", None) == "task group 'jobs'"
+    assert describe("wait_all_tasks_blocked", "", None) == "wait_all_tasks_blocked"

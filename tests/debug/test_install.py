@@ -128,11 +128,12 @@ async def test_stuck_task_warning(autojump_clock: trio.testing.MockClock) -> Non
             nursery.cancel_scope.cancel()
     finally:
         inst.uninstall()
+    inst.flush()
     text = out.getvalue()
     assert inst.stuck_reports == 1
-    assert "task" in text
-    assert "'starved' has been waiting on limiter 'api' for " in text
-    assert "(stuck_after=0.2s)" in text
+    assert "trioflow: 1 task parked longer than stuck_after=0.2s, in 1 group" in text
+    assert "1 task [waiting on limiter 'api' (weight 1 of 1 tokens, 1 borrowed), " in text
+    assert '"starved"' in text
     assert "napper" not in text
 
 

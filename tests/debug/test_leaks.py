@@ -139,3 +139,26 @@ async def test_token_kept_by_a_task_that_exited() -> None:
     (gone,) = api.statistics().borrowers
     api.release_on_behalf_of(gone)
     assert find_leaks() == []
+
+
+API = tf.CapacityLimiter(1, name="module-api")
+
+
+async def _reserve_forever() -> None:
+    await API.acquire()  # held on purpose for the task's life, through a module global
+    await _park()
+
+
+async def _park() -> None:
+    await trio.sleep_forever()
+
+
+async def test_a_limiter_held_on_purpose_through_a_module_global_is_no_leak() -> None:
+    """Issue 15: the holder reaches the limiter through its module's globals."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_reserve_forever, name="reserver")
+        await trio.testing.wait_all_tasks_blocked()
+        assert find_leaks() == []
+        nursery.cancel_scope.cancel()
+    (gone,) = API.statistics().borrowers
+    API.release_on_behalf_of(gone)

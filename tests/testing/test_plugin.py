@@ -113,7 +113,7 @@ async def test_blocks_the_loop():
 
 
 def run_pytest(
-    tmp_path: pathlib.Path, body: str, ini: str = ""
+    tmp_path: pathlib.Path, body: str, ini: str = "", *extra: str
 ) -> subprocess.CompletedProcess[str]:
     (tmp_path / "test_scratch.py").write_text(body)
     (tmp_path / "pytest.ini").write_text(f"[pytest]\ntrio_mode = true\n{ini}")
@@ -128,6 +128,7 @@ def run_pytest(
             "-v",
             "-p",
             "no:cacheprovider",
+            *extra,
             "test_scratch.py",
         ],
         capture_output=True,
@@ -143,7 +144,7 @@ def outcomes(stdout: str) -> dict[str, str]:
 
 
 def test_plugin_on_a_scratch_file(tmp_path: pathlib.Path) -> None:
-    proc = run_pytest(tmp_path, SCRATCH)
+    proc = run_pytest(tmp_path, SCRATCH, "trioflow_check = true\n")
     got = outcomes(proc.stdout)
     assert got == {
         "test_clean": "PASSED",
@@ -168,6 +169,8 @@ def test_plugin_on_a_scratch_file(tmp_path: pathlib.Path) -> None:
     hang = out.split("_ test_hangs _", 1)[1].split("\n_", 1)[0]
     assert "test exceeded trioflow_timeout=0.5s; every task at that moment:" in hang
     assert '"lock-holder" [sleep]' in hang
+    # the reachability analysis runs too: nothing is stuck for good here (a sleep holds the lock)
+    assert "Found one task that nothing can wake" not in hang
     assert "[waiting on lock 'lock'" in hang
     # the loop was blocked: the main thread's stack went straight to stderr,
     # and once the loop ran again the test was dumped and failed as usual
@@ -203,7 +206,8 @@ def test_ini_options(tmp_path: pathlib.Path) -> None:
     proc = run_pytest(
         tmp_path,
         body,
-        "trioflow_leak_check = false\ntrioflow_timeout = 0.3\ntrioflow_deadlock_check = false\n",
+        "trioflow_check = true\ntrioflow_leak_check = false\ntrioflow_timeout = 0.3\n"
+        "trioflow_deadlock_check = false\n",
     )
     assert outcomes(proc.stdout) == {"test_leaks": "PASSED", "test_hangs": "FAILED"}, proc.stdout
     assert "exceeded trioflow_timeout=0.3s" in proc.stdout
@@ -212,3 +216,99 @@ def test_ini_options(tmp_path: pathlib.Path) -> None:
     assert "trioflow_timeout ini option must be a number of seconds, got 'soon'" in (
         proc.stdout + proc.stderr
     )
+
+
+OPT_IN = """
+import time
+
+import pytest
+import trio
+
+
+async def test_leaks_unchecked():
+    trio.lowlevel.spawn_system_task(trio.sleep_forever, name="left-behind")
+
+
+@pytest.mark.trioflow_check
+async def test_leaks_checked():
+    trio.lowlevel.spawn_system_task(trio.sleep_forever, name="left-behind")
+
+
+@pytest.mark.trioflow_check
+async def test_a_slow_finisher_gets_its_grace():
+    async def handler():  # a server fixture's handler finishing a 30 ms response
+        await trio.to_thread.run_sync(time.sleep, 0.03)
+
+    trio.lowlevel.spawn_system_task(handler, name="finishing")
+
+
+@pytest.mark.trioflow_timeout(0.2)
+async def test_blocks_the_loop_past_the_timeout_then_returns():
+    time.sleep(1.0)  # synchronous code: the test cannot be cancelled in time
+
+
+@pytest.mark.trioflow_timeout(0.5)
+async def test_hangs_for_good():
+    done = trio.Event()
+
+    async def child():
+        await done.wait()
+
+    async with trio.open_nursery() as n:
+        n.start_soon(child, name="forever-child")
+    done.set()
+"""
+
+
+def test_checks_are_opt_in_with_a_grace_in_time(tmp_path: pathlib.Path) -> None:
+    proc = run_pytest(tmp_path, OPT_IN)
+    assert outcomes(proc.stdout) == {
+        "test_leaks_unchecked": "PASSED",
+        "test_leaks_checked": "FAILED",
+        "test_a_slow_finisher_gets_its_grace": "PASSED",
+        "test_blocks_the_loop_past_the_timeout_then_returns": "FAILED",
+        "test_hangs_for_good": "FAILED",
+    }, proc.stdout + proc.stderr
+    forever = proc.stdout.split("_ test_hangs_for_good _", 1)[1]
+    assert "Found 2 tasks that only each other could wake (a cycle):" in forever
+    assert '"forever-child":' in forever
+    late = proc.stdout.split("_ test_blocks_the_loop_past_the_timeout_then_returns _", 1)[1]
+    assert "test exceeded trioflow_timeout=0.2s (it took " in late
+    assert "time.sleep(1.0)" in late
+    assert "Every task when the test returned:" in late
+
+
+def test_a_grace_of_zero_fails_the_slow_finisher(tmp_path: pathlib.Path) -> None:
+    proc = run_pytest(tmp_path, OPT_IN, "trioflow_leak_grace = 0\n", "-k", "slow_finisher")
+    # settle checkpoints are not enough for a 30 ms thread: with no grace it counts as leaked
+    assert outcomes(proc.stdout) == {"test_a_slow_finisher_gets_its_grace": "FAILED"}, proc.stdout
+
+
+SYNC_PROJECT = """
+def test_plain():
+    assert True
+"""
+
+PROBE_CONFTEST = """
+import sys
+
+
+def pytest_sessionfinish(session):
+    heavy = sorted(
+        m for m in ("trio", "trioflow", "opentelemetry")
+        if m in sys.modules
+    )
+    print("IMPORTED:", heavy, "PLUGIN:", "_trioflow_pytest" in sys.modules)
+"""
+
+
+def test_nothing_is_imported_for_a_project_without_trio(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "conftest.py").write_text(PROBE_CONFTEST)
+    # A project without pytest-trio, anyio's or hypothesis' plugins (each imports trio).
+    others = ("-s", "-p", "no:trio", "-p", "no:anyio", "-p", "no:hypothesispytest")
+    proc = run_pytest(tmp_path, SYNC_PROJECT, "", *others)
+    assert outcomes(proc.stdout) == {"test_plain": "PASSED"}, proc.stdout + proc.stderr
+    assert "IMPORTED: [] PLUGIN: True" in proc.stdout
+    # and `-p no:trioflow` removes the plugin itself
+    proc = run_pytest(tmp_path, SYNC_PROJECT, "", *others, "-p", "no:trioflow")
+    assert "IMPORTED: [] PLUGIN: False" in proc.stdout, proc.stdout + proc.stderr

@@ -4,6 +4,9 @@
   long, what it holds, who spawned it. ``format()`` / ``format(group=True)``
   / ``to_json()``.
 * :func:`find_deadlocks` — rings in the wait-for graph, jstack-style.
+* :func:`find_stuck` — parked tasks that nothing able to run could ever
+  wake, proved by reachability (Go 1.26's goroutine leak profile), cycles
+  reported as cycles.
 * :func:`find_leaks` — receivers whose senders were all dropped unclosed,
   tokens held after the block that took them was left.
 * :func:`install` — dump on ``SIGUSR1``, spawn records, "all tasks are
@@ -18,6 +21,9 @@
 See ``docs/debugging.md``.
 """
 
+# ``TRIOFLOW_DEBUG=...`` in the environment: dumps without changing code (docs/debugging.md).
+from os import environ as _environ
+
 from ._deadlock import Deadlock as Deadlock
 from ._deadlock import Leak as Leak
 from ._deadlock import find_deadlocks as find_deadlocks
@@ -25,6 +31,7 @@ from ._deadlock import find_leaks as find_leaks
 from ._dump import dump_tasks as dump_tasks
 from ._install import Installed as Installed
 from ._install import install as install
+from ._launch import from_environment as _from_environment
 from ._model import SCHEMA_VERSION as SCHEMA_VERSION
 from ._model import BlockedOn as BlockedOn
 from ._model import CreatedBy as CreatedBy
@@ -32,6 +39,11 @@ from ._model import FrameInfo as FrameInfo
 from ._model import ResourceInfo as ResourceInfo
 from ._model import TaskDump as TaskDump
 from ._model import TaskInfo as TaskInfo
+from ._reach import Stuck as Stuck
+from ._reach import find_stuck as find_stuck
 from ._serve import serve as serve
 from ._timeline import Timeline as Timeline
 from ._timeline import record_timeline as record_timeline
+
+_from_environment(_environ)
+del _environ, _from_environment

@@ -29,7 +29,7 @@ import trio
 from trio.lowlevel import Task
 
 from ._dump import dump_tasks
-from ._model import BlockedOn, ResourceInfo, TaskDump, TaskInfo
+from ._model import BlockedOn, ResourceInfo, TaskDump, TaskInfo, ring_report
 
 __all__ = ["Deadlock", "Leak", "all_tasks_asleep", "find_deadlocks", "find_leaks"]
 
@@ -60,20 +60,11 @@ class Deadlock:
             )
         n = len(self.tasks)
         title = f"Found one deadlock ({n} task{'s' if n != 1 else ''}):"
-        lines = [title, "=" * len(title)]
-        for i, t in enumerate(self.tasks):
-            nxt = self.tasks[(i + 1) % n]
-            res = self.resources[i]
-            what = "?" if res is None else res.describe()
-            wait = "" if t.blocked_for is None else f" for {t.blocked_for:.1f}s"
-            lines.append(f'task {t.id} "{t.name}":')
-            lines.append(f"  waiting on {what}{wait},")
-            lines.append(f'  which is held by task {nxt.id} "{nxt.name}"')
-        lines.append("")
-        sub = "Stacks of the tasks listed above:"
-        lines += [sub, "=" * len(sub)]
-        lines += [t.format() + "\n" for t in self.tasks]
-        return "\n".join(lines)
+        held = [
+            f'which is held by task {nxt.id} "{nxt.name}"'
+            for nxt in (self.tasks[(i + 1) % n] for i in range(n))
+        ]
+        return ring_report(title, self.tasks, held)
 
     def __str__(self) -> str:
         return self.format()
@@ -508,7 +499,27 @@ def _task_holds_in_block(task: Task, obj: object) -> bool:
         frames = running_frames(task) or []
         return any(v is obj or _field_is(v, obj) for f in frames for v in f.f_locals.values())
     owners = _owners(task)
-    return any(_in_block(o, obj) for o in owners) or any(_refers(o, obj) for o in owners)
+    if any(_in_block(o, obj) for o in owners) or any(_refers(o, obj) for o in owners):
+        return True
+    return _in_globals(task, obj)
+
+
+def _in_globals(task: Task, obj: object) -> bool:
+    """Does a module global of some frame of ``task`` hold ``obj`` (``API = Limiter()``)?
+
+    Such a holding is deliberate and reachable: the task's code can release it.
+    """
+    from ._dump import iter_frames
+
+    seen: set[int] = set()
+    for f, _owner in iter_frames(task):
+        g = f.f_globals
+        if id(g) in seen:
+            continue
+        seen.add(id(g))
+        if any(v is obj for v in g.values()):
+            return True
+    return False
 
 
 def _suspended_async_gens() -> list[types.AsyncGeneratorType[Any, Any]]:

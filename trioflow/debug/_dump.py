@@ -20,8 +20,10 @@ beyond the stamps they already keep.
 
 from __future__ import annotations
 
+import contextvars
 import gc
 import itertools
+import math
 import os
 import sys
 import time
@@ -32,11 +34,12 @@ from typing import Any
 
 import trio
 from trio.lowlevel import Task
+from trio.lowlevel import current_task as _current_task
 
 from .. import _registry
 from ._model import BlockedOn, CreatedBy, FrameInfo, ResourceInfo, TaskDump, TaskInfo
 
-__all__ = ["dump_tasks", "task_id"]
+__all__ = ["describe_tasks", "dump_tasks", "task_id", "task_info"]
 
 _TRIO_DIR = os.path.dirname(trio.__file__) + os.sep
 _HERE_DIR = os.path.dirname(__file__) + os.sep
@@ -48,11 +51,10 @@ _TRIOFLOW_DIR = os.path.dirname(os.path.dirname(__file__)) + os.sep
 class _Record:
     """What trioflow remembers about one task while it lives."""
 
-    __slots__ = ("created_by", "id", "ref")
+    __slots__ = ("id", "ref")
 
     def __init__(self, task: Task, tid: int) -> None:
         self.id = tid
-        self.created_by: CreatedBy | None = None
         # No callback: a callback weakref costs ~4 µs per spawn (made and
         # fired); dead entries are swept in bulk instead, and a lookup checks
         # that the entry is really this task (ids are reused after death).
@@ -128,9 +130,9 @@ class _Code:
         "frames",
         "hide",
         "library",
-        "machinery",
         "name",
         "self_kind",
+        "user",
         "wait_kind",
     )
 
@@ -140,9 +142,8 @@ class _Code:
         self.filename = code.co_filename
         self.name: str = code.co_qualname
         in_trio = self.filename.startswith(_TRIO_DIR)
-        #: trio's, or trioflow.debug's / trioflow.testing's own instruments:
-        #: skipped when looking for the line that spawned a task
-        self.machinery = in_machinery(self.filename)
+        #: neither trio's nor trioflow's: where a spawn is credited
+        self.user = not (in_trio or self.filename.startswith(_TRIOFLOW_DIR))
         #: trio's or trioflow's own code (not trioflow.debug's)
         self.library = in_trio or (
             self.filename.startswith(_TRIOFLOW_DIR) and not self.filename.startswith(_HERE_DIR)
@@ -340,12 +341,7 @@ def _dump(
     by_task: dict[Task, TaskInfo] = {}
     # id(custom_sleep_data or primitive) -> what waiting on it means
     trio_objs: dict[int, tuple[BlockedOn, object]] = {}
-    codes = _codes
-    make_code = _code
-    is_waiting = _is_waiting
     records = _records
-    coroutine_type = _CoroutineType
-    generator_type = _GeneratorType
 
     # (task, parent id, depth); depth-first, parents before children
     stack: list[tuple[Task, int | None, int]] = []
@@ -361,98 +357,12 @@ def _dump(
         rec = records.get(id(task))
         if rec is None or rec.ref() is not task:
             rec = record(task)
-        tid = rec.id
-        frames: list[FrameInfo] = []
-        lib_from = -1  # start of the innermost run of library frames
-        # the innermost known wait frame, and the nearest frame of user code outside it
-        wait: tuple[types.FrameType, _Code, types.FrameType | None] | None = None
-        lot: tuple[types.FrameType, _Code, types.FrameType | None] | None = None
-        user: types.FrameType | None = None
-        # The coroutine chain, outermost first (what iter_frames() yields),
-        # inlined: this loop is the dump's whole cost.
-        coro: Any = task.coro
-        extra: list[types.FrameType] | None = None
-        if task is current:
-            # A running coroutine chain has no cr_await links: read the
-            # thread's own stack instead (which also shows the exact line a
-            # signal interrupted).
-            extra = running_frames(task)
-        while True:
-            if extra is not None:
-                if not extra:
-                    break
-                f = extra.pop()
-            elif coro is None:
-                break
-            elif type(coro) is coroutine_type:
-                f = coro.cr_frame
-                coro = coro.cr_await
-            elif type(coro) is generator_type:
-                f = coro.gi_frame
-                coro = coro.gi_yieldfrom  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
-            else:  # an async generator's asend/athrow, or something unknown
-                extra = [fr for fr, _ in _iter_from(coro)]
-                extra.reverse()
-                continue
-            if f is None:
-                continue
-            code = f.f_code
-            c = codes.get(id(code))
-            if c is None:
-                c = make_code(code)
-            if c.hide:
-                continue
-            if c.library:
-                if lib_from < 0:
-                    lib_from = len(frames)
-                kind = c.wait_kind
-                if kind is not None:
-                    if kind == "parking lot":
-                        lot = (f, c, user)
-                    else:
-                        wait = (f, c, user)
-            else:
-                lib_from = -1
-                user = f
-            fi = c.frames.get(f.f_lasti)
-            if fi is None:
-                fi = c.frame(f)
-            frames.append(fi)
-        if not full_stacks and 0 <= lib_from < len(frames) - 1:
-            # Keep the library call the task's own code made (``trio.sleep``,
-            # ``LimiterFace.__aenter__``), not the plumbing under it.
-            del frames[lib_from + 1 :]
-        blocked_on: BlockedOn | None = None
-        blocked_for: float | None = None
-        if task is current:
-            state = "running"
-        elif getattr(task, "_next_send_fn", None) is not None:
-            state = "runnable"
-        else:
-            state = "blocked"
-            csd = task.custom_sleep_data
-            if csd is not None and is_waiting(csd):
-                prim: Any = csd.primitive
-                blocked_on = BlockedOn(prim.kind, prim.name, prim)
-                blocked_for = max(0.0, now - csd.since)
-            else:
-                blocked_on = _classify(wait, lot, csd, trio_objs)
-        info = TaskInfo(
-            tid,
-            task.name,
-            state,
-            frames,
-            blocked_on,
-            blocked_for,
-            [],
-            parent_id,
-            rec.created_by,
-            depth,
-        )
+        info = task_info(task, rec, parent_id, depth, current, now, full_stacks, trio_objs)
         infos.append(info)
         by_task[task] = info
         nurseries = task.child_nurseries
         if nurseries:
+            tid = rec.id
             for nursery in reversed(nurseries):
                 for child in _ordered(nursery.child_tasks):
                     stack.append((child, tid, depth + 1))
@@ -461,11 +371,203 @@ def _dump(
     return TaskDump(infos, resources, now, wall)
 
 
+def task_info(
+    task: Task,
+    rec: _Record,
+    parent_id: int | None,
+    depth: int,
+    current: Task | None,
+    now: float,
+    full_stacks: bool,
+    trio_objs: dict[int, tuple[BlockedOn, object]],
+) -> TaskInfo:
+    """One task's entry: its stack, what it waits on and for how long (not its holdings)."""
+    codes = _codes
+    make_code = _code
+    coroutine_type = _CoroutineType
+    generator_type = _GeneratorType
+    tid = rec.id
+    frames: list[FrameInfo] = []
+    lib_from = -1  # start of the innermost run of library frames
+    # the innermost known wait frame, and the nearest frame of user code outside it
+    wait: tuple[types.FrameType, _Code, types.FrameType | None] | None = None
+    lot: tuple[types.FrameType, _Code, types.FrameType | None] | None = None
+    user: types.FrameType | None = None
+    # The coroutine chain, outermost first (what iter_frames() yields),
+    # inlined: this loop is the dump's whole cost.
+    coro: Any = task.coro
+    extra: list[types.FrameType] | None = None
+    if task is current:
+        # A running coroutine chain has no cr_await links: read the
+        # thread's own stack instead (which also shows the exact line a
+        # signal interrupted).
+        extra = running_frames(task)
+    while True:
+        if extra is not None:
+            if not extra:
+                break
+            f = extra.pop()
+        elif coro is None:
+            break
+        elif type(coro) is coroutine_type:
+            f = coro.cr_frame
+            coro = coro.cr_await
+        elif type(coro) is generator_type:
+            f = coro.gi_frame
+            coro = coro.gi_yieldfrom  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+        else:  # an async generator's asend/athrow, or something unknown
+            extra = [fr for fr, _ in _iter_from(coro)]
+            extra.reverse()
+            continue
+        if f is None:
+            continue
+        code = f.f_code
+        c = codes.get(id(code))
+        if c is None:
+            c = make_code(code)
+        if c.hide:
+            continue
+        if c.library:
+            if lib_from < 0:
+                lib_from = len(frames)
+            kind = c.wait_kind
+            if kind is not None:
+                if kind == "parking lot":
+                    lot = (f, c, user)
+                else:
+                    wait = (f, c, user)
+        else:
+            lib_from = -1
+            user = f
+        fi = c.frames.get(f.f_lasti)
+        if fi is None:
+            fi = c.frame(f)
+        frames.append(fi)
+    if not full_stacks and 0 <= lib_from < len(frames) - 1:
+        # Keep the library call the task's own code made (``trio.sleep``,
+        # ``LimiterFace.__aenter__``), not the plumbing under it.
+        del frames[lib_from + 1 :]
+    blocked_on: BlockedOn | None = None
+    blocked_for: float | None = None
+    deadline: float | None = None
+    shielded = False
+    detail = ""
+    if task is current:
+        state = "running"
+    elif getattr(task, "_next_send_fn", None) is not None:
+        state = "runnable"
+    else:
+        state = "blocked"
+        csd = task.custom_sleep_data
+        if csd is not None and _is_waiting(csd):
+            prim: Any = csd.primitive
+            blocked_on = BlockedOn(prim.kind, prim.name, prim)
+            blocked_for = max(0.0, now - csd.since)
+            detail = _weight_detail(prim, csd.weight)
+        else:
+            blocked_on = _classify(wait, lot, csd, trio_objs)
+        deadline, shielded = _scopes(task, now)
+    return TaskInfo(
+        tid,
+        task.name,
+        state,
+        frames,
+        blocked_on,
+        blocked_for,
+        [],
+        parent_id,
+        _created_by(task),
+        depth,
+        deadline,
+        shielded,
+        detail,
+    )
+
+
+def _scopes(task: Task, now: float) -> tuple[float | None, bool]:
+    """Seconds to the nearest deadline that can cancel ``task``, and whether a shield is in the way."""
+    deadline = math.inf
+    status: Any = getattr(task, "_cancel_status", None)
+    while status is not None:
+        scope: Any = status._scope
+        d = scope.deadline
+        if d < deadline:
+            deadline = d
+        if scope.shield:
+            return (None if deadline == math.inf else deadline - now), True
+        status = status._parent
+    return (None if deadline == math.inf else deadline - now), False
+
+
+def _weight_detail(prim: Any, weight: int) -> str:
+    """``weight 5 of 3 tokens: can never fit`` for a limiter's waiter; ``""`` otherwise."""
+    stats_fn = getattr(prim, "statistics", None)
+    if stats_fn is None:
+        return ""
+    try:
+        stats = stats_fn()
+    except Exception:
+        return ""
+    total = getattr(stats, "total_tokens", None)
+    if not isinstance(total, int | float) or isinstance(total, bool):
+        return ""
+    borrowed = getattr(stats, "borrowed_tokens", None)
+    text = f"weight {weight} of {total} tokens"
+    if isinstance(borrowed, int):
+        text += f", {borrowed} borrowed"
+    if weight > total:
+        text += ": can never fit"
+    return text
+
+
+def _created_by(task: Task) -> CreatedBy | None:
+    spawned = spawn_record(task)
+    if spawned is None:
+        return None
+    _, parent, where, _seq = spawned
+    exited = getattr(parent.coro, "cr_frame", True) is None
+    return CreatedBy(record(parent).id, parent.name, where, exited)
+
+
+def describe_tasks(
+    tasks: list[Task], trio_objs: dict[int, tuple[BlockedOn, object]]
+) -> list[TaskInfo]:
+    """Entries for a few chosen tasks, with their holdings, without walking the whole tree.
+
+    ``trio_objs`` is the classification cache of the caller's walk (trio
+    primitives already seen), so holders of trio locks found then count.
+    """
+    try:
+        current: Task | None = trio.lowlevel.current_task()
+    except RuntimeError:
+        current = None
+    now = trio.current_time()
+    by_task: dict[Task, TaskInfo] = {}
+    for t in tasks:
+        parent = t.parent_nursery
+        parent_task = None if parent is None else parent.parent_task
+        pid = None if parent_task is None else record(parent_task).id
+        by_task[t] = task_info(t, record(t), pid, 0, current, now, False, trio_objs)
+    _resources(by_task, trio_objs)
+    return [by_task[t] for t in tasks]
+
+
 def _ordered(tasks: frozenset[Task]) -> list[Task]:
-    """Siblings by id, newest first: popped from the walk's stack, oldest comes out first."""
+    """Siblings newest first (popped from the walk's stack, oldest comes out first).
+
+    By spawn order where it was recorded, else by id (tasks spawned before
+    recording began are older than any recorded one).
+    """
     if len(tasks) < 2:
         return list(tasks)
-    return sorted(tasks, key=task_id, reverse=True)
+    return sorted(tasks, key=_age, reverse=True)
+
+
+def _age(task: Task) -> tuple[int, int]:
+    spawned = spawn_record(task)
+    if spawned is None:
+        return (0, task_id(task))
+    return (1, spawned[3])
 
 
 _Spot = tuple[types.FrameType, _Code, "types.FrameType | None"]
@@ -571,38 +673,76 @@ def trio_holders(obj: object) -> list[object]:
     return []
 
 
-def spawn_frame() -> FrameInfo | None:
-    """The innermost frame of the calling thread outside trio and our instruments."""
-    f: types.FrameType | None = sys._getframe(2)  # pyright: ignore[reportPrivateUsage]
-    codes = _codes
-    while f is not None:
-        code = f.f_code
-        c = codes.get(id(code))
-        if c is None:
-            c = _code(code)
-        if not c.machinery:
-            return c.frame(f)
-        f = f.f_back
-    return None
+#: (id of the task, its spawner, the spawning line, spawn order), set in the
+#: task's own context when it is spawned: it lives exactly as long as the task,
+#: costs no weak reference and no registry entry, and a child spawned after
+#: uninstall() (which inherits the context) is told apart by the id.
+_SPAWN: contextvars.ContextVar[tuple[int, Task, FrameInfo | None, int] | None] = (
+    contextvars.ContextVar("trioflow.debug.spawn", default=None)
+)
+_spawn_seq = itertools.count(1)
+#: record_spawn <- the instrument's task_spawned <- Instruments.call <-
+#: spawn_impl <- start_soon / spawn_system_task <- the spawning line
+_SPAWN_DEPTH = 5
 
 
 def record_spawn(task: Task) -> None:
-    """For a ``task_spawned`` instrument: give ``task`` its id and note its spawner.
+    """For a ``task_spawned`` instrument: note who spawned ``task`` and from which line.
 
-    Costs a few µs per spawn (a walk up the spawner's Python stack to the
-    first frame outside trio); nothing per task step.
+    The line is the innermost frame of the spawner's own code outside trio
+    and trioflow: ``await tg.spawn(...)`` rather than trioflow's
+    ``_group.py``, ``nursery.start_soon(...)`` rather than trio's
+    ``_run.py``. The walk goes up the spawner task's frames only, never
+    into the run loop (whose caller is the ``trio.run(...)`` line); when
+    every frame of the spawner is library code (a handler task started by
+    ``trio.serve_tcp``), the line that spawned the spawner is used.
+
+    Costs a fraction of the spawn itself for a plain ``start_soon`` (one
+    frame read at a known depth, one context variable set: about a fifth of
+    a spawn's instructions, trio's instrument dispatch included); a spawn
+    through library code walks a few frames more
+    (``docs/benchmarks/debug.md``). Nothing per task step.
     """
     try:
-        parent = trio.lowlevel.current_task()
+        parent = _current_task()
     except RuntimeError:  # spawned by the run itself (<init>)
         return
-    parent_id = record(parent).id  # first, so a parent's id is below its children's
-    record(task).created_by = CreatedBy(parent_id, parent.name, spawn_frame())
+    where: FrameInfo | None = None
+    try:
+        f: types.FrameType | None = sys._getframe(_SPAWN_DEPTH)  # pyright: ignore[reportPrivateUsage]
+    except ValueError:
+        f = None
+    if f is not None:
+        c = _codes.get(id(f.f_code)) or _code(f.f_code)
+        if c.user:
+            where = c.frames.get(f.f_lasti) or c.frame(f)
+    if where is None:
+        where = _spawn_line(parent)
+    task.context.run(_SPAWN.set, (id(task), parent, where, next(_spawn_seq)))
 
 
-_TESTING_DIR = os.path.join(os.path.dirname(_HERE_DIR.rstrip(os.sep)), "testing") + os.sep
+def _spawn_line(parent: Task) -> FrameInfo | None:
+    """The slow path of :func:`record_spawn`: walk the spawner's frames."""
+    f: types.FrameType | None = sys._getframe(3)  # pyright: ignore[reportPrivateUsage]
+    coro: Any = parent.coro
+    outermost = getattr(coro, "cr_frame", None)
+    while f is not None:
+        c = _codes.get(id(f.f_code)) or _code(f.f_code)
+        if c.user:
+            return c.frame(f)
+        if f is outermost:
+            break
+        f = f.f_back
+    spawned = spawn_record(parent)
+    return None if spawned is None else spawned[2]
 
 
-def in_machinery(filename: str) -> bool:
-    """trio's code, or the instruments of trioflow.debug / trioflow.testing."""
-    return filename.startswith((_TRIO_DIR, _HERE_DIR, _TESTING_DIR))
+def spawn_record(task: Task) -> tuple[int, Task, FrameInfo | None, int] | None:
+    """What :func:`record_spawn` noted for ``task``, or ``None``."""
+    try:
+        value = task.context.get(_SPAWN)
+    except AttributeError:  # pragma: no cover - a task without a context
+        return None
+    if value is None or value[0] != id(task):
+        return None  # inherited from its spawner (spawned while nothing recorded)
+    return value

@@ -9,6 +9,7 @@ can ask it who holds it).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
@@ -70,7 +71,12 @@ class CreatedBy(NamedTuple):
     task_id: int
     name: str
     frame: FrameInfo | None
-    """The spawner's frame that called ``start_soon``/``start``, if found."""
+    """The line that spawned the task: the innermost frame of the spawner's
+    own code (outside trio and trioflow) that led to the spawn, so a task
+    started by ``tg.spawn`` or by ``trio.serve_tcp`` points at the line
+    that called them; ``None`` if no such frame was found."""
+    exited: bool = False
+    """The spawner had exited when the dump was taken."""
 
 
 @attrs.define(slots=True, eq=False)
@@ -103,22 +109,49 @@ class TaskInfo:
     (or the pytest plugin) is active; ``None`` for tasks spawned before."""
     depth: int = 0
     """How many nurseries deep it sits under the main task."""
+    deadline: float | None = None
+    """For a parked task: seconds until the nearest deadline of the cancel
+    scopes that can cancel it (up to and including the first shielded
+    one; negative if already past), ``None`` if none has a deadline."""
+    shielded: bool = False
+    """For a parked task: a shielded cancel scope encloses it (cancelling
+    the scopes outside the shield does not reach it)."""
+    wait_detail: str = ""
+    """For a waiter on a limiter: ``"weight 5 of 3 tokens, 3 borrowed: can
+    never fit"`` (the waiter's weight, the capacity, what is held; a weight
+    above the capacity is flagged)."""
 
     def header(self) -> str:
         """``task 12 "enrich-3" [waiting on limiter 'api', 2.4s]:``"""
-        if self.state == "blocked":
-            b = self.blocked_on
-            if b is None:
-                what = "blocked"
-            elif b.kind in _VERBLESS:
-                what = b.describe()
-            else:
-                what = f"waiting on {b.describe()}"
-            if self.blocked_for is not None:
-                what += f", {format_seconds(self.blocked_for)}"
+        spent = None if self.blocked_for is None else format_seconds(self.blocked_for)
+        return f"task {self.id} {json.dumps(self.name)} [{self.what(spent)}]:"
+
+    def what(self, spent: str | None) -> str:
+        """What the header's brackets say, with ``spent`` as the time blocked."""
+        if self.state != "blocked":
+            return self.state
+        b = self.blocked_on
+        if b is None:
+            what = "blocked"
+        elif b.kind in _VERBLESS:
+            what = b.describe()
         else:
-            what = self.state
-        return f"task {self.id} {json.dumps(self.name)} [{what}]:"
+            what = f"waiting on {b.describe()}"
+        if self.wait_detail:
+            what += f" ({self.wait_detail})"
+        if spent is not None:
+            what += f", {spent}"
+        if self.deadline is not None:
+            what += f", deadline in {format_seconds(max(0.0, self.deadline))}"
+        if self.shielded:
+            what += ", shielded"
+        return what
+
+    def group_key(self) -> tuple[object, ...]:
+        """What the task is doing, without object identity (see ``TaskDump.format(group=True)``)."""
+        b = self.blocked_on
+        wait = None if b is None else (b.kind, name_shape(b.name))
+        return (self.state, wait, tuple(self.stack))
 
     def format(self) -> str:
         """Go-style: header, frames innermost first, holdings, ``created by``."""
@@ -128,7 +161,8 @@ class TaskInfo:
             lines.append("holding " + ", ".join(self.holding))
         if self.created_by is not None:
             c = self.created_by
-            lines.append(f"created by {json.dumps(c.name)} in task {c.task_id}")
+            gone = " (exited)" if c.exited else ""
+            lines.append(f"created by {json.dumps(c.name)} in task {c.task_id}{gone}")
             if c.frame is not None:
                 lines.append(f"\t{c.frame.filename}:{c.frame.lineno}")
         elif self.parent_id is not None:
@@ -161,6 +195,7 @@ class TaskInfo:
             else {
                 "task_id": c.task_id,
                 "name": c.name,
+                "exited": c.exited,
                 "frame": None
                 if c.frame is None
                 else {
@@ -170,11 +205,94 @@ class TaskInfo:
                 },
             },
             "depth": self.depth,
+            "deadline_in": self.deadline,
+            "shielded": self.shielded,
+            "wait_detail": self.wait_detail,
         }
 
 
+_DIGITS = re.compile(r"\d+")
+_ADDRESS = re.compile(r" <0x[0-9a-f]+>")
+
+
+def name_shape(name: str) -> str:
+    """``"request-17"`` and ``"request-4"`` are the same shape: ``"request-#"``."""
+    return _DIGITS.sub("#", name) if name else name
+
+
+def _counted(texts: list[str], total: int) -> list[str]:
+    """Distinct texts, most common first, each with its count unless all share it."""
+    counts: dict[str, int] = {}
+    for t in texts:
+        counts[t] = counts.get(t, 0) + 1
+    ordered = sorted(counts.items(), key=lambda kv: -kv[1])
+    return [t if n == total == 1 else f"{t} ({n} of {total})" for t, n in ordered[:5]] + (
+        [f"... and {len(ordered) - 5} more"] if len(ordered) > 5 else []
+    )
+
+
+def format_group(members: Sequence[TaskInfo]) -> str:
+    """One folded entry: count, what they do, names, ids, one stack, holdings, creators."""
+    first = members[0]
+    spent = None
+    spans = [m.blocked_for for m in members if m.blocked_for is not None]
+    if spans:
+        lo, hi = format_seconds(min(spans)), format_seconds(max(spans))
+        spent = lo if lo == hi else f"{lo}..{hi}"
+    what = first.what(spent)
+    if len(members) > 1 and first.blocked_on is not None and first.blocked_on.obj is not None:
+        distinct = len({id(m.blocked_on.obj) for m in members if m.blocked_on is not None})
+        if distinct > 1:
+            what = _ADDRESS.sub("", what) + f", {distinct} distinct objects"
+    names = sorted({m.name for m in members})
+    shown = ", ".join(json.dumps(n) for n in names[:3])
+    if len(names) > 3:
+        shown += f" and {len(names) - 3} more names"
+    ids = [m.id for m in members]
+    id_text = ", ".join(str(i) for i in ids[:8]) + (", ..." if len(ids) > 8 else "")
+    n = len(members)
+    lines = [f"{n} task{'s' if n != 1 else ''} [{what}]: {shown}", f"ids {id_text}"]
+    lines += [_frame_text(f) for f in reversed(first.stack)]
+    held = [_ADDRESS.sub("", h) for m in members for h in m.holding]
+    if held:
+        lines.append("holding " + ", ".join(_counted(held, n)))
+    creators: list[str] = []
+    for m in members:
+        c = m.created_by
+        if c is not None:
+            where = "" if c.frame is None else f" at {c.frame.filename}:{c.frame.lineno}"
+            gone = " (exited)" if c.exited else ""
+            creators.append(f"{json.dumps(c.name)}{gone}{where}")
+    if creators:
+        lines.append("created by " + ", ".join(_counted(creators, n)))
+    return "\n".join(lines)
+
+
+def ring_report(title: str, tasks: Sequence[TaskInfo], why: Sequence[str]) -> str:
+    """The jstack-style report: per task, what it waits on and ``why[i]``; then the stacks."""
+    lines = [title, "=" * len(title)]
+    for t, reason in zip(tasks, why, strict=True):
+        b = t.blocked_on
+        what = "?" if b is None else b.describe()
+        wait = "" if t.blocked_for is None else f" for {t.blocked_for:.1f}s"
+        lines.append(f'task {t.id} "{t.name}":')
+        lines.append(f"  waiting on {what}{wait},")
+        lines.append(f"  {reason}")
+    lines.append("")
+    sub = "Stacks of the tasks listed above:"
+    lines += [sub, "=" * len(sub)]
+    lines += [t.format() + "\n" for t in tasks]
+    return "\n".join(lines)
+
+
 def describe(kind: str, name: str, obj: object) -> str:
-    """trioflow primitives by name; trio's by name (if found) and address, like jstack."""
+    """trioflow primitives by name; trio's by name (if found) and address, like jstack.
+
+    Registry kinds are identifiers (``rate_limiter``); they print with a
+    space (``rate limiter 'api'``). Both spellings are accepted.
+    """
+    if kind != "wait_all_tasks_blocked":
+        kind = kind.replace("_", " ")
     text = f"{kind} {name!r}" if name else kind
     if obj is not None and not hasattr(obj, "_trioflow_holders"):
         text += f" <{id(obj):#x}>"
@@ -257,36 +375,21 @@ class TaskDump:
         """Goroutine-style text.
 
         Args:
-          group: fold tasks with the same state, wait and stack into one
-            entry with a count (like Go's ``debug=1``), largest group first.
+          group: fold tasks that do the same thing into one entry with a
+            count (like Go's ``debug=1``), largest group first. "The same
+            thing" is the same state, the same kind of wait on a primitive
+            whose name has the same shape (digits aside), and the same stack:
+            990 request tasks each waiting on their own ``Event`` are one
+            group of 990. A group keeps what its tasks hold and who created
+            them, with counts.
         """
         head = f"trioflow task dump: {len(self.tasks)} tasks\n"
         if not group:
             return head + "\n\n".join(t.format() for t in self.tasks) + "\n"
         groups: dict[tuple[object, ...], list[TaskInfo]] = {}
         for t in self.tasks:
-            b = t.blocked_on
-            key = (t.state, None if b is None else (b.kind, b.name, id(b.obj)), tuple(t.stack))
-            groups.setdefault(key, []).append(t)
-        out: list[str] = []
-        for members in sorted(groups.values(), key=len, reverse=True):
-            first = members[0]
-            what = first.header().split(" [", 1)[1].rsplit("]", 1)[0]
-            if first.blocked_for is not None:
-                what = what.rsplit(", ", 1)[0]
-                spans = [m.blocked_for for m in members if m.blocked_for is not None]
-                lo, hi = format_seconds(min(spans)), format_seconds(max(spans))
-                what += f", {lo}" if lo == hi else f", {lo}..{hi}"
-            names = sorted({m.name for m in members})
-            shown = ", ".join(json.dumps(n) for n in names[:3])
-            if len(names) > 3:
-                shown += f" and {len(names) - 3} more names"
-            ids = [m.id for m in members]
-            id_text = ", ".join(str(i) for i in ids[:8]) + (", ..." if len(ids) > 8 else "")
-            count = f"{len(members)} task{'s' if len(members) != 1 else ''}"
-            lines = [f"{count} [{what}]: {shown}", f"ids {id_text}"]
-            lines += [_frame_text(f) for f in reversed(first.stack)]
-            out.append("\n".join(lines))
+            groups.setdefault(t.group_key(), []).append(t)
+        out = [format_group(members) for members in sorted(groups.values(), key=len, reverse=True)]
         return head + "\n\n".join(out) + "\n"
 
     def to_dict(self) -> dict[str, Any]:

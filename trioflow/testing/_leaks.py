@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection
 
 import trio
 from trio.lowlevel import Task
 
+from .._util import check_positive_number
 from ..debug._dump import dump_tasks, task_id
 from ..debug._model import TaskInfo
 
@@ -43,22 +45,48 @@ def _subtree(task: Task) -> set[Task]:
     return out
 
 
-async def leftover_tasks(baseline: Collection[Task], *, settle: int = 50) -> list[TaskInfo]:
+async def leftover_tasks(
+    baseline: Collection[Task], *, settle: int = 50, grace: float = 1.0
+) -> list[TaskInfo]:
     """Tasks alive now that were not in ``baseline``, other than the caller and its children.
 
-    Gives tasks that are finishing up to ``settle`` checkpoints to exit
-    first (goleak retries the same way), then returns their dump entries.
+    Tasks that are finishing up get time to exit first: ``settle``
+    checkpoints (for tasks one step from the end), then up to ``grace``
+    seconds of wall-clock time (for a server-fixture handler finishing a
+    30 ms response, a thread coming back) — goleak retries the same way.
+    The grace is real time, not trio's clock, so it works under a
+    ``MockClock``; it returns as soon as nothing is left.
     The caller's own subtree is left out: a task that can still wait for
     its children is not leaking them.
 
-    This is a checkpoint (``settle`` times, at most).
+    This is a checkpoint (many times, while it waits). Cancelling it
+    cancels the wait; nothing is left behind.
+
+    Raises:
+      ValueError / TypeError: for a bad ``settle`` or ``grace``.
     """
+    if isinstance(settle, bool) or not isinstance(settle, int):  # pyright: ignore[reportUnnecessaryIsInstance]
+        raise TypeError(f"settle must be an int, got {settle!r}")
+    if settle < 0:
+        raise ValueError(f"settle must be >= 0, got {settle!r}")
+    grace = check_positive_number(grace, "grace", allow_zero=True)
     me = trio.lowlevel.current_task()
+    deadline = time.monotonic() + grace
     left: set[Task] = set()
-    for _ in range(max(1, settle)):
+    rounds = 0
+    while True:
         left = live_tasks() - set(baseline) - _subtree(me) - {me}
         if not left:
             return []
-        await trio.lowlevel.checkpoint()
+        rounds += 1
+        if rounds <= settle:
+            await trio.lowlevel.checkpoint()
+            continue
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        # Real time passes in a worker thread, so the loop keeps running
+        # (and polling I/O) meanwhile, whatever clock the run uses.
+        await trio.to_thread.run_sync(time.sleep, min(0.005, remaining))
     ids = {task_id(t) for t in left}
     return [t for t in dump_tasks().tasks if t.id in ids]

@@ -1,9 +1,10 @@
-"""trioflow's pytest plugin: fail tests that leak tasks, dump tasks when a test hangs.
+"""What trioflow's pytest plugin does to a trio test that opted in.
 
-Registered through the ``pytest11`` entry point (see :mod:`trioflow.testing`
-for what it does and how to configure it). It wraps the async test function
-*before* pytest-trio turns it into a ``trio.run`` call, so everything here
-runs inside the test's own run, in the test's task.
+The plugin pytest loads is ``_trioflow_pytest`` (a top-level module, so that
+merely having trioflow installed imports nothing); it calls :func:`wrap_item`
+for a trio test that opted into the checks or has a timeout. The wrapper is
+applied *before* pytest-trio turns the test into a ``trio.run`` call, so
+everything here runs inside the test's own run, in the test's task.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import functools
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,39 +22,24 @@ import trio
 
 from ..debug._deadlock import all_tasks_asleep, find_deadlocks, loop_may_sleep
 from ..debug._dump import dump_tasks, record_spawn
+from ..debug._reach import find_stuck_except
 from ._leaks import leftover_tasks, live_tasks
+
+__all__ = ["wrap_item"]
 
 _GRACE = 2.0  # seconds to wait for the dump before printing the main thread's stack
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addini(
-        "trioflow_leak_check",
-        "fail a trio test that leaves tasks running or parked after it returns (trioflow)",
-        type="bool",
-        default=True,
-    )
-    parser.addini(
-        "trioflow_deadlock_check",
-        "fail a trio test at once, with a dump, when all its tasks are asleep for good (trioflow)",
-        type="bool",
-        default=True,
-    )
-    parser.addini(
-        "trioflow_timeout",
-        "seconds (wall clock) after which a trio test is dumped and failed; 0 is off (trioflow)",
-        default="0",
-    )
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers",
-        "trioflow_timeout(seconds): dump every task and fail if this trio test runs longer",
-    )
-    config.addinivalue_line(
-        "markers", "trioflow_allow_leaks: do not fail this test for tasks it leaves behind"
-    )
+def wrap_item(
+    item: pytest.Function, *, leak_check: bool, deadlock_check: bool, timeout: float, grace: float
+) -> None:
+    """Wrap ``item``'s test function (or hypothesis' inner test) with the checks."""
+    obj: Any = item.obj
+    hyp = getattr(obj, "hypothesis", None)
+    if hyp is not None:
+        hyp.inner_test = _wrap(hyp.inner_test, leak_check, timeout, deadlock_check, grace)
+    elif not getattr(obj, "_trioflow_wrapped", False):
+        item.obj = _wrap(obj, leak_check, timeout, deadlock_check, grace)
 
 
 class _SpawnRecorder(trio.abc.Instrument):
@@ -87,43 +74,12 @@ def _nothing() -> None:
     pass
 
 
-def _timeout_for(item: pytest.Item) -> float:
-    marker = item.get_closest_marker("trioflow_timeout")
-    raw: object
-    if marker is not None:
-        raw = marker.args[0] if marker.args else marker.kwargs.get("seconds")
-        where = "trioflow_timeout marker"
-    else:
-        raw = item.config.getini("trioflow_timeout")
-        where = "trioflow_timeout ini option"
-    try:
-        value = float(raw)  # pyright: ignore[reportArgumentType]
-    except (TypeError, ValueError):
-        raise pytest.UsageError(f"{where} must be a number of seconds, got {raw!r}") from None
-    if value < 0:
-        raise pytest.UsageError(f"{where} must be >= 0, got {raw!r}")
-    return value
-
-
-@pytest.hookimpl(tryfirst=True, hookwrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Any:
-    if item.get_closest_marker("trio") is not None and isinstance(item, pytest.Function):
-        leak_check = bool(item.config.getini("trioflow_leak_check")) and (
-            item.get_closest_marker("trioflow_allow_leaks") is None
-        )
-        timeout = _timeout_for(item)
-        deadlock_check = bool(item.config.getini("trioflow_deadlock_check"))
-        obj: Any = item.obj
-        hyp = getattr(obj, "hypothesis", None)
-        if hyp is not None:
-            hyp.inner_test = _wrap(hyp.inner_test, leak_check, timeout, deadlock_check)
-        elif not getattr(obj, "_trioflow_wrapped", False):
-            item.obj = _wrap(obj, leak_check, timeout, deadlock_check)
-    yield
-
-
 def _wrap(
-    fn: Callable[..., Awaitable[object]], leak_check: bool, timeout: float, deadlock_check: bool
+    fn: Callable[..., Awaitable[object]],
+    leak_check: bool,
+    timeout: float,
+    deadlock_check: bool,
+    grace: float,
 ) -> Callable[..., Awaitable[object]]:
     if getattr(fn, "_trioflow_wrapped", False):
         return fn
@@ -136,6 +92,7 @@ def _wrap(
         try:
             baseline = live_tasks()
             report: list[str] = []
+            watcher: _Watcher | None = None
             with trio.CancelScope() as scope:
                 watcher = _Watcher(timeout, scope, report) if timeout > 0 else None
                 watch = _DeadlockWatch(scope, report) if deadlock_check else None
@@ -148,10 +105,14 @@ def _wrap(
                         watcher.stop()
                     if watch is not None:
                         trio.lowlevel.remove_instrument(watch)
+            if not report and watcher is not None and watcher.exceeded():
+                # The test finished, but only after its timeout, because
+                # synchronous code held the loop: the dump never got its turn.
+                report.append(watcher.late_report())
             if report:
                 pytest.fail(report[0], pytrace=False)
             if leak_check:
-                left = await leftover_tasks(baseline)
+                left = await leftover_tasks(baseline, grace=grace)
                 if left:
                     n = len(left)
                     text = "\n\n".join(t.format() for t in left)
@@ -180,6 +141,8 @@ class _Watcher:
         self._done = threading.Event()
         self._fired = threading.Event()
         self._blocked = ""
+        self._stack_at_timeout = ""
+        self._start = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="trioflow test timeout", daemon=True)
         self._thread._trioflow_watchdog = True  # type: ignore[attr-defined]
         self._thread.start()
@@ -188,17 +151,39 @@ class _Watcher:
         self._done.set()
         self._thread.join(timeout=5)
 
+    def exceeded(self) -> bool:
+        """Did the test run past its timeout (whether or not the dump ran)?"""
+        return time.monotonic() - self._start >= self._timeout
+
+    def late_report(self) -> str:
+        took = time.monotonic() - self._start
+        text = (
+            f"trioflow: test exceeded trioflow_timeout={self._timeout}s (it took {took:.2f}s): "
+            "synchronous code held the trio loop past the timeout, so the test could not be "
+            "cancelled in time."
+        )
+        if self._stack_at_timeout:
+            text += (
+                "\nMain thread stack when the timeout expired (most recent call last):\n"
+                + self._stack_at_timeout
+            )
+        return text + f"\nEvery task when the test returned:\n\n{dump_tasks().format()}"
+
+    def _main_stack(self) -> str:
+        frame = sys._current_frames().get(self._main)  # pyright: ignore[reportPrivateUsage]
+        return "".join(traceback.format_stack(frame)) if frame is not None else ""
+
     def _run(self) -> None:
         if self._done.wait(self._timeout):
             return
+        self._stack_at_timeout = self._main_stack()
         try:
             self._token.run_sync_soon(self._on_timeout)
         except trio.RunFinishedError:
             return
         if self._fired.wait(_GRACE) or self._done.is_set():
             return
-        frame = sys._current_frames().get(self._main)  # pyright: ignore[reportPrivateUsage]
-        stack = "".join(traceback.format_stack(frame)) if frame is not None else ""
+        stack = self._main_stack()
         self._blocked = (
             f"trioflow: test exceeded trioflow_timeout={self._timeout}s and the trio loop is "
             "blocked by synchronous code; main thread stack (most recent call last):\n" + stack
@@ -218,6 +203,9 @@ class _Watcher:
             f"trioflow: test exceeded trioflow_timeout={self._timeout}s; "
             f"every task at that moment:\n\n{dump_tasks().format()}"
         )
+        stuck = find_stuck_except([self._scope])
+        if stuck:
+            text += "\n" + "\n".join(st.format() for st in stuck)
         if self._blocked:
             text = f"{self._blocked}\nWhen the loop ran again:\n{text}"
         self._report.append(text)
