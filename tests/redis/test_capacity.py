@@ -306,7 +306,7 @@ async def test_dump_says_waiting_on_redis_limiter(client: Any, name: str) -> Non
             (info,) = [t for t in dump.tasks if t.name == "waiter"]
             assert info.blocked_on is not None
             assert (info.blocked_on.kind, info.blocked_on.name) == ("redis_limiter", name)
-            assert f"waiting on redis_limiter {name!r}" in dump.format()
+            assert f"waiting on redis limiter {name!r}" in dump.format()
             (me,) = [t for t in dump.tasks if t.state == "running"]
             assert name in " ".join(me.holding)
             nursery.cancel_scope.cancel()

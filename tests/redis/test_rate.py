@@ -118,7 +118,7 @@ async def test_dump_shows_the_waiting_task(client: Any, name: str) -> None:
         (info,) = [t for t in dump.tasks if t.name == "waiter"]
         assert info.blocked_on is not None
         assert (info.blocked_on.kind, info.blocked_on.name) == ("redis_rate_limiter", name)
-        assert f"redis_rate_limiter {name!r}" in dump.format()
+        assert f"redis rate limiter {name!r}" in dump.format()
         nursery.cancel_scope.cancel()
 
 
