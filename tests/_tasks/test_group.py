@@ -34,7 +34,7 @@ async def test_results_and_statistics(autojump_clock: trio.testing.MockClock) ->
     assert all(h.done and not h.cancelled for h in handles)
     stats = tg.statistics()
     assert stats == tf.TaskGroupStatistics(
-        name="calc", limit=3, running=0, waiting=0, finished=10, failed=0, cancelled=0
+        name="calc", limit=3, running=0, waiting=0, finished=10, failed=0, cancelled=0, returned=10
     )
     assert handles[0].name.endswith("value_after")
     assert "returned" in repr(handles[0])

@@ -382,7 +382,7 @@ async def test_rate_wait_is_recorded_and_is_an_event(
     assert isinstance(point, HistogramDataPoint)
     assert dict(point.attributes or {}) == {
         "trioflow.name": "outbound",
-        "trioflow.kind": "rate limiter",
+        "trioflow.kind": "rate_limiter",
     }
     assert point.count == 1
     assert point.sum == pytest.approx(0.5)
@@ -390,7 +390,7 @@ async def test_rate_wait_is_recorded_and_is_an_event(
     assert event.name == "trioflow.wait"
     assert dict(event.attributes or {}) == {
         "trioflow.name": "outbound",
-        "trioflow.kind": "rate limiter",
+        "trioflow.kind": "rate_limiter",
         "trioflow.wait.duration": pytest.approx(0.5),
     }
 

@@ -171,6 +171,9 @@ class TaskGroupStatistics:
     cancelled: int
     """Tasks that ended by cancellation."""
 
+    returned: int
+    """Tasks that returned normally (its own counter: a snapshot never runs backwards)."""
+
 
 class _StatusProxy:
     """Passes ``task_status.started()`` through, noting that it was called."""
@@ -660,6 +663,7 @@ class TaskGroup:
             finished=self._finished,
             failed=self._failed,
             cancelled=self._cancelled,
+            returned=self._returned,
         )
 
     def _trioflow_holders(self) -> list[Holding]:

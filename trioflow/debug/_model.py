@@ -175,6 +175,7 @@ class TaskInfo:
 
 def describe(kind: str, name: str, obj: object) -> str:
     """trioflow primitives by name; trio's by name (if found) and address, like jstack."""
+    kind = kind.replace("_", " ")  # registry kinds are snake_case; dumps read as words
     text = f"{kind} {name!r}" if name else kind
     if obj is not None and not hasattr(obj, "_trioflow_holders"):
         text += f" <{id(obj):#x}>"

@@ -193,15 +193,15 @@ def read_rate(obj: Any) -> Reading:
 def read_task_group(obj: Any) -> Reading:
     """A task group: tasks running, spawners waiting, finished tasks by outcome.
 
-    ``returned`` is read from its own counter, not derived, so a reading
-    taken between two of the group's increments never runs backwards.
+    All from one ``statistics()`` snapshot, whose ``returned`` is the group's
+    own counter (not derived), so a reading never runs backwards.
     """
     stats = obj.statistics()
     return {
         "trioflow.task_group.running": stats.running,
         "trioflow.task_group.waiting": stats.waiting,
         "trioflow.task_group.tasks": [
-            ({"trioflow.outcome": "returned"}, obj._returned),
+            ({"trioflow.outcome": "returned"}, stats.returned),
             ({"trioflow.outcome": "failed"}, stats.failed),
             ({"trioflow.outcome": "cancelled"}, stats.cancelled),
         ],
@@ -239,7 +239,7 @@ def read_pipeline(obj: Any) -> Reading:
 READERS: dict[str, Reader] = {
     "limiter": read_limiter,
     "lane": read_limiter,
-    "rate limiter": read_rate,
+    "rate_limiter": read_rate,
     "task_group": read_task_group,
     "stage": read_stage,
     "pipeline": read_pipeline,
