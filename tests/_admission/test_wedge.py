@@ -17,10 +17,10 @@ import trio.testing
 import trioflow as tf
 from trioflow.adaptive import AIMD
 
-pytestmark = pytest.mark.usefixtures("autojump_clock")
 
-
-async def test_adaptive_shrink_below_a_queued_weight_runs_it_alone() -> None:
+async def test_adaptive_shrink_below_a_queued_weight_runs_it_alone(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     # One permit.drop() shrinks AIMD's limit from 4 to 3 while hold(weight=4)
     # waits; nothing is held then, so no sample could ever grow it back.
     # The heavy head must run (alone: nothing else is borrowed) and its
@@ -52,7 +52,9 @@ async def test_adaptive_shrink_below_a_queued_weight_runs_it_alone() -> None:
     assert limiter.statistics().tasks_waiting == 0
 
 
-async def test_adaptive_weight_is_checked_against_max_limit_not_the_current_limit() -> None:
+async def test_adaptive_weight_is_checked_against_max_limit_not_the_current_limit(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     limiter = tf.CapacityLimiter(algorithm=AIMD(initial_limit=2, min_limit=1, max_limit=5))
     # Above the current limit (2) but within max_limit: runs once nothing else is held.
     with trio.fail_after(60):
@@ -67,7 +69,9 @@ async def test_adaptive_weight_is_checked_against_max_limit_not_the_current_limi
         limiter.acquire_nowait(weight=6)
 
 
-async def test_adaptive_oversized_head_waits_for_the_others_to_finish() -> None:
+async def test_adaptive_oversized_head_waits_for_the_others_to_finish(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     limiter = tf.CapacityLimiter(algorithm=AIMD(initial_limit=2, min_limit=1, max_limit=5))
     limiter.acquire_on_behalf_of_nowait("a")
     got = trio.Event()
@@ -89,7 +93,9 @@ async def test_adaptive_oversized_head_waits_for_the_others_to_finish() -> None:
             await got.wait()
 
 
-async def test_user_shrink_below_a_queued_weight_fails_it_and_frees_those_behind() -> None:
+async def test_user_shrink_below_a_queued_weight_fails_it_and_frees_those_behind(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     limiter = tf.CapacityLimiter(5, name="api")
     limiter.acquire_on_behalf_of_nowait("holder", weight=5)
     errors: list[BaseException] = []
@@ -123,7 +129,9 @@ async def test_user_shrink_below_a_queued_weight_fails_it_and_frees_those_behind
     assert limiter.statistics() == tf.LimiterStatistics("api", 3, 0, 0, [])
 
 
-async def test_resume_from_zero_at_a_smaller_total_fails_who_cannot_fit() -> None:
+async def test_resume_from_zero_at_a_smaller_total_fails_who_cannot_fit(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     limiter = tf.CapacityLimiter(5, name="paused")
     limiter.total_tokens = 0
     outcomes: list[str] = []
@@ -151,7 +159,9 @@ async def test_resume_from_zero_at_a_smaller_total_fails_who_cannot_fit() -> Non
     assert sorted(outcomes) == ["1: granted", "2: granted", "5: too big"]
 
 
-async def test_a_lane_whose_cap_shrank_below_its_head_fails_it() -> None:
+async def test_a_lane_whose_cap_shrank_below_its_head_fails_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     limiter = tf.PriorityLimiter(10, [tf.Lane("a"), tf.Lane("b", limit=0.5)], name="pool")
     a, b = limiter["a"], limiter["b"]
     a.acquire_on_behalf_of_nowait("holder", weight=10)
@@ -184,7 +194,9 @@ async def test_a_lane_whose_cap_shrank_below_its_head_fails_it() -> None:
     assert served == ["light"]
 
 
-async def test_adaptive_lane_head_above_its_cap_runs_when_nothing_is_held() -> None:
+async def test_adaptive_lane_head_above_its_cap_runs_when_nothing_is_held(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     limiter = tf.PriorityLimiter(
         4,
         [tf.Lane("a"), tf.Lane("b", limit=0.5)],
