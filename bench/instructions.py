@@ -8,7 +8,7 @@ prints the difference divided by ``n``: instructions per operation, with
 interpreter start-up and set-up (building a deep queue included) cancelled
 out. Ratios compare cases measured the same way.
 
-    python bench/instructions.py [--only limiter,depth,rate,tasks] [--depths 1000,10000,100000]
+    python bench/instructions.py [--only limiter,depth,lanes,rate,tasks] [--depths 1000,10000,100000]
 
 Needs ``valgrind`` on the PATH.
 """
@@ -41,7 +41,7 @@ def child(spec: str) -> None:
     args: list[Any] = []
     if rest:
         side, *extra = rest
-        args.append(resolve(side))
+        args.append(resolve(side) if side in ("trio", "trioflow") else getattr(module, side))
         args += [int(x) for x in extra]
     trio.run(fn, *args)
 
@@ -95,7 +95,7 @@ def show(title: str, rows: dict[str, float], baseline: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--child")
-    parser.add_argument("--only", default="limiter,depth,rate,tasks")
+    parser.add_argument("--only", default="limiter,depth,lanes,rate,tasks")
     parser.add_argument("--depths", default="1000,10000,100000")
     args = parser.parse_args()
     if args.child:
@@ -128,6 +128,20 @@ def main() -> None:
                 },
                 "trio",
             )
+    if "lanes" in only:
+        # 1000 tasks over 3 lanes contending for 10 tokens; per acquisition.
+        show(
+            "1000 tasks contending for 10 tokens (bench/lanes.py contended)",
+            {
+                name: per_op("lanes", "contended", "ROUNDS", 4, side) / 1000
+                for name, side in (
+                    ("trio.CapacityLimiter", "trio_limiter"),
+                    ("tf.CapacityLimiter", "tf_limiter"),
+                    ("tf lanes (3 lanes)", "tf_lanes"),
+                )
+            },
+            "trio.CapacityLimiter",
+        )
     if "rate" in only:
         show(
             "non-limiting rate acquire (bench/rate.py)",

@@ -56,9 +56,9 @@ class Feedback:
         #: sets the limiter's total from the algorithm's output
         self.apply: Final = apply
         #: samples fed so far
-        self.samples = 0
+        self.samples: int = 0
         #: total_tokens was set to 0 by hand: learn, but do not apply, until resumed
-        self.paused = False
+        self.paused: bool = False
 
     def is_overload(self, exc: BaseException | None) -> bool:
         if exc is None:

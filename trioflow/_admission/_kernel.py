@@ -36,9 +36,10 @@ How it works
 Each lane is a :class:`collections.OrderedDict` of waiters: FIFO with O(1)
 append, O(1) head and O(1) removal of a cancelled waiter, at any depth. (A
 plain ``dict`` used as a FIFO keeps the slots of deleted keys until it is
-rebuilt, so finding its head walks over them: with 100,000 waiters a grant
-cost 2.4-2.9x trio's; an ``OrderedDict`` is a linked list plus a hash, the
-same structure trio's ``ParkingLot`` uses.)
+rebuilt, so finding its head walks over them: a grant got slower the
+deeper the queue; an ``OrderedDict`` is a linked list plus a hash, the
+same structure trio's ``ParkingLot`` uses. Depth sweep:
+``docs/benchmarks/limiter.md``.)
 
 When tokens free up — a release, a resize, a cancelled head — the kernel
 asks its policy for the next waiter to grant and grants it, until the
@@ -109,8 +110,8 @@ class Loan:
     inflight: int
 
     def __init__(self, weight: int, lane: int) -> None:
-        self.weight = weight
-        self.lane = lane
+        self.weight: int = weight
+        self.lane: int = lane
 
 
 class Policy(Protocol):
@@ -182,24 +183,24 @@ class Kernel:
         alone_ok: bool = False,
     ) -> None:
         self.total: int | float = total
-        self.borrowed = 0
+        self.borrowed: int = 0
         #: borrower -> what it holds
         self.loans: dict[object, Loan] = {}
         #: one FIFO per lane
         self.queues: list[OrderedDict[Waiter, None]] = [OrderedDict() for _ in range(lanes)]
         #: tokens held, per lane
-        self.in_use = [0] * lanes
+        self.in_use: list[int] = [0] * lanes
         #: grants made so far, per lane (a fast grant undone is not one)
-        self.granted = [0] * lanes
+        self.granted: list[int] = [0] * lanes
         #: waiters queued, all lanes
-        self.waiting = 0
+        self.waiting: int = 0
         self.policy: Policy = FifoPolicy() if policy is None else policy
         #: Adaptive totals: a waiter heavier than the total may go when
         #: nothing else is borrowed (see "Never wedged" above).
-        self.alone_ok = alone_ok
+        self.alone_ok: bool = alone_ok
         #: queued waiters with weight > 1 (only they can ever stop fitting)
-        self._heavy = 0
-        self._seq = 0
+        self._heavy: int = 0
+        self._seq: int = 0
 
     # -- queries -----------------------------------------------------------
 

@@ -278,7 +278,7 @@ class LanePolicy(Generic[R]):
         #: the best priority of all lanes: where a promoted request competes
         self.top: Final = min(self.priorities)
         #: grants that ``max_wait`` promotion decided, per lane
-        self.promoted = [0] * len(lanes)
+        self.promoted: list[int] = [0] * len(lanes)
         self.reserved: list[int | float] = []
         self.caps: list[int | float] = []
         #: per lane, what :meth:`choose` reads, in one tuple (one unpack per lane)

@@ -106,9 +106,9 @@ class LaneLimiter(LimiterFace):
     waited. A borrower holds tokens of at most one lane of a limiter at a
     time.
 
-    Cost: an uncontended ``async with`` measured at 0.96–1.04× the CPU time
-    of :class:`trio.CapacityLimiter`'s; 1000 tasks over 3 lanes contending
-    for 10 tokens at 1.03–1.15× (``bench/lanes.py``, ``docs/benchmarks/``).
+    Cost: the same order as :class:`trio.CapacityLimiter`, uncontended and
+    contended (the lane policy looks at each lane's head once per grant):
+    ``bench/lanes.py``, ``docs/benchmarks/lanes.md``.
     """
 
     __slots__ = (

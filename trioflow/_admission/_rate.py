@@ -255,11 +255,11 @@ class RateLimiter:
     never returned: there is no ``release``.
 
     Cost: an ``acquire()`` that does not have to wait is one checkpoint plus
-    one clock read and a few float operations, measured at 1.1-1.3x the time
-    of a bare :func:`trio.lowlevel.checkpoint` on a loaded 2-vCPU machine,
-    where an empty ``async def`` around a checkpoint measures 1.0-1.5x
-    (``bench/rate.py``, ``docs/benchmarks/``). A grant to a task that had
-    to wait costs one wake-up of that task.
+    one clock read and a few float operations: the same order as a bare
+    :func:`trio.lowlevel.checkpoint`, and close to the floor of an
+    ``async def`` that reads the clock and checkpoints (``bench/rate.py``,
+    ``docs/benchmarks/rate.md``). A grant to a task that had to wait costs
+    one wake-up of that task.
 
     Args:
       rate: tokens added per second: a finite number > 0 (e.g. ``0.5`` for one

@@ -161,8 +161,8 @@ class AmapResults(Generic[R], AsyncIterator[R]):
     checkpoint whenever it waits; a result that is already there is handed
     over without a trip through the scheduler, but not more than 16 times
     in a row, so a busy consumer still lets other tasks run. (Yielding on
-    every result made each one cost a whole pass of Trio's run loop: 15 µs
-    against 5 µs per item in ``bench/tasks.py``.) Can be iterated once,
+    every result made each one cost a whole pass of Trio's run loop, about
+    three times as much per item: ``bench/tasks.py``.) Can be iterated once,
     inside the ``async with`` block only.
     """
 
@@ -669,9 +669,9 @@ def amap(
       TypeError / ValueError: at this call, for a bad argument (``fn`` that
         is not an async function included).
 
-    Cost: about 5–7 µs per item with 10 workers, 5.7–9.3× less than
-    ``aiometer.amap`` on the same run (``bench/tasks.py``,
-    ``docs/benchmarks/``); an async source adds one hop (13–16 µs in all).
+    Cost: a few microseconds per item, several times less than
+    ``aiometer.amap``; an async source adds one channel hop
+    (``bench/tasks.py``, ``docs/benchmarks/tasks.md``).
     """
     return _Amap(
         fn,

@@ -78,13 +78,13 @@ class _Books:
         #: what each task's span is parented to; None = tasks get no span
         self.task_parent: SpanContext | None = None
         #: tasks holding their slot and not finished
-        self.live = 0
+        self.live: int = 0
         #: calls (and start_soon tasks) waiting for a slot or a rate token
-        self.waiting = 0
-        self.finished = 0
-        self.failed = 0
-        self.cancelled = 0
-        self.returned = 0
+        self.waiting: int = 0
+        self.finished: int = 0
+        self.failed: int = 0
+        self.cancelled: int = 0
+        self.returned: int = 0
         #: on_error="collect": failures in the order they happened
         self.failures: list[Exception] = []
 
@@ -128,12 +128,12 @@ class _Task:
 
     def __init__(self, books: _Books) -> None:
         self.books: Final = books
-        self.state = _PENDING
+        self.state: int = _PENDING
         self.value: Any = None
         self.error: BaseException | None = None
         # Made when the task starts, so a task waiting to run carries none.
         self.scope: trio.CancelScope | None = None
-        self.cancel_requested = False
+        self.cancel_requested: bool = False
         self.event: trio.Event | None = None
         self.task: trio.lowlevel.Task | None = None
 
