@@ -191,6 +191,19 @@ async def loop_wrapper() -> float:
     return (time.perf_counter() - t0) / N_OVERHEAD
 
 
+async def _wrapper_clock() -> None:
+    trio.current_time()
+    await trio.lowlevel.checkpoint()
+
+
+async def loop_wrapper_clock() -> float:
+    """The floor for a rate acquire: an ``async def`` plus one clock read (issue 21)."""
+    t0 = time.perf_counter()
+    for _ in range(N_OVERHEAD):
+        await _wrapper_clock()
+    return (time.perf_counter() - t0) / N_OVERHEAD
+
+
 async def loop_acquire() -> float:
     limiter = tf.RateLimiter(1e15, burst=1)
     t0 = time.perf_counter()
@@ -221,6 +234,7 @@ def overhead(repeats: int) -> None:
     cases = {
         "checkpoint()": loop_checkpoint,
         "async def f(): await checkpoint()": loop_wrapper,
+        "async def + one clock read (floor)": loop_wrapper_clock,
         "await acquire()": loop_acquire,
         "async with limiter": loop_async_with,
         "try_acquire() + checkpoint()": loop_try_acquire,

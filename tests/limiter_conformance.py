@@ -41,6 +41,7 @@ __all__ = [
     "test_conformance_hold_permit",
     "test_conformance_is_limiter",
     "test_conformance_nowait",
+    "test_conformance_one_rollback_every_entry",
     "test_conformance_release_errors",
     "test_conformance_resize_grow_wakes",
     "test_conformance_resize_shrink_never_revokes",
@@ -331,6 +332,83 @@ async def test_conformance_cancel_fast_path_gives_back(subject: Subject) -> None
         assert limiter.statistics().borrowers == []
 
 
+def _entries(limiter: Any, borrower: object) -> list[tuple[str, Callable[[], Any]]]:
+    """Every way into a limiter, each as a coroutine function that enters and stays."""
+
+    async def async_with() -> None:
+        async with limiter:
+            await trio.sleep_forever()
+
+    async def acquire() -> None:
+        await limiter.acquire()
+        try:
+            await trio.sleep_forever()
+        finally:
+            limiter.release()
+
+    async def on_behalf() -> None:
+        await limiter.acquire_on_behalf_of(borrower)
+        try:
+            await trio.sleep_forever()
+        finally:
+            limiter.release_on_behalf_of(borrower)
+
+    async def hold() -> None:
+        async with limiter.hold():
+            await trio.sleep_forever()
+
+    return [
+        ("async with", async_with),
+        ("acquire", acquire),
+        ("acquire_on_behalf_of", on_behalf),
+        ("hold()", hold),
+    ]
+
+
+def _granted(limiter: Any) -> int | None:
+    return getattr(limiter.statistics(), "granted", None)
+
+
+async def test_conformance_one_rollback_every_entry(subject: Subject) -> None:
+    """Issue 14: one rollback path, run through every entry at every point.
+
+    Cancelled (1) at the checkpoint of an uncontended grant, (2) while
+    parked, (3) granted by a release and cancelled in the same instant,
+    before it ran: each leaves nothing held, nothing queued, no grant
+    counted that never happened, and the limiter as usable as before.
+    """
+    limiter = subject.make(1)
+    for name, enter in _entries(limiter, "borrower"):
+        for point in ("fast path", "parked", "granted, then cancelled"):
+            granted = _granted(limiter)
+            scope = trio.CancelScope()
+
+            async def run(scope: trio.CancelScope = scope, enter: Any = enter) -> None:
+                with scope:
+                    await enter()
+
+            if point == "fast path":
+                scope.cancel()
+                await run()
+                assert scope.cancelled_caught, name
+                assert _granted(limiter) == granted, (name, point)
+            else:
+                limiter.acquire_on_behalf_of_nowait("blocker")
+                async with trio.open_nursery() as nursery:
+                    await _park(nursery, run)
+                    assert limiter.statistics().tasks_waiting == 1, (name, point)
+                    if point == "parked":
+                        scope.cancel()
+                        limiter.release_on_behalf_of("blocker")
+                    else:
+                        limiter.release_on_behalf_of("blocker")  # grants it...
+                        scope.cancel()  # ...and it is cancelled before it runs
+            st = limiter.statistics()
+            assert (st.borrowed_tokens, st.tasks_waiting, st.borrowers) == (0, 0, []), (name, point)
+            limiter.acquire_nowait()  # nothing leaked, nothing skipped
+            limiter.release()
+
+
 async def test_conformance_nowait(subject: Subject) -> None:
     limiter = subject.make(2)
     limiter.acquire_nowait()
@@ -414,12 +492,21 @@ async def test_conformance_release_errors(subject: Subject) -> None:
 
 async def test_conformance_weight_errors(subject: Subject) -> None:
     limiter = subject.make(3)
+    # A weight that could never be granted fails at the call: above a fixed
+    # total, or above an adaptive limiter's max_limit (issue 14: not above
+    # whatever the limit happens to be now).
+    algorithm = getattr(limiter, "algorithm", None)
+    if algorithm is None:
+        too_big = (4, ValueError, r"weight=4 is more than .* total_tokens=3")
+    else:
+        most = algorithm.max_limit
+        too_big = (most + 1, ValueError, rf"weight={most + 1} is more than .*max_limit={most}")
     for bad, exc, msg in (
         (0, ValueError, r"weight must be >= 1, got 0"),
         (-2, ValueError, r"weight must be >= 1, got -2"),
         (1.5, TypeError, r"weight must be an int, got 1.5"),
         (True, TypeError, r"weight must be an int, got True"),
-        (4, ValueError, r"weight=4 is more than .* total_tokens=3"),
+        too_big,
     ):
         with pytest.raises(exc, match=msg):
             await limiter.acquire(weight=bad)

@@ -17,12 +17,13 @@ from ._admission._capacity import LimiterStatistics as LimiterStatistics
 from ._admission._face import Permit as Permit
 
 # -- admission: priority lanes (one kernel, a lane handle per lane) --
-from ._admission._lanes import Lane as Lane
+from ._admission._lane_policy import Lane as Lane
 from ._admission._lanes import LaneLimiter as LaneLimiter
 from ._admission._lanes import LaneStatistics as LaneStatistics
 from ._admission._lanes import PriorityLimiter as PriorityLimiter
 from ._admission._lanes import PriorityLimiterStatistics as PriorityLimiterStatistics
 from ._admission._protocol import Limiter as Limiter
+from ._admission._protocol import PermitLimiter as PermitLimiter
 
 # -- rate limits: how many start per second --
 from ._admission._rate import RateLimiter as RateLimiter
@@ -45,6 +46,7 @@ from ._pipeline._runtime import PipelineRun as PipelineRun
 
 # -- running many tasks: task groups and parallel map --
 from ._tasks._amap import AmapResults as AmapResults
+from ._tasks._amap import AmapStatistics as AmapStatistics
 from ._tasks._amap import amap as amap
 from ._tasks._amap import run_all as run_all
 from ._tasks._group import TaskGroup as TaskGroup

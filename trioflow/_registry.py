@@ -6,9 +6,16 @@ dumps, deadlock detection and metrics read it; primitives never import them.
 
 What a registered primitive offers (the :class:`Inspectable` protocol):
 
-* ``kind`` and ``name`` — what a dump prints ("limiter 'api'");
+* ``kind`` and ``name`` — what a dump prints ("limiter 'api'"); ``kind`` is
+  a snake_case identifier (``limiter``, ``lane``, ``priority_limiter``,
+  ``rate_limiter``, ``task_group``, ``pipeline``, ``stage``), which dumps may
+  display with spaces;
 * ``_trioflow_holders()`` — who holds it now, and how much;
-* ``_trioflow_waiters()`` — who waits on it now, for how much, since when.
+* ``_trioflow_waiters()`` — who waits on it now, for how much, since when;
+* optionally ``_trioflow_pool`` — the primitive whose tokens this one shares
+  (a lane handle's :class:`~trioflow.PriorityLimiter`; a limiter's is
+  itself): readers such as deadlock detection fold primitives with the same
+  pool into one resource. Absent means the primitive itself.
 
 A task parked on a trioflow primitive also carries its :class:`Waiting`
 record in ``task.custom_sleep_data`` (the slot trio reserves for whoever
@@ -77,7 +84,7 @@ class Inspectable(Protocol):
 
     @property
     def kind(self) -> str:
-        """A short word for the primitive's kind: ``"limiter"``, ``"lane"``, ``"rate limiter"``..."""
+        """The primitive's kind, a snake_case identifier: ``"limiter"``, ``"lane"``, ``"rate_limiter"``..."""
         ...
 
     @property
@@ -146,8 +153,8 @@ def live(kind: str | None = None) -> list[Inspectable]:
 
 
 def default_name(kind: str) -> str:
-    """A readable default name for an unnamed primitive: ``limiter-3``."""
-    return f"{kind.replace(' ', '-')}-{next(_names)}"
+    """A readable default name for an unnamed primitive: ``limiter-3``, ``rate-limiter-4``."""
+    return f"{kind.replace('_', '-')}-{next(_names)}"
 
 
 _names = itertools.count(1)

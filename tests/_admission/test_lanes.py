@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 import attrs
 import pytest
@@ -23,8 +24,9 @@ import trioflow as tf
 from tests.limiter_conformance import *  # noqa: F403
 from tests.limiter_conformance import Subject
 from trioflow import _registry
-from trioflow._admission._kernel import Kernel, Waiter
+from trioflow._admission._kernel import Kernel
 from trioflow._admission._lanes import cap_tokens, reserved_tokens
+from trioflow._admission._parking import Waiter
 from trioflow.adaptive import Sample
 
 # -- the Limiter conformance suite, against every lane handle -----------------
@@ -688,8 +690,8 @@ async def test_cancelling_waiters_in_every_lane_leaks_nothing() -> None:
     assert [lane._trioflow_waiters() for lane in lanes] == [[], [], []]
     for i in range(6):
         lanes[i % 3].release_on_behalf_of(("holder", i))
-    assert kernel_of(limiter).lane_in_use == [0, 0, 0]
-    assert kernel_of(limiter).holders == {}
+    assert kernel_of(limiter).in_use == [0, 0, 0]
+    assert kernel_of(limiter).loans == {}
     # and nothing was skipped: every lane can take its whole cap now
     for lane in lanes:
         lane.acquire_nowait(weight=int(lane.total_tokens))
@@ -714,7 +716,7 @@ async def test_a_borrower_holds_one_lane_at_a_time() -> None:
     with pytest.raises(
         RuntimeError,
         match=r"this borrower isn't holding any of lane 'api/batch''s tokens "
-        r"\(it holds tokens of lane 'interactive' of the same limiter\)",
+        r"\(it holds tokens of lane 'api/interactive'\)",
     ):
         batch.release()
     with pytest.raises(RuntimeError, match=r"isn't holding any of lane 'api/batch''s tokens"):
@@ -918,16 +920,22 @@ class CheckedPolicy:
         self.inner = self.kernel.policy
         self.grants = 0
 
-    def __call__(self, kernel: Kernel) -> Waiter | None:
-        chosen = self.inner(kernel)
+    ranks_newcomers: ClassVar[bool] = True
+
+    def admits(self, kernel: Kernel, lane: int, weight: int) -> bool:
+        return self.inner.admits(kernel, lane, weight)
+
+    def ceiling(self, kernel: Kernel, lane: int) -> int | float:
+        return self.inner.ceiling(kernel, lane)
+
+    def choose(self, kernel: Kernel) -> Waiter | None:
+        chosen = self.inner.choose(kernel)
         handles = [self.limiter[lane.name] for lane in LANES]
         heads = [next(iter(q)) for q in kernel.queues if q]
         eligible = [
-            h
-            for h in heads
-            if kernel.lane_in_use[h.lane] + h.weight <= handles[h.lane].total_tokens
+            h for h in heads if kernel.in_use[h.lane] + h.weight <= handles[h.lane].total_tokens
         ]
-        owed = [h for h in eligible if kernel.lane_in_use[h.lane] < handles[h.lane].reserved_tokens]
+        owed = [h for h in eligible if kernel.in_use[h.lane] < handles[h.lane].reserved_tokens]
         if chosen is None:
             # nobody eligible, or the one the policy picked does not fit yet
             assert not eligible or any(h.weight > kernel.total - kernel.borrowed for h in eligible)
@@ -935,7 +943,7 @@ class CheckedPolicy:
         self.grants += 1
         assert chosen in heads, "only a lane's head may be granted"
         assert chosen.weight <= kernel.total - kernel.borrowed
-        assert kernel.lane_in_use[chosen.lane] + chosen.weight <= handles[chosen.lane].total_tokens
+        assert kernel.in_use[chosen.lane] + chosen.weight <= handles[chosen.lane].total_tokens
         if owed:
             assert chosen in owed, "a lane below its reserve goes first"
         return chosen
@@ -963,11 +971,9 @@ def test_property_lanes_weights_cancellation_resizing(
     granted_per_lane = [0] * len(LANES)
 
     def check_books() -> None:
-        assert kernel.borrowed == sum(h.weight for h in kernel.holders.values())
+        assert kernel.borrowed == sum(h.weight for h in kernel.loans.values())
         for i in range(len(LANES)):
-            assert kernel.lane_in_use[i] == sum(
-                h.weight for h in kernel.holders.values() if h.lane == i
-            )
+            assert kernel.in_use[i] == sum(h.weight for h in kernel.loans.values() if h.lane == i)
         assert kernel.waiting == sum(len(q) for q in kernel.queues)
 
     async def acquire(
@@ -1024,8 +1030,8 @@ def test_property_lanes_weights_cancellation_resizing(
     assert sum(outcomes.values()) == n_acquires
     assert kernel.borrowed == 0
     assert kernel.waiting == 0
-    assert kernel.holders == {}
-    assert kernel.lane_in_use == [0] * len(LANES)
+    assert kernel.loans == {}
+    assert kernel.in_use == [0] * len(LANES)
     assert [limiter[lane.name].statistics().granted for lane in LANES] == granted_per_lane
 
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import trioflow as tf
 from trioflow import _registry
-from trioflow._admission._kernel import Waiter
+from trioflow._admission._parking import Waiter
 from trioflow.telemetry import _hooks
 
 Grant = tuple[float, int]  # (trio time the acquire returned, n)
@@ -67,7 +67,7 @@ def test_defaults_and_repr() -> None:
     assert r.rate == 5.0
     assert r.burst == 1
     assert r.name.startswith("rate-limiter-")
-    assert r.kind == "rate limiter"
+    assert r.kind == "rate_limiter"
     assert type(r).__module__ == "trioflow"
     assert tf.Reservation.__module__ == tf.RateLimiterStatistics.__module__ == "trioflow"
     assert repr(r).startswith(f"<trioflow.RateLimiter {r.name!r} at 0x")
@@ -897,7 +897,7 @@ async def test_cancel_wakes_a_task_waiting_on_the_reservation(
 
 async def test_registry_and_waiting_records(autojump_clock: trio.testing.MockClock) -> None:
     r = tf.RateLimiter(1, burst=2, name="api")
-    assert r in _registry.live("rate limiter")
+    assert r in _registry.live("rate_limiter")
     assert isinstance(r, _registry.Inspectable)
     assert r._trioflow_holders() == []
     assert r.try_acquire(2)

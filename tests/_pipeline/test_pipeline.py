@@ -574,7 +574,7 @@ async def test_task_roles_name_the_limiter_a_worker_waits_on(
         await trio.sleep(1.5)  # item 0 runs, item 1 got a rate token at 1 s, item 2 waits
         roles = sorted(engine_of(run).stages[0].task_roles().values())
         run.cancel()
-    assert sum(r.endswith(", waiting on rate limiter 'api'") for r in roles) == 1
+    assert sum(r.endswith(", waiting on rate_limiter 'api'") for r in roles) == 1
     assert sum(r.endswith(", waiting on limiter 'api-connections'") for r in roles) == 1
     assert all(r.startswith("stage enrich, worker ") for r in roles)
 

@@ -34,7 +34,7 @@ async def test_results_and_statistics(autojump_clock: trio.testing.MockClock) ->
     assert all(h.done and not h.cancelled for h in handles)
     stats = tg.statistics()
     assert stats == tf.TaskGroupStatistics(
-        name="calc", limit=3, running=0, waiting=0, finished=10, failed=0, cancelled=0
+        name="calc", limit=3, running=0, waiting=0, finished=10, failed=0, cancelled=0, returned=10
     )
     assert handles[0].name.endswith("value_after")
     assert "returned" in repr(handles[0])
@@ -101,18 +101,89 @@ async def test_spawn_blocks_while_full() -> None:
         assert len(spawned) == 1
 
 
-async def test_start_soon_would_block_when_full() -> None:
+async def test_spawn_nowait_would_block_when_full() -> None:
     gate = trio.Event()
     async with tf.open_task_group(limit=1) as tg:
-        tg.start_soon(gate.wait)
+        tg.spawn_nowait(gate.wait)
         with pytest.raises(trio.WouldBlock):
-            tg.start_soon(gate.wait)
+            tg.spawn_nowait(gate.wait)
+        assert tg.limiter is not None
         assert tg.statistics().running == tg.limiter.borrowed_tokens == 1
         gate.set()
         await trio.testing.wait_all_tasks_blocked()
-        h = tg.start_soon(trio.sleep, 0)
+        h = tg.spawn_nowait(trio.sleep, 0)
     assert h.done
     assert tg.statistics().finished == 2
+
+
+async def test_start_soon_when_full_schedules_and_the_task_waits_for_its_slot() -> None:
+    # Issue 14: as trio's start_soon, it never fails for capacity.
+    gate = trio.Event()
+    order: list[str] = []
+
+    async def job(tag: str) -> None:
+        order.append(tag)
+        await gate.wait()
+
+    async with tf.open_task_group(limit=1) as tg:
+        first = tg.start_soon(job, "first")
+        second = tg.start_soon(job, "second")  # full: scheduled, waits for the slot
+        await trio.testing.wait_all_tasks_blocked()
+        assert order == ["first"]
+        st = tg.statistics()
+        assert (st.running, st.waiting) == (1, 1)
+        assert tg.limiter is not None
+        assert tg.limiter.borrowed_tokens == 1
+        assert not second.done
+        gate.set()
+    assert order == ["first", "second"]
+    assert first.result() is None
+    assert second.result() is None
+    assert tg.statistics().finished == 2
+
+
+async def test_start_soon_task_cancelled_while_waiting_never_runs() -> None:
+    gate = trio.Event()
+    ran: list[str] = []
+
+    async def job(tag: str) -> None:
+        ran.append(tag)
+        await gate.wait()
+
+    async with tf.open_task_group(limit=1) as tg:
+        tg.start_soon(job, "holder")
+        waiting = tg.start_soon(job, "never")
+        await trio.testing.wait_all_tasks_blocked()
+        waiting.cancel()  # while it waits for its slot
+        await trio.testing.wait_all_tasks_blocked()
+        assert waiting.done
+        assert waiting.cancelled
+        assert tg.statistics().waiting == 0
+        gate.set()
+    assert ran == ["holder"]
+    st = tg.statistics()
+    assert (st.finished, st.cancelled, st.returned) == (2, 1, 1)
+    assert tg.limiter is not None
+    assert tg.limiter.borrowed_tokens == 0
+
+
+async def test_start_soon_tasks_waiting_for_slots_are_cancelled_with_the_group() -> None:
+    started: list[int] = []
+
+    async def job(i: int) -> None:
+        started.append(i)
+        await trio.sleep_forever()
+
+    async with tf.open_task_group(limit=2) as tg:
+        handles = [tg.start_soon(job, i) for i in range(5)]
+        await trio.testing.wait_all_tasks_blocked()
+        assert tg.statistics().waiting == 3
+        tg.cancel_scope.cancel()
+    assert len(started) == 2
+    assert all(h.cancelled for h in handles)
+    assert tg.statistics().waiting == 0
+    assert tg.limiter is not None
+    assert tg.limiter.borrowed_tokens == 0
 
 
 async def test_spawn_is_a_checkpoint_and_cancellation_atomic() -> None:
@@ -181,10 +252,13 @@ async def test_limit_never_exceeded_randomized(seed: int) -> None:
             n_fail += fail
             if rng.random() < 0.3:
                 try:
-                    tg.start_soon(job, rng.randint(0, 5), fail)
+                    tg.spawn_nowait(job, rng.randint(0, 5), fail)
                     continue
                 except trio.WouldBlock:
                     pass
+            if rng.random() < 0.2:
+                tg.start_soon(job, rng.randint(0, 5), fail)
+                continue
             await tg.spawn(job, rng.randint(0, 5), fail)
 
     leaves: list[BaseException] = []
@@ -246,7 +320,7 @@ async def test_start_like_nursery_start(autojump_clock: trio.testing.MockClock) 
         assert await tg.start(serve, 8000) == 8001
         assert tg.statistics().running == 1
         with pytest.raises(trio.WouldBlock):
-            tg.start_soon(trio.sleep, 0)
+            tg.spawn_nowait(trio.sleep, 0)
     assert tg.statistics().finished == 1
 
 

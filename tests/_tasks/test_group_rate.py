@@ -35,15 +35,50 @@ async def test_start_is_paced_too(autojump_clock: trio.testing.MockClock) -> Non
     assert [round(t - t0, 6) for t in times] == [0.0, 0.25, 0.5, 0.75, 1.0]
 
 
-async def test_start_soon_would_block_without_a_token_and_keeps_no_slot() -> None:
+async def test_spawn_nowait_would_block_without_a_token_and_keeps_no_slot() -> None:
+    rate = tf.RateLimiter(1, burst=1)
+    limiter = tf.CapacityLimiter(5)
+    async with tf.open_task_group(limit=limiter, rate=rate) as tg:
+        tg.spawn_nowait(trio.sleep, 0)
+        with pytest.raises(trio.WouldBlock):
+            tg.spawn_nowait(trio.sleep, 0)
+        # the refused start gave its slot back
+        assert limiter.borrowed_tokens == 1
+
+
+async def test_start_soon_without_a_token_waits_for_it_holding_its_slot(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    rate = tf.RateLimiter(1, burst=1)
+    limiter = tf.CapacityLimiter(5)
+    starts: list[float] = []
+
+    async def job() -> None:
+        starts.append(trio.current_time())
+
+    t0 = trio.current_time()
+    async with tf.open_task_group(limit=limiter, rate=rate) as tg:
+        tg.start_soon(job)
+        tg.start_soon(job)  # no token now: scheduled, waits for it
+        await trio.testing.wait_all_tasks_blocked()
+        assert limiter.borrowed_tokens == 1  # the waiting task holds its slot
+        assert tg.statistics().waiting == 1
+    assert [round(t - t0, 6) for t in starts] == [0.0, 1.0]
+    assert limiter.borrowed_tokens == 0
+
+
+async def test_start_soon_cancelled_while_waiting_for_the_rate_gives_the_slot_back() -> None:
     rate = tf.RateLimiter(1, burst=1)
     limiter = tf.CapacityLimiter(5)
     async with tf.open_task_group(limit=limiter, rate=rate) as tg:
         tg.start_soon(trio.sleep, 0)
-        with pytest.raises(trio.WouldBlock):
-            tg.start_soon(trio.sleep, 0)
-        # the refused start gave its slot back
+        h = tg.start_soon(trio.sleep, 0)
+        await trio.testing.wait_all_tasks_blocked()
         assert limiter.borrowed_tokens == 1
+        h.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        assert h.cancelled
+        assert limiter.borrowed_tokens == 0
 
 
 async def test_cancelled_while_waiting_for_the_rate_gives_the_slot_back(

@@ -117,7 +117,7 @@ class RateStats:
 
 
 class StandInRate:
-    kind = "rate limiter"
+    kind = "rate_limiter"
 
     def __init__(self, name: str, tokens: float | None) -> None:
         self.name = name

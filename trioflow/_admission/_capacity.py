@@ -160,7 +160,7 @@ class PoolState:
             total_tokens=kernel.total,
             borrowed_tokens=kernel.borrowed,
             tasks_waiting=kernel.waiting,
-            borrowers=list(kernel.holders),
+            borrowers=list(kernel.loans),
             algorithm=None if feedback is None else feedback.algorithm.state(),
             **extra,
         )
@@ -191,9 +191,10 @@ class CapacityLimiter(PoolState, LimiterFace):
     never a checkpoint.
 
     Cost: an uncontended ``async with`` is one checkpoint plus bookkeeping,
-    measured at 0.85–0.91× the time of :class:`trio.CapacityLimiter`'s (which takes
-    a cancellation check *and* a shielded checkpoint): see ``bench/limiter.py``
-    and ``docs/benchmarks/``.
+    the same order as :class:`trio.CapacityLimiter`'s (which takes a
+    cancellation check *and* a shielded checkpoint); a grant from a queue
+    of any depth is O(1). Figures: ``bench/limiter.py``,
+    ``docs/benchmarks/limiter.md``.
 
     Args:
       total_tokens: tokens in the sack: a non-negative int, or ``math.inf``.
@@ -220,7 +221,7 @@ class CapacityLimiter(PoolState, LimiterFace):
        are served by lane.
     """
 
-    __slots__ = ("__weakref__", "_feedback", "_kernel", "_lane", "_name", "_what")
+    __slots__ = ("__weakref__", "_feedback", "_kernel", "_lane", "_name")
 
     kind = "limiter"
 
@@ -234,12 +235,11 @@ class CapacityLimiter(PoolState, LimiterFace):
     ) -> None:
         total = None if total_tokens is None else check_total_tokens(total_tokens)
         self._name = check_optional_name(name) or _registry.default_name(self.kind)
-        self._what = f"limiter {self._name!r}"
         self._feedback = resolve_algorithm(algorithm, total, overload, self._apply_limit)
         if self._feedback is not None:
             total = self._feedback.algorithm.limit
         assert total is not None
-        self._kernel = Kernel(total)
+        self._kernel = Kernel(total, alone_ok=self._feedback is not None)
         self._lane = 0
         _registry.register(self)
 
@@ -250,6 +250,11 @@ class CapacityLimiter(PoolState, LimiterFace):
     def name(self) -> str:
         """The limiter's name (given, or ``limiter-N``)."""
         return self._name
+
+    @property
+    def _trioflow_pool(self) -> object:
+        # The registry's readers fold primitives that share one pool of tokens.
+        return self
 
     @property
     def total_tokens(self) -> int | float:

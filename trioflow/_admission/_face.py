@@ -1,17 +1,19 @@
-"""The acquire/release/hold machinery every limiter face shares.
+"""The acquire/release/``hold()`` machinery every limiter face shares.
 
 A *face* is one public object that hands out one lane's tokens of a
 :class:`~trioflow._admission._kernel.Kernel`: a :class:`~trioflow.CapacityLimiter`
 is the only face of its kernel; each lane handle of a
 :class:`~trioflow.PriorityLimiter` is one face of a shared kernel. The
-blocking shape, the cancellation rules, ``hold()``/:class:`Permit` and the
-adaptive feedback live here once.
+argument checks, the error messages, ``hold()``/:class:`Permit` and the
+adaptive feedback live here once; the blocking shape and its rollback live
+in the kernel (:meth:`~trioflow._admission._kernel.Kernel.acquire`), which
+faces use only through its API.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, final
 
@@ -20,8 +22,7 @@ import trio
 from .._registry import Holding, Waiting
 from .._util import check_weight
 from ..adaptive._base import Algorithm, Sample
-from ..telemetry import _hooks
-from ._kernel import Hold, Kernel, fits_total
+from ._kernel import Kernel, Loan, fits_total
 
 __all__ = ["Feedback", "LimiterFace", "Permit", "check_overload"]
 
@@ -55,9 +56,9 @@ class Feedback:
         #: sets the limiter's total from the algorithm's output
         self.apply: Final = apply
         #: samples fed so far
-        self.samples = 0
+        self.samples: int = 0
         #: total_tokens was set to 0 by hand: learn, but do not apply, until resumed
-        self.paused = False
+        self.paused: bool = False
 
     def is_overload(self, exc: BaseException | None) -> bool:
         if exc is None:
@@ -68,7 +69,7 @@ class Feedback:
             return exc.subgroup(self.overload) is not None  # pyright: ignore[reportUnknownMemberType]
         return False
 
-    def finish(self, hold: Hold, exc: BaseException | None, permit: Permit | None) -> None:
+    def finish(self, loan: Loan, exc: BaseException | None, permit: Permit | None) -> None:
         """Called just before the tokens go back; decides whether this hold is a sample."""
         dropped = permit is not None and permit.dropped
         if permit is not None and permit.ignored and not dropped:
@@ -83,7 +84,7 @@ class Feedback:
                 return
         now = trio.current_time()
         sample = Sample(
-            start=hold.start, rtt=now - hold.start, inflight=hold.inflight, dropped=dropped
+            start=loan.start, rtt=now - loan.start, inflight=loan.inflight, dropped=dropped
         )
         self.samples += 1
         limit = self.algorithm.update(sample)
@@ -120,13 +121,22 @@ class Permit:
         return f"<trioflow.Permit weight={self.weight}{flags}>"
 
 
-class _HoldContext:
+class _PermitContext:
     """``async with limiter.hold(weight) as permit:``."""
 
-    __slots__ = ("_face", "_permit", "_task")
+    __slots__ = ("_acquire", "_finish", "_limiter", "_permit", "_task")
 
-    def __init__(self, face: LimiterFace, weight: int) -> None:
-        self._face = face
+    def __init__(
+        self,
+        limiter: LimiterFace,
+        acquire: Callable[[object, int], Awaitable[None]],
+        finish: Callable[[object, BaseException | None, Permit | None], None],
+        weight: int,
+    ) -> None:
+        #: the limiter this block holds (leak detection finds it among the fields)
+        self._limiter = limiter
+        self._acquire = acquire
+        self._finish = finish
         self._permit = Permit(weight)
         self._task: trio.lowlevel.Task | None = None
 
@@ -134,7 +144,7 @@ class _HoldContext:
         if self._task is not None:
             raise RuntimeError("a hold() context can be entered only once")
         task = trio.lowlevel.current_task()
-        await self._face.acquire_on_behalf_of(task, weight=self._permit.weight)
+        await self._acquire(task, self._permit.weight)
         self._task = task
         return self._permit
 
@@ -145,15 +155,15 @@ class _HoldContext:
         tb: TracebackType | None,
     ) -> None:
         assert self._task is not None
-        self._face._finish(self._task, exc, self._permit)  # pyright: ignore[reportPrivateUsage]
+        self._finish(self._task, exc, self._permit)
 
 
 class LimiterFace:
     """Base of every public limiter: trio's limiter methods, weights, ``hold()``.
 
-    Subclasses set ``_kernel``, ``_lane``, ``_feedback`` and ``_what`` (how
-    error messages name the object) and provide ``kind``, ``name``,
-    ``statistics()`` and ``total_tokens``.
+    Subclasses set ``_kernel``, ``_lane`` and ``_feedback`` and provide
+    ``kind``, ``name``, ``statistics()``, ``total_tokens`` and
+    ``_trioflow_pool`` (the primitive whose tokens they share).
     """
 
     __slots__ = ()
@@ -161,22 +171,59 @@ class LimiterFace:
     _kernel: Kernel
     _lane: int
     _feedback: Feedback | None
-    _what: str
     if TYPE_CHECKING:
         kind: str
 
         @property
         def name(self) -> str: ...
 
-    # -- trio's CapacityLimiter interface ----------------------------------
+    # -- checks and messages -------------------------------------------------
+
+    @property
+    def _what(self) -> str:
+        """How error messages name this face: ``limiter 'api'``, ``lane 'api/batch'``."""
+        return f"{self.kind} {self.name!r}"
 
     def _check_weight(self, weight: int) -> None:
+        """A weight this face can ever grant: within its total, or its algorithm's max_limit."""
         check_weight(weight)
+        feedback = self._feedback
+        if feedback is not None:
+            most = feedback.algorithm.max_limit
+            if weight > most:
+                raise ValueError(
+                    f"weight={weight!r} is more than the max_limit={most!r} of "
+                    f"{self._what}'s algorithm; it could never be granted"
+                )
+            return
         total = self._kernel.total
         if not fits_total(total, weight):
             raise ValueError(
                 f"weight={weight!r} is more than {self._what}'s total_tokens={total!r}"
             )
+
+    def _holds_elsewhere(self, loan: Loan) -> str:
+        """How messages name what a borrower holds instead (lanes name their sibling)."""
+        return self._what
+
+    def _loan_of(self, borrower: object) -> Loan:
+        loan = self._kernel.loans.get(borrower)
+        if loan is None or loan.lane != self._lane:
+            other = "" if loan is None else f" (it holds tokens of {self._holds_elsewhere(loan)})"
+            raise RuntimeError(f"this borrower isn't holding any of {self._what}'s tokens{other}")
+        return loan
+
+    def _check_new_borrower(self, borrower: object) -> None:
+        loan = self._kernel.loans.get(borrower)
+        if loan is not None:
+            held = self._holds_elsewhere(loan)
+            shared = "" if held == self._what else f", which shares its tokens with {self._what}"
+            raise RuntimeError(
+                f"this borrower is already holding tokens of {held}{shared}; "
+                "release them before acquiring again"
+            )
+
+    # -- trio's CapacityLimiter interface ----------------------------------
 
     def acquire_on_behalf_of_nowait(self, borrower: object, weight: int = 1) -> None:
         """Take ``weight`` tokens for ``borrower`` without blocking.
@@ -185,18 +232,19 @@ class LimiterFace:
           trio.WouldBlock: if the tokens are not free now, or another waiter
             comes first (a nowait call never overtakes a queued waiter).
           RuntimeError: if ``borrower`` already holds tokens of this limiter.
+          ValueError: if ``weight`` is below 1 or could never be granted.
         """
         if weight.__class__ is not int or weight != 1:
             self._check_weight(weight)
         kernel = self._kernel
-        if borrower in kernel.holders:
-            kernel.check_borrower(borrower, self._what)
-        hold = kernel.try_acquire(borrower, weight, self._lane, self)
-        if hold is None:
+        if borrower in kernel.loans:
+            self._check_new_borrower(borrower)
+        loan = kernel.try_acquire(borrower, weight, self._lane, self)
+        if loan is None:
             raise trio.WouldBlock
         if self._feedback is not None:
-            hold.start = trio.current_time()
-            hold.inflight = kernel.borrowed
+            loan.start = trio.current_time()
+            loan.inflight = kernel.borrowed
 
     def acquire_nowait(self, weight: int = 1) -> None:
         """Take ``weight`` tokens for the current task without blocking (see
@@ -216,56 +264,21 @@ class LimiterFace:
 
         Raises:
           RuntimeError: if ``borrower`` already holds tokens of this limiter.
-          ValueError: if ``weight`` is below 1 or above ``total_tokens``.
+          ValueError: if ``weight`` is below 1 or could never be granted
+            (above a fixed ``total_tokens``, or an adaptive limiter's
+            ``max_limit``); also raised out of the wait if ``total_tokens``
+            is set so low that this waiter can never fit: the waiters behind
+            it then go on.
         """
         if weight.__class__ is not int or weight != 1:
             self._check_weight(weight)
         kernel = self._kernel
-        if borrower in kernel.holders:
-            kernel.check_borrower(borrower, self._what)
-        lane = self._lane
-        hold: Hold | None = None
-        if not kernel.waiting:
-            admits = kernel.admits
-            if (
-                weight <= kernel.total - kernel.borrowed
-                if admits is None
-                else admits(kernel, lane, weight)
-            ):
-                hold = kernel._add_holder(borrower, weight, lane)  # pyright: ignore[reportPrivateUsage]
-        if hold is None:
-            waiter = kernel.enqueue(borrower, weight, lane, self)
-            # With the plain FIFO policy a newcomer that did not fit above
-            # cannot be granted now (the queue was settled by the last
-            # change); a lane policy may rank it ahead of others, so ask it
-            # (only if a token is free: under contention none is).
-            if kernel.admits is not None and kernel.total - kernel.borrowed > 0:
-                kernel.pump()
-            if waiter in kernel.queues[lane]:
-                # Parking is the checkpoint; a cancellation while parked
-                # withdraws the waiter (see Kernel.wait).
-                await kernel.wait(waiter)
-                hook = _hooks.wait_hook
-                if hook is not None:
-                    hook(self, waiter.since, trio.current_time())
-                if self._feedback is not None:
-                    self._start_sample(borrower)
-                return
-        # Granted at once: still a checkpoint, and a cancellation delivered
-        # here gives the tokens straight back.
-        try:
-            await trio.lowlevel.checkpoint()
-        except BaseException:
-            kernel.release(borrower, None, self._what)
-            kernel.lane_granted[lane] -= 1  # never happened, as far as anyone counts
-            raise
+        if borrower in kernel.loans:
+            self._check_new_borrower(borrower)
+        loan = await kernel.acquire(borrower, weight, self._lane, self)
         if self._feedback is not None:
-            self._start_sample(borrower)
-
-    def _start_sample(self, borrower: object) -> None:
-        hold = self._kernel.holders[borrower]
-        hold.start = trio.current_time()
-        hold.inflight = self._kernel.borrowed
+            loan.start = trio.current_time()
+            loan.inflight = kernel.borrowed
 
     async def acquire(self, weight: int = 1) -> None:
         """Take ``weight`` tokens for the current task, waiting until they are free
@@ -283,7 +296,13 @@ class LimiterFace:
         """
         if weight is not None:
             check_weight(weight)
-        self._kernel.release(borrower, weight, self._what)
+        loan = self._loan_of(borrower)
+        if weight is not None and weight > loan.weight:
+            raise ValueError(
+                f"weight={weight!r} is more than the {loan.weight} tokens "
+                f"this borrower holds of {self._what}"
+            )
+        self._kernel.release(borrower, weight)
 
     def release(self, weight: int | None = None) -> None:
         """Give back tokens the current task holds (see :meth:`release_on_behalf_of`).
@@ -294,32 +313,7 @@ class LimiterFace:
         self.release_on_behalf_of(trio.lowlevel.current_task(), weight)
 
     async def __aenter__(self) -> None:
-        task = trio.lowlevel.current_task()
-        kernel = self._kernel
-        # The uncontended path, inlined (this is the hot one): nobody waits,
-        # the token fits, the task holds none yet. Anything else goes the
-        # general way.
-        # A lane policy's fast-path check (``admits``) stands in for "fits".
-        admits = kernel.admits
-        if (
-            kernel.waiting
-            or (
-                kernel.total - kernel.borrowed < 1
-                if admits is None
-                else not admits(kernel, self._lane, 1)
-            )
-            or task in kernel.holders
-            or self._feedback is not None
-        ):
-            await self.acquire_on_behalf_of(task)
-            return
-        kernel._add_holder(task, 1, self._lane)  # pyright: ignore[reportPrivateUsage]
-        try:
-            await trio.lowlevel.checkpoint()
-        except BaseException:
-            kernel.release(task, None, self._what)
-            kernel.lane_granted[self._lane] -= 1  # never happened, as far as anyone counts
-            raise
+        await self.acquire_on_behalf_of(trio.lowlevel.current_task())
 
     async def __aexit__(
         self,
@@ -327,26 +321,23 @@ class LimiterFace:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._feedback is not None:
-            self._finish(trio.lowlevel.current_task(), exc, None)
-        else:
-            self._kernel.release(trio.lowlevel.current_task(), None, self._what)
+        self._finish(trio.lowlevel.current_task(), exc, None)
 
     def _finish(self, borrower: object, exc: BaseException | None, permit: Permit | None) -> None:
+        """The end of an ``async with`` / ``hold()`` block: feed the sample, give the tokens back."""
+        loan = self._loan_of(borrower)
         feedback = self._feedback
-        if feedback is not None:
-            hold = self._kernel.holders.get(borrower)
-            if hold is not None:
-                try:
-                    feedback.finish(hold, exc, permit)
-                finally:
-                    # An algorithm that raises (a LoadFeedback whose read_load
-                    # failed) must not cost the tokens: they go back first.
-                    self._kernel.release(borrower, None, self._what)
-                return
-        self._kernel.release(borrower, None, self._what)
+        if feedback is None:
+            self._kernel.release(borrower, None)
+            return
+        try:
+            feedback.finish(loan, exc, permit)
+        finally:
+            # An algorithm that raises (a LoadFeedback whose read_load
+            # failed) must not cost the tokens: they go back first.
+            self._kernel.release(borrower, None)
 
-    def hold(self, weight: int = 1) -> _HoldContext:
+    def hold(self, weight: int = 1) -> _PermitContext:
         """``async with limiter.hold(weight) as permit:`` — hold ``weight`` tokens for the block.
 
         Entering blocks like :meth:`acquire` (a checkpoint, atomic with
@@ -355,23 +346,24 @@ class LimiterFace:
         duration, ``dropped`` if it called :meth:`Permit.drop` or raised an
         overload exception; :meth:`Permit.ignore`, cancellations and other
         exceptions feed nothing.
+
+        Raises:
+          ValueError: at this call, if ``weight`` could never be granted.
         """
         if weight.__class__ is not int or weight != 1:
             self._check_weight(weight)
-        return _HoldContext(self, weight)
+        return _PermitContext(self, self.acquire_on_behalf_of, self._finish, weight)
 
     # -- state ---------------------------------------------------------------
 
     @property
     def borrowed_tokens(self) -> int:
         """Tokens held through this face."""
-        return self._kernel.lane_in_use[self._lane]
+        return self._kernel.in_use[self._lane]
 
     def _trioflow_holders(self) -> list[Holding]:
         lane = self._lane
-        return [
-            Holding(b, h.weight, None) for b, h in self._kernel.holders.items() if h.lane == lane
-        ]
+        return [Holding(b, h.weight, None) for b, h in self._kernel.loans.items() if h.lane == lane]
 
     def _trioflow_waiters(self) -> list[Waiting]:
         return list(self._kernel.iter_waiters(self._lane))

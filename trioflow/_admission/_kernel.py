@@ -1,91 +1,107 @@
 """The admission kernel: one weighted, lane-aware, cancellation-safe waiter queue.
 
 Every trioflow limiter is a configuration of this one class. A
-:class:`~trioflow.CapacityLimiter` is a kernel with one lane and the default
+:class:`~trioflow.CapacityLimiter` is a kernel with one lane and the FIFO
 policy; a :class:`~trioflow.PriorityLimiter` is a kernel with one lane per
 :class:`~trioflow.Lane` and a policy that picks which lane's head goes next.
 An adaptive limit is any of these whose ``total`` an algorithm sets.
 
+Words
+-----
+
+A *borrower* (a task, or trio's placeholder for a ``to_thread`` call) holds
+a :class:`Loan`: its weight and lane. A queued request is a
+:class:`~trioflow._admission._parking.Waiter`. (The public words are the
+faces': ``hold()`` opens a block that holds a ``Permit``; the registry's
+readers see ``Holding`` records.)
+
+The API the faces use
+---------------------
+
+* :meth:`Kernel.try_fast` — the fast grant: nobody waits and the policy
+  admits the weight, so the loan is recorded at once; :meth:`Kernel.undo` is
+  its undo (a cancellation delivered at the checkpoint that follows).
+* :meth:`Kernel.acquire` — the one blocking shape: fast grant + checkpoint,
+  else queue, park, and withdraw on cancellation.
+* :meth:`Kernel.try_acquire` — the nowait shape: never overtakes a waiter
+  the policy would serve first.
+* :meth:`Kernel.release` and :meth:`Kernel.set_total`.
+
+Faces read the plain attributes (``total``, ``borrowed``, ``loans``,
+``in_use``, ``granted``, ``waiting``) and never write them.
+
 How it works
 ------------
 
-Each lane is an insertion-ordered ``dict`` of waiters (FIFO, O(1) removal
-when a waiter is cancelled). When tokens free up — a release, a resize, a
-cancelled head — the kernel asks its policy for the next waiter to grant and
-grants it, until the policy says "nobody fits". The default policy serves
-the single lane's head only if its whole weight fits: a heavy waiter at the
-head is never overtaken by lighter ones behind it. That is what keeps a
-weighted semaphore from starving large requests (the same choice Go's
-``x/sync/semaphore.Weighted`` makes in ``notifyWaiters``), at the price of
-leaving a few tokens idle while the head waits for enough of them.
+Each lane is a :class:`collections.OrderedDict` of waiters: FIFO with O(1)
+append, O(1) head and O(1) removal of a cancelled waiter, at any depth. (A
+plain ``dict`` used as a FIFO keeps the slots of deleted keys until it is
+rebuilt, so finding its head walks over them: a grant got slower the
+deeper the queue; an ``OrderedDict`` is a linked list plus a hash, the
+same structure trio's ``ParkingLot`` uses. Depth sweep:
+``docs/benchmarks/limiter.md``.)
+
+When tokens free up — a release, a resize, a cancelled head — the kernel
+asks its policy for the next waiter to grant and grants it, until the
+policy says "nobody fits". The FIFO policy serves the head only if its
+whole weight fits: a heavy waiter at the head is never overtaken by lighter
+ones behind it. That is what keeps a weighted semaphore from starving large
+requests (the same choice Go's ``x/sync/semaphore.Weighted`` makes in
+``notifyWaiters``), at the price of leaving a few tokens idle while the head
+waits for enough of them.
+
+Never wedged
+------------
+
+FIFO without barging has one trap: a head that can *never* fit blocks
+everyone behind it for good, with tokens free. Two rules close it:
+
+* A fixed total that shrinks (set lower, or a pause at 0 resumed lower)
+  wakes every queued waiter that can no longer ever fit with a
+  :exc:`ValueError` naming the primitive, the weight and the new total, and
+  those behind it go on (Go's semaphore: "don't make other Acquire calls
+  block on one that's doomed to fail").
+* An adaptive total moves on its own, and it moves only on samples: a
+  shrink below a queued weight would leave nothing held, so no sample and no
+  growth, ever. There the faces check weights against the algorithm's
+  ``max_limit``, and a head heavier than the current total is granted when
+  nothing else is borrowed (``alone_ok``), so its block is the sample the
+  algorithm needs.
+
+So whenever nothing is borrowed and the total is above 0, nobody waits.
 
 Grants hand the tokens to the waiter *before* it runs again, so a waiter
 that was woken already holds its tokens; a cancellation that arrives after
 the grant is delivered at the task's next checkpoint, by which time the
 limiter's ``__aexit__``/``release`` is responsible for them. A waiter
-cancelled while parked is removed by its abort function, which also re-runs
-the grant loop: if it was the head that blocked lighter waiters, they go now.
-Nothing is ever held, leaked or skipped by a cancelled waiter.
-
-What readers may rely on (task dumps, deadlock detection, metrics): holders
-and waiters are plain attributes, and a parked task's ``custom_sleep_data``
-is its :class:`Waiter`, which names the primitive it waits on and when it
-parked on trio's clock.
+cancelled while parked is withdrawn by its abort function, which also
+re-runs the grant loop: if it was the head that blocked lighter waiters,
+they go now. Nothing is ever held, leaked or skipped by a cancelled waiter.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Final
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import ClassVar, Protocol
 
+import outcome
 import trio
-from trio.lowlevel import Task
 
-from .._registry import Holding, Inspectable
+from .._registry import Inspectable
+from ._parking import Waiter, park, unpark, waited
 
-__all__ = ["Hold", "Kernel", "Policy", "Waiter", "fifo_policy"]
-
-
-class Waiter:
-    """One task (or one nowait attempt) asking a kernel for ``weight`` tokens."""
-
-    __slots__ = ("borrower", "lane", "parked", "primitive", "seq", "since", "task", "weight")
-
-    def __init__(
-        self,
-        task: Task,
-        borrower: object,
-        weight: int,
-        lane: int,
-        primitive: Inspectable,
-        seq: int,
-        since: float,
-    ) -> None:
-        self.task: Final = task
-        self.borrower: Final = borrower
-        self.weight: Final = weight
-        self.lane: Final = lane
-        #: The public object the task waits on (limiter or lane handle); dumps print it.
-        self.primitive: Final = primitive
-        #: Arrival order across all lanes of one kernel.
-        self.seq: Final = seq
-        #: ``trio.current_time()`` when the waiter queued.
-        self.since: Final = since
-        #: True while the task sleeps in ``wait_task_rescheduled``.
-        self.parked: bool = False
-
-    def __repr__(self) -> str:
-        return f"<Waiter {self.task.name!r} weight={self.weight} lane={self.lane}>"
+__all__ = ["FifoPolicy", "Kernel", "Loan", "Policy", "fits_total"]
 
 
-class Hold:
+class Loan:
     """What one borrower holds: its weight and its lane.
 
-    ``start`` and ``inflight`` are set (and read) only by limiters that feed
-    an adaptive algorithm: when the tokens were granted and how many were in
-    use just after. Left unset otherwise, because this record is made on
-    every acquisition and each attribute costs on the hot path.
+    ``start`` and ``inflight`` are written (and read) only by faces that
+    feed an adaptive algorithm: when the tokens were granted and how many
+    were in use just after. Left unset otherwise, because this record is
+    made on every acquisition and each attribute costs on the hot path.
     """
 
     __slots__ = ("inflight", "lane", "start", "weight")
@@ -94,39 +110,64 @@ class Hold:
     inflight: int
 
     def __init__(self, weight: int, lane: int) -> None:
-        self.weight = weight
-        self.lane = lane
+        self.weight: int = weight
+        self.lane: int = lane
 
 
-#: A policy picks the next waiter to grant, or ``None`` when nobody may go now.
-#: It must only return a waiter whose grant keeps ``borrowed <= total`` (and
-#: whatever caps it enforces); the kernel grants it and asks again.
-Policy = Callable[["Kernel"], "Waiter | None"]
+class Policy(Protocol):
+    """Who goes next. The kernel asks; the policy only reads."""
+
+    def choose(self, pool: Kernel, /) -> Waiter | None:
+        """The next waiter to grant, or ``None`` when nobody may go now.
+
+        Must only return a waiter that :meth:`Kernel.fits` and whatever
+        caps the policy enforces allow; the kernel grants it and asks again.
+        """
+        ...
+
+    def admits(self, pool: Kernel, lane: int, weight: int, /) -> bool:
+        """Fast path, nobody waiting: may ``weight`` tokens go to ``lane`` now?"""
+        ...
+
+    def ceiling(self, pool: Kernel, lane: int, /) -> int | float:
+        """The most one waiter of ``lane`` can ever be granted under a fixed ``kernel.total``."""
+        ...
+
+    #: True if a newcomer that missed the fast path may still be chosen at once.
+    ranks_newcomers: ClassVar[bool]
 
 
-def fifo_policy(kernel: Kernel) -> Waiter | None:
+class FifoPolicy:
     """One lane, strict FIFO: the head goes when its whole weight fits."""
-    queue = kernel.queues[0]
-    if not queue:
+
+    __slots__ = ()
+
+    ranks_newcomers: ClassVar[bool] = False
+
+    def choose(self, kernel: Kernel) -> Waiter | None:
+        # A for/break reads the first key without building an iterator object.
+        for head in kernel.queues[0]:
+            return head if kernel.fits(head.weight) else None
         return None
-    head = next(iter(queue))
-    if head.weight <= kernel.total - kernel.borrowed:
-        return head
-    return None
+
+    def admits(self, kernel: Kernel, lane: int, weight: int) -> bool:
+        return kernel.fits(weight)
+
+    def ceiling(self, kernel: Kernel, lane: int) -> int | float:
+        return kernel.total
 
 
 class Kernel:
     """The shared waiter queue. Not public: limiters wrap it."""
 
     __slots__ = (
-        "_holes",
+        "_heavy",
         "_seq",
-        "admits",
+        "alone_ok",
         "borrowed",
-        "holders",
-        "lane_granted",
-        "lane_in_use",
-        "lane_what",
+        "granted",
+        "in_use",
+        "loans",
         "policy",
         "queues",
         "total",
@@ -138,37 +179,40 @@ class Kernel:
         total: int | float,
         *,
         lanes: int = 1,
-        policy: Policy = fifo_policy,
-        admits: Callable[[Kernel, int, int], bool] | None = None,
+        policy: Policy | None = None,
+        alone_ok: bool = False,
     ) -> None:
         self.total: int | float = total
-        self.borrowed = 0
+        self.borrowed: int = 0
         #: borrower -> what it holds
-        self.holders: dict[object, Hold] = {}
-        #: one insertion-ordered dict per lane (a FIFO with O(1) removal)
-        self.queues: list[dict[Waiter, None]] = [{} for _ in range(lanes)]
-        self.lane_in_use = [0] * lanes
-        #: grants made so far, per lane
-        self.lane_granted = [0] * lanes
+        self.loans: dict[object, Loan] = {}
+        #: one FIFO per lane
+        self.queues: list[OrderedDict[Waiter, None]] = [OrderedDict() for _ in range(lanes)]
+        #: tokens held, per lane
+        self.in_use: list[int] = [0] * lanes
+        #: grants made so far, per lane (a fast grant undone is not one)
+        self.granted: list[int] = [0] * lanes
         #: waiters queued, all lanes
-        self.waiting = 0
-        self.policy = policy
-        #: Fast-path check when nobody waits: may ``weight`` tokens go to
-        #: ``lane`` right now? ``None`` means "if they fit in the total".
-        self.admits = admits
-        #: How error messages name each lane's face (``"lane 'api/batch'"``);
-        #: ``None`` for a one-lane kernel, whose face names itself.
-        self.lane_what: list[str] | None = None
-        self._seq = 0
-        #: removals per lane since that lane's dict was last compacted
-        self._holes = [0] * lanes
+        self.waiting: int = 0
+        self.policy: Policy = FifoPolicy() if policy is None else policy
+        #: Adaptive totals: a waiter heavier than the total may go when
+        #: nothing else is borrowed (see "Never wedged" above).
+        self.alone_ok: bool = alone_ok
+        #: queued waiters with weight > 1 (only they can ever stop fitting)
+        self._heavy: int = 0
+        self._seq: int = 0
 
     # -- queries -----------------------------------------------------------
 
-    @property
-    def available(self) -> int | float:
-        """Tokens free now (negative after a shrink below what is held)."""
-        return self.total - self.borrowed
+    def fits(self, weight: int) -> bool:
+        """May ``weight`` more tokens be granted now, as far as the total goes?"""
+        if weight <= self.total - self.borrowed:
+            return True
+        return self.alone_ok and not self.borrowed and self.total > 0
+
+    def queued(self, lane: int) -> int:
+        """Waiters queued in ``lane``."""
+        return len(self.queues[lane])
 
     def iter_waiters(self, lane: int | None = None) -> Iterator[Waiter]:
         """Queued waiters, lane by lane, FIFO within each."""
@@ -176,99 +220,108 @@ class Kernel:
         for q in queues:
             yield from q
 
-    def holdings(self, lane_names: Sequence[str] | None = None) -> list[Holding]:
-        return [
-            Holding(b, h.weight, None if lane_names is None else lane_names[h.lane])
-            for b, h in self.holders.items()
-        ]
+    # -- granting ----------------------------------------------------------
 
-    # -- the grant loop ----------------------------------------------------
+    def _lend(self, borrower: object, weight: int, lane: int) -> Loan:
+        loan = Loan(weight, lane)
+        self.loans[borrower] = loan
+        self.borrowed += weight
+        self.in_use[lane] += weight
+        self.granted[lane] += 1
+        return loan
 
     def _unqueue(self, waiter: Waiter) -> None:
-        lane = waiter.lane
-        queue = self.queues[lane]
-        del queue[waiter]
+        del self.queues[waiter.lane][waiter]
         self.waiting -= 1
-        # A dict keeps the slots of deleted keys until it is rebuilt, and
-        # finding its first key walks over them: a long FIFO drained from
-        # the front would make every head lookup slower. Compact in place
-        # (same object: policies may keep references) once the holes
-        # outnumber the waiters, which keeps the cost amortized O(1).
-        holes = self._holes[lane] + 1
-        if holes > 64 and holes > len(queue):
-            keep = list(queue)
-            queue.clear()
-            queue.update(dict.fromkeys(keep))
-            holes = 0
-        self._holes[lane] = holes
-
-    def _grant(self, waiter: Waiter) -> None:
-        self._unqueue(waiter)
-        self._add_holder(waiter.borrower, waiter.weight, waiter.lane)
-        if waiter.parked:
-            waiter.parked = False
-            waiter.task.custom_sleep_data = None
-            trio.lowlevel.reschedule(waiter.task)
-
-    def _add_holder(self, borrower: object, weight: int, lane: int) -> Hold:
-        hold = Hold(weight, lane)
-        self.holders[borrower] = hold
-        self.borrowed += weight
-        self.lane_in_use[lane] += weight
-        self.lane_granted[lane] += 1
-        return hold
+        if waiter.weight > 1:
+            self._heavy -= 1
 
     def pump(self) -> None:
-        """Grant to waiters until the policy says nobody fits. Call after any change."""
-        policy = self.policy
+        """Grant to waiters until the policy says nobody fits. Runs after any change."""
+        choose = self.policy.choose
         # Every weight is >= 1, so with no token free nobody can go, whatever
         # the policy: under contention this skips a policy call per release.
         while self.waiting and self.total - self.borrowed > 0:
-            waiter = policy(self)
+            waiter = choose(self)
             if waiter is None:
                 return
-            self._grant(waiter)
+            self._unqueue(waiter)
+            self._lend(waiter.borrower, waiter.weight, waiter.lane)
+            if waiter.parked:
+                unpark(waiter)
 
-    # -- acquire / release -------------------------------------------------
+    def try_fast(self, borrower: object, weight: int, lane: int) -> Loan | None:
+        """The fast grant: lend ``weight`` tokens now if nobody waits and the policy admits them.
 
-    def check_borrower(self, borrower: object, what: str) -> None:
-        hold = self.holders.get(borrower)
-        if hold is not None:
-            # With lanes, what it holds may be another face of this kernel: name it.
-            held = what if self.lane_what is None else self.lane_what[hold.lane]
-            shared = "" if held == what else f", which shares its tokens with {what}"
-            raise RuntimeError(
-                f"this borrower is already holding tokens of {held}{shared}; "
-                "release them before acquiring again"
-            )
+        Never blocks, never queues. The caller must then take its checkpoint
+        and call :meth:`undo` if that raises.
+        """
+        if self.waiting or not self.policy.admits(self, lane, weight):
+            return None
+        return self._lend(borrower, weight, lane)
+
+    def undo(self, borrower: object) -> None:
+        """Take back a grant that the borrower never got to use, as if it never happened."""
+        loan = self.loans[borrower]
+        self.granted[loan.lane] -= 1
+        self.release(borrower, None)
+
+    async def acquire(
+        self, borrower: object, weight: int, lane: int, primitive: Inspectable
+    ) -> Loan:
+        """Lend ``weight`` tokens to ``borrower``, waiting until the policy grants them.
+
+        A checkpoint, atomic with respect to cancellation: on
+        :class:`trio.Cancelled` the borrower holds nothing and the queue is
+        as if it had never asked. The caller has checked the weight and
+        that ``borrower`` holds nothing yet. Raises :exc:`ValueError` if the
+        total shrank so that the waiter can never fit.
+        """
+        loan = self.try_fast(borrower, weight, lane)
+        if loan is None:
+            waiter = self._enqueue(borrower, weight, lane, primitive)
+            # With the FIFO policy a newcomer that missed the fast path cannot
+            # be granted now (the queue was settled by the last change); a lane
+            # policy may rank it ahead of others, so ask it (only if a token is
+            # free: under contention none is).
+            if self.policy.ranks_newcomers and self.total - self.borrowed > 0:
+                self.pump()
+            if waiter in self.queues[lane]:
+                # Parking is the checkpoint; a cancellation while parked
+                # withdraws the waiter.
+                await park(waiter, lambda: self.remove(waiter))
+                waited(waiter)
+                return self.loans[borrower]
+            loan = self.loans[borrower]
+        # Granted at once: still a checkpoint, and a cancellation delivered
+        # here gives the tokens straight back.
+        try:
+            await trio.lowlevel.checkpoint()
+        except BaseException:
+            self.undo(borrower)
+            raise
+        return loan
 
     def try_acquire(
         self, borrower: object, weight: int, lane: int, primitive: Inspectable
-    ) -> Hold | None:
-        """Take ``weight`` tokens now if the policy would, else ``None``. Never blocks.
+    ) -> Loan | None:
+        """Lend ``weight`` tokens now if the policy would, else ``None``. Never blocks.
 
-        With nobody waiting this is one comparison. With waiters queued the
+        With nobody waiting this is the fast grant. With waiters queued the
         attempt joins its lane's queue, the policy runs, and the attempt is
         withdrawn unless it was granted: a nowait call never overtakes a
         waiter the policy would serve first.
         """
         if not self.waiting:
-            admits = self.admits
-            if (
-                weight <= self.total - self.borrowed
-                if admits is None
-                else admits(self, lane, weight)
-            ):
-                return self._add_holder(borrower, weight, lane)
-            return None
-        waiter = self.enqueue(borrower, weight, lane, primitive)
+            return self.try_fast(borrower, weight, lane)
+        waiter = self._enqueue(borrower, weight, lane, primitive)
         self.pump()
         if waiter in self.queues[lane]:
             self.remove(waiter)
             return None
-        return self.holders[borrower]
+        return self.loans[borrower]
 
-    def enqueue(self, borrower: object, weight: int, lane: int, primitive: Inspectable) -> Waiter:
+    def _enqueue(self, borrower: object, weight: int, lane: int, primitive: Inspectable) -> Waiter:
         self._seq += 1
         waiter = Waiter(
             trio.lowlevel.current_task(),
@@ -281,62 +334,67 @@ class Kernel:
         )
         self.queues[lane][waiter] = None
         self.waiting += 1
+        if weight > 1:
+            self._heavy += 1
         return waiter
 
     def remove(self, waiter: Waiter) -> None:
-        """Withdraw a queued waiter (cancelled or a failed nowait attempt)."""
+        """Withdraw a queued waiter (cancelled, or a failed nowait attempt)."""
         self._unqueue(waiter)
         # The withdrawn waiter may have been a heavy head blocking lighter
         # ones, or a lane the policy was saving capacity for.
         self.pump()
 
-    async def wait(self, waiter: Waiter) -> None:
-        """Park until ``waiter`` is granted; if cancelled first, withdraw it.
+    # -- releasing and resizing ---------------------------------------------
 
-        The caller has already queued ``waiter`` and run :meth:`pump` without
-        it being granted. Returns holding the tokens, or raises
-        :class:`trio.Cancelled` holding nothing.
+    def release(self, borrower: object, weight: int | None) -> None:
+        """Give back ``weight`` tokens (all when ``None``) and grant who fits.
+
+        The caller has checked that ``borrower`` holds at least ``weight``.
         """
-        task = waiter.task
-        waiter.parked = True
-        task.custom_sleep_data = waiter
-
-        def abort(_: Any) -> trio.lowlevel.Abort:
-            waiter.parked = False
-            task.custom_sleep_data = None
-            self.remove(waiter)
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
-
-    def release(self, borrower: object, weight: int | None, what: str) -> Hold:
-        """Give back ``weight`` tokens (all of them when ``None``) and wake who fits."""
-        hold = self.holders.get(borrower)
-        if hold is None:
-            raise RuntimeError(f"this borrower isn't holding any of {what}'s tokens")
-        if weight is None or weight == hold.weight:
-            del self.holders[borrower]
-            weight = hold.weight
-        elif weight > hold.weight:
-            raise ValueError(
-                f"weight={weight!r} is more than the {hold.weight} tokens "
-                f"this borrower holds of {what}"
-            )
+        loan = self.loans[borrower]
+        if weight is None or weight == loan.weight:
+            del self.loans[borrower]
+            weight = loan.weight
         else:
-            hold.weight -= weight
+            loan.weight -= weight
         self.borrowed -= weight
-        self.lane_in_use[hold.lane] -= weight
+        self.in_use[loan.lane] -= weight
         if self.waiting:
             self.pump()
-        return hold
 
     def set_total(self, total: int | float) -> None:
-        """Resize. Growing wakes who now fits; shrinking never revokes held tokens."""
+        """Resize. Growing wakes who now fits; shrinking never revokes held tokens.
+
+        On a fixed total, a shrink wakes every waiter that can no longer
+        ever fit with :exc:`ValueError` (0 is a pause: everyone may fit later).
+        A lane policy must have been resized for ``total`` already.
+        """
+        old = self.total
         self.total = total
-        if self.waiting:
-            self.pump()
+        if not self.waiting:
+            return
+        if self._heavy and total != 0 and (total < old or old == 0) and not self.alone_ok:
+            self._fail_doomed()
+        self.pump()
+
+    def _fail_doomed(self) -> None:
+        for lane, queue in enumerate(self.queues):
+            ceiling = self.policy.ceiling(self, lane)
+            if ceiling == math.inf:
+                continue
+            doomed = [w for w in queue if w.weight > ceiling]
+            for waiter in doomed:
+                self._unqueue(waiter)
+                primitive = waiter.primitive
+                error = ValueError(
+                    f"weight={waiter.weight} can never be granted by {primitive.kind} "
+                    f"{primitive.name!r}: its total_tokens={ceiling!r} now"
+                )
+                if waiter.parked:
+                    unpark(waiter, outcome.Error(error))
 
 
 def fits_total(total: int | float, weight: int) -> bool:
-    """Can ``weight`` ever be granted under ``total``? (0 pauses, so it can, later.)"""
+    """Can ``weight`` ever be granted under a fixed ``total``? (0 pauses, so it can, later.)"""
     return total == 0 or total == math.inf or weight <= total

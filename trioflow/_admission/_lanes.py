@@ -1,34 +1,11 @@
-"""PriorityLimiter and Lane: one pool of tokens, served by lane.
+"""PriorityLimiter and its lane handles: the faces of one lane-aware kernel.
 
 A :class:`PriorityLimiter` is one :class:`~trioflow._admission._kernel.Kernel`
-with one queue per :class:`Lane` and a policy (:class:`_LanePolicy`) that
-picks which lane's head goes next. Each lane handle (:class:`LaneLimiter`) is
-a face of that one kernel, so every lane is a full :class:`~trioflow.Limiter`
-and there is no second queue anywhere.
-
-Who goes next (the policy, run whenever tokens may have freed up: a release,
-a resize, an arrival, a cancelled waiter):
-
-1. Only lane *heads* are candidates: within a lane, strict FIFO, and a heavy
-   head is not overtaken by lighter waiters behind it (no barging).
-2. A head whose lane would go over its ``limit`` is not a candidate: the
-   tokens it would need are not the lane's to take, so others may use them.
-3. Heads of lanes holding less than their reserve come first (by priority,
-   then arrival).
-4. Then by priority, then arrival. A head that has waited ``max_wait`` counts
-   as if its lane had the best priority: it is served with the most urgent
-   lane's waiters, in arrival order. So a flood in a high lane cannot starve
-   a low one, and a flood of promoted low waiters cannot starve the high lane
-   either: at worst they share in arrival order.
-5. The winner is granted if its whole weight fits in the free tokens;
-   otherwise *nobody* goes and the free tokens wait for it. A lane below its
-   reserve is therefore served by the very next release, and priority order
-   means something even with weights.
-
-Promotion is evaluated whenever the policy runs; there is no timer task, so a
-head that crosses ``max_wait`` while nothing happens on the limiter is
-promoted at the next release or arrival (when it could first matter anyway,
-unless free tokens were being saved for a heavier head).
+with one queue per :class:`~trioflow.Lane` and the lane policy
+(:mod:`trioflow._admission._lane_policy`, which decides who goes next). Each
+lane handle (:class:`LaneLimiter`) is a face of that one kernel, so every
+lane is a full :class:`~trioflow.Limiter` and there is no second queue
+anywhere.
 """
 
 from __future__ import annotations
@@ -43,332 +20,20 @@ import trio
 
 from .. import _registry
 from .._registry import Holding, Waiting
-from .._util import (
-    check_optional_name,
-    check_positive_number,
-    check_total_tokens,
-    raise_type,
-)
+from .._util import check_optional_name, check_total_tokens, raise_type
 from ..adaptive._base import Algorithm
 from ._capacity import LimiterStatistics, PoolState, adapt_total, resolve_algorithm
 from ._face import Feedback, LimiterFace, fmt_tokens
-from ._kernel import Kernel, Waiter, fits_total
+from ._kernel import Kernel, Loan, fits_total
+from ._lane_policy import EPS, Lane, LanePolicy, cap_tokens, reserved_tokens
+from ._parking import Waiter
 
 __all__ = [
-    "Lane",
     "LaneLimiter",
     "LaneStatistics",
     "PriorityLimiter",
     "PriorityLimiterStatistics",
 ]
-
-# Floating-point slack when turning fractions of the total into whole tokens
-# (0.29 * 100 is 28.999999999999996, and it means 29).
-_EPS = 1e-9
-
-
-# -- configuration -------------------------------------------------------------
-
-
-def _lane_name(value: str) -> str:
-    if not isinstance(value, str):  # pyright: ignore[reportUnnecessaryIsInstance]
-        raise_type("name", "a str", value)
-    if not value:
-        raise ValueError("name must be a non-empty str, got ''")
-    return value
-
-
-def _priority(value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):  # pyright: ignore[reportUnnecessaryIsInstance]
-        raise_type("priority", "an int", value)
-    return value
-
-
-def _fraction(value: object, param: str, *, allow_zero: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise_type(param, "a number between 0 and 1", value)
-    low_ok = value >= 0.0 if allow_zero else value > 0.0
-    if math.isnan(value) or not (low_ok and value <= 1.0):
-        bound = "between 0 and 1" if allow_zero else "> 0 and <= 1"
-        raise ValueError(f"{param} must be {bound}, got {value!r}")
-    return float(value)
-
-
-def _reserve(value: float) -> float:
-    return _fraction(value, "reserve", allow_zero=True)
-
-
-def _limit(value: float) -> float:
-    return _fraction(value, "limit", allow_zero=False)
-
-
-def _max_wait(value: float | None) -> float | None:
-    if value is None:
-        return None
-    return check_positive_number(value, "max_wait")
-
-
-@final
-@attrs.frozen
-class Lane:
-    """How one class of work shares a :class:`PriorityLimiter`.
-
-    A lane is a description, not a limiter: pass lanes to
-    :class:`PriorityLimiter` and take tokens through
-    ``limiter.lane(name)``.
-
-    Example::
-
-        tf.Lane("interactive", priority=0, reserve=0.6)
-        tf.Lane("batch", priority=1, reserve=0.2, limit=0.5, max_wait=2.0)
-
-    Raises:
-      TypeError: for a parameter of the wrong type.
-      ValueError: for a fraction out of range, ``reserve`` above ``limit``,
-        an empty name or a ``max_wait`` that is not a positive finite number.
-    """
-
-    name: str = attrs.field(converter=_lane_name)
-    """The lane's name, unique within its limiter."""
-
-    priority: int = attrs.field(default=0, kw_only=True, converter=_priority)
-    """Lower values are served first (after reserves). Lanes may share a value:
-    they are then served in arrival order."""
-
-    reserve: float = attrs.field(default=0.0, kw_only=True, converter=_reserve)
-    """Fraction of the limiter's total this lane is guaranteed while it has
-    demand: while it holds less, its waiters go before everyone else's."""
-
-    limit: float = attrs.field(default=1.0, kw_only=True, converter=_limit)
-    """Fraction of the total this lane may hold at most, borrowing included
-    (``> 0``, at least ``reserve``)."""
-
-    max_wait: float | None = attrs.field(default=None, kw_only=True, converter=_max_wait)
-    """Seconds after which a waiter of this lane is served as if its lane had
-    the best priority (``None``: never promoted)."""
-
-    def __attrs_post_init__(self) -> None:
-        if self.reserve > self.limit:
-            raise ValueError(
-                f"reserve={self.reserve!r} is more than limit={self.limit!r} for lane {self.name!r}"
-            )
-
-
-# -- how fractions become tokens -----------------------------------------------
-
-
-def reserved_tokens(lanes: Sequence[Lane], total: int | float) -> list[int | float]:
-    """Each lane's reserve in whole tokens under ``total``.
-
-    Largest remainder: every lane gets ``floor(reserve * total)``; the tokens
-    the fractions add up to beyond that go one each to the lanes with the
-    largest fractional parts (ties: better priority, then earlier lane).
-    Then a lane that asked for a reserve but got 0 tokens gets one while
-    tokens are left, in priority order, because a guarantee of "no tokens"
-    is no guarantee. The sum never exceeds ``total``, so every reserve can be
-    honoured at once.
-    """
-    if total == math.inf:
-        return [math.inf if lane.reserve > 0 else 0 for lane in lanes]
-    exact = [lane.reserve * total for lane in lanes]
-    out: list[int | float] = [math.floor(x + _EPS) for x in exact]
-    spare = math.floor(math.fsum(exact) + _EPS) - int(sum(out))
-    by_remainder = sorted(
-        range(len(lanes)),
-        key=lambda i: (-(exact[i] - out[i]), lanes[i].priority, i),
-    )
-    for i in by_remainder[: max(spare, 0)]:
-        if exact[i] - out[i] > _EPS:
-            out[i] += 1
-    used = sum(out)
-    for i in sorted(range(len(lanes)), key=lambda i: (lanes[i].priority, i)):
-        if lanes[i].reserve > 0 and out[i] == 0 and used < total:
-            out[i] = 1
-            used += 1
-    return out
-
-
-def cap_tokens(lane: Lane, reserved: int | float, total: int | float) -> int | float:
-    """The most ``lane`` may hold under ``total``: ``floor(limit * total)``,
-    but never below its reserve, and at least one token while ``total >= 1``
-    (a lane that can never run is a hang, not a limit)."""
-    if total == math.inf:
-        return math.inf
-    floor_cap = math.floor(lane.limit * total + _EPS)
-    return max(floor_cap, reserved, 1 if total >= 1 else 0)
-
-
-# -- the policy ----------------------------------------------------------------
-
-
-#: (lane index, its queue, cap, reserved tokens, priority, max_wait)
-_Row = tuple[int, "dict[Waiter, None]", "int | float", "int | float", int, "float | None"]
-
-
-class _LanePolicy:
-    """The kernel's policy and fast-path hooks for a set of lanes.
-
-    Holds only numbers (no reference back to the limiter), so the kernel and
-    its policy form no reference cycle with the public objects.
-    """
-
-    __slots__ = (
-        "caps",
-        "heads",
-        "lanes",
-        "max_waits",
-        "priorities",
-        "promoted",
-        "queues",
-        "reserved",
-        "rows",
-        "top",
-    )
-
-    def __init__(self, lanes: Sequence[Lane], total: int | float) -> None:
-        self.lanes: Final = tuple(lanes)
-        self.priorities: Final = [lane.priority for lane in lanes]
-        self.max_waits: Final = [lane.max_wait for lane in lanes]
-        #: the best priority of all lanes: where a promoted waiter competes
-        self.top: Final = min(self.priorities)
-        #: grants that ``max_wait`` promotion decided, per lane
-        self.promoted = [0] * len(lanes)
-        #: Each lane's head as last seen. Reading a dict's first key costs
-        #: time in proportion to the entries deleted before it (a FIFO of
-        #: 300 waiters: about 1 µs), so the head is looked up again only
-        #: when it has left its queue. That check is exact: waiters join
-        #: at the end and never come back, so a head still queued is still
-        #: the head. (A stale entry keeps one finished waiter alive until
-        #: its lane is next looked at.)
-        self.heads: list[Waiter | None] = [None] * len(lanes)
-        self.reserved: list[int | float] = []
-        self.caps: list[int | float] = []
-        #: the kernel's queues, once :meth:`attach` has run
-        self.queues: list[dict[Waiter, None]] = []
-        #: per lane, what :meth:`choose` reads, in one tuple (one unpack per lane)
-        self.rows: list[_Row] = []
-        self.resize(total)
-
-    def attach(self, kernel: Kernel) -> None:
-        """Bind to the kernel whose queues :meth:`choose` reads."""
-        self.queues = kernel.queues
-        self._build_rows()
-
-    def resize(self, total: int | float) -> None:
-        self.reserved = reserved_tokens(self.lanes, total)
-        self.caps = [
-            cap_tokens(lane, r, total) for lane, r in zip(self.lanes, self.reserved, strict=True)
-        ]
-        self._build_rows()
-
-    def _build_rows(self) -> None:
-        if self.queues:
-            self.rows = [
-                (i, self.queues[i], self.caps[i], self.reserved[i], p, self.max_waits[i])
-                for i, p in enumerate(self.priorities)
-            ]
-
-    def admits(self, kernel: Kernel, lane: int, weight: int) -> bool:
-        """Fast path, nobody waiting: the tokens are free and within the lane's cap.
-
-        Reserves do not hold tokens back here: with nobody waiting no lane
-        has unmet demand, and idle capacity is anyone's (work-conserving).
-        """
-        return (
-            weight <= kernel.total - kernel.borrowed
-            and kernel.lane_in_use[lane] + weight <= self.caps[lane]
-        )
-
-    def choose(self, kernel: Kernel) -> Waiter | None:
-        """Pick the next waiter to grant (see the module docstring for the order).
-
-        Runs on every release (and arrival, when a token is free) while
-        anyone waits, so it is written for speed: no tuples built, one unpack
-        per lane, and two passes so that the common case under saturation —
-        the lane that just released is below its reserve again — never reads
-        the clock; the second pass reads it only when a ``max_wait`` could
-        change the answer.
-        """
-        free = kernel.total - kernel.borrowed
-        if free <= 0:
-            # Every weight is >= 1: nobody fits, whoever would be chosen.
-            return None
-        in_use = kernel.lane_in_use
-        rows = self.rows
-        heads = self.heads
-        best: Waiter | None = None
-        best_priority = 0
-        best_seq = 0
-        # Pass 1: lanes below their reserve, by (priority, arrival).
-        for i, queue, cap, reserve, priority, _ in rows:
-            used = in_use[i]
-            if used >= reserve:
-                continue
-            head = heads[i]
-            if head is None or head not in queue:
-                # The lane's head; an empty lane is skipped. (A for/break
-                # reads the first key faster than next(iter(queue)).)
-                for head in queue:  # noqa: B007
-                    break
-                else:
-                    heads[i] = None
-                    continue
-                heads[i] = head
-            if used + head.weight > cap:
-                continue
-            if (
-                best is None
-                or priority < best_priority
-                or (priority == best_priority and head.seq < best_seq)
-            ):
-                best = head
-                best_priority = priority
-                best_seq = head.seq
-        if best is not None:
-            return best if best.weight <= free else None
-        # Pass 2: everyone else, by (priority, arrival), a head that has
-        # waited max_wait counting as the top priority.
-        top = self.top
-        now: float | None = None
-        best_promoted = False
-        for i, queue, cap, _, priority, max_wait in rows:
-            head = heads[i]
-            if head is None or head not in queue:
-                for head in queue:  # noqa: B007
-                    break
-                else:
-                    heads[i] = None
-                    continue
-                heads[i] = head
-            if in_use[i] + head.weight > cap:
-                continue
-            promoted = False
-            if (
-                max_wait is not None
-                and priority != top
-                # even promoted it would lose to the best so far: skip the clock
-                and not (best is not None and best_priority == top and best_seq < head.seq)
-            ):
-                if now is None:
-                    now = trio.current_time()
-                if now - head.since >= max_wait:
-                    priority = top
-                    promoted = True
-            if (
-                best is None
-                or priority < best_priority
-                or (priority == best_priority and head.seq < best_seq)
-            ):
-                best = head
-                best_priority = priority
-                best_seq = head.seq
-                best_promoted = promoted
-        if best is None or best.weight > free:
-            return None
-        if best_promoted:
-            self.promoted[best.lane] += 1
-        return best
-
 
 # -- statistics ----------------------------------------------------------------
 
@@ -441,9 +106,9 @@ class LaneLimiter(LimiterFace):
     waited. A borrower holds tokens of at most one lane of a limiter at a
     time.
 
-    Cost: an uncontended ``async with`` measured at 0.96–1.04× the CPU time
-    of :class:`trio.CapacityLimiter`'s; 1000 tasks over 3 lanes contending
-    for 10 tokens at 1.03–1.15× (``bench/lanes.py``, ``docs/benchmarks/``).
+    Cost: the same order as :class:`trio.CapacityLimiter`, uncontended and
+    contended (the lane policy looks at each lane's head once per grant):
+    ``bench/lanes.py``, ``docs/benchmarks/lanes.md``.
     """
 
     __slots__ = (
@@ -455,20 +120,26 @@ class LaneLimiter(LimiterFace):
         "_limiter",
         "_name",
         "_policy",
-        "_what",
     )
 
     kind = "lane"
 
-    def __init__(self, limiter: PriorityLimiter, index: int, config: Lane) -> None:
+    def __init__(
+        self,
+        limiter: PriorityLimiter,
+        index: int,
+        kernel: Kernel,
+        policy: LanePolicy[Waiter],
+        feedback: Feedback | None,
+    ) -> None:
+        # Made by PriorityLimiter only, which hands over the pool this lane shares.
         self._limiter: Final = limiter
-        self._kernel = limiter._kernel  # pyright: ignore[reportPrivateUsage]
-        self._policy: Final = limiter._policy  # pyright: ignore[reportPrivateUsage]
-        self._feedback = limiter._feedback  # pyright: ignore[reportPrivateUsage]
+        self._kernel = kernel
+        self._policy: Final = policy
+        self._feedback = feedback
         self._lane = index
-        self._config: Final = config
-        self._name: Final = f"{limiter.name}/{config.name}"
-        self._what = f"lane {self._name!r}"
+        self._config: Final = policy.lanes[index]
+        self._name: Final = f"{limiter.name}/{self._config.name}"
         _registry.register(self)
 
     # -- identity ----------------------------------------------------------------
@@ -486,6 +157,11 @@ class LaneLimiter(LimiterFace):
     @property
     def limiter(self) -> PriorityLimiter:
         """The limiter whose tokens this lane shares."""
+        return self._limiter
+
+    @property
+    def _trioflow_pool(self) -> object:
+        # The registry's readers fold the lanes of one limiter into one resource.
         return self._limiter
 
     @property
@@ -513,13 +189,26 @@ class LaneLimiter(LimiterFace):
         return max(
             0,
             min(
-                self._policy.caps[lane] - kernel.lane_in_use[lane],
+                self._policy.caps[lane] - kernel.in_use[lane],
                 kernel.total - kernel.borrowed,
             ),
         )
 
     def _check_weight(self, weight: int) -> None:
         super()._check_weight(weight)
+        feedback = self._feedback
+        if feedback is not None:
+            # Adaptive: the lane's cap once the algorithm reaches max_limit.
+            most = feedback.algorithm.max_limit
+            reserved = reserved_tokens(self._policy.lanes, most)[self._lane]
+            cap = cap_tokens(self._config, reserved, most)
+            if weight > cap:
+                raise ValueError(
+                    f"weight={weight!r} is more than {self._what}'s total_tokens={cap!r} "
+                    f"at its algorithm's max_limit={most!r} (its limit={self._config.limit!r}); "
+                    "it could never be granted"
+                )
+            return
         cap = self._policy.caps[self._lane]
         if not fits_total(cap, weight):
             raise ValueError(
@@ -527,23 +216,8 @@ class LaneLimiter(LimiterFace):
                 f"(its limit={self._config.limit!r} of {fmt_tokens(self._kernel.total)})"
             )
 
-    def release_on_behalf_of(self, borrower: object, weight: int | None = None) -> None:
-        """Give back tokens ``borrower`` holds in this lane (see
-        :meth:`trioflow.CapacityLimiter.release_on_behalf_of`).
-
-        Raises:
-          RuntimeError: if ``borrower`` holds no tokens of this lane (also
-            when it holds tokens of another lane of the same limiter).
-          ValueError: if ``weight`` is more than it holds.
-        """
-        hold = self._kernel.holders.get(borrower)
-        if hold is not None and hold.lane != self._lane:
-            other = self._policy.lanes[hold.lane].name
-            raise RuntimeError(
-                f"this borrower isn't holding any of {self._what}'s tokens "
-                f"(it holds tokens of lane {other!r} of the same limiter)"
-            )
-        super().release_on_behalf_of(borrower, weight)
+    def _holds_elsewhere(self, loan: Loan) -> str:
+        return f"lane {self._limiter.name + '/' + self._policy.lanes[loan.lane].name!r}"
 
     # -- state -------------------------------------------------------------------
 
@@ -556,34 +230,32 @@ class LaneLimiter(LimiterFace):
         return LaneStatistics(
             name=self._name,
             total_tokens=policy.caps[lane],
-            borrowed_tokens=kernel.lane_in_use[lane],
-            tasks_waiting=len(kernel.queues[lane]),
-            borrowers=[b for b, h in list(kernel.holders.items()) if h.lane == lane],
+            borrowed_tokens=kernel.in_use[lane],
+            tasks_waiting=kernel.queued(lane),
+            borrowers=[b for b, h in list(kernel.loans.items()) if h.lane == lane],
             algorithm=None if self._feedback is None else self._feedback.algorithm.state(),
             lane=config.name,
             priority=config.priority,
             reserve=config.reserve,
             reserved_tokens=policy.reserved[lane],
             limit=config.limit,
-            granted=kernel.lane_granted[lane],
+            granted=kernel.granted[lane],
             promoted=policy.promoted[lane],
         )
 
     def _trioflow_holders(self) -> list[Holding]:
         lane = self._lane
         name = self._config.name
-        return [
-            Holding(b, h.weight, name) for b, h in self._kernel.holders.items() if h.lane == lane
-        ]
+        return [Holding(b, h.weight, name) for b, h in self._kernel.loans.items() if h.lane == lane]
 
     def __repr__(self) -> str:
         kernel = self._kernel
         lane = self._lane
         return (
             f"<trioflow.LaneLimiter {self._name!r} at {id(self):#x}, "
-            f"{kernel.lane_in_use[lane]}/{fmt_tokens(self._policy.caps[lane])} "
+            f"{kernel.in_use[lane]}/{fmt_tokens(self._policy.caps[lane])} "
             f"(reserved {fmt_tokens(self._policy.reserved[lane])}) "
-            f"with {len(kernel.queues[lane])} waiting>"
+            f"with {kernel.queued(lane)} waiting>"
         )
 
 
@@ -655,7 +327,7 @@ class PriorityLimiter(PoolState):
 
     __slots__ = ("__weakref__", "_by_name", "_feedback", "_handles", "_kernel", "_name", "_policy")
 
-    kind = "priority limiter"
+    kind = "priority_limiter"
 
     def __init__(
         self,
@@ -674,16 +346,18 @@ class PriorityLimiter(PoolState):
         )
         if self._feedback is not None:
             total = self._feedback.algorithm.limit
-        self._policy = _LanePolicy(configs, total)
+        self._policy = LanePolicy[Waiter](configs, total, trio.current_time)
         self._kernel = Kernel(
-            total, lanes=len(configs), policy=self._policy.choose, admits=self._policy.admits
+            total,
+            lanes=len(configs),
+            policy=self._policy,
+            alone_ok=self._feedback is not None,
         )
-        self._policy.attach(self._kernel)
         self._handles: tuple[LaneLimiter, ...] = tuple(
-            LaneLimiter(self, i, config) for i, config in enumerate(configs)
+            LaneLimiter(self, i, self._kernel, self._policy, self._feedback)
+            for i in range(len(configs))
         )
         self._by_name: dict[str, LaneLimiter] = {h.lane.name: h for h in self._handles}
-        self._kernel.lane_what = [h._what for h in self._handles]  # pyright: ignore[reportPrivateUsage]
         _registry.register(self)
 
     def _set_total(self, total: int | float) -> None:
@@ -750,7 +424,13 @@ class PriorityLimiter(PoolState):
         )
 
     def _trioflow_holders(self) -> list[Holding]:
-        return self._kernel.holdings([lane.name for lane in self._policy.lanes])
+        names = [lane.name for lane in self._policy.lanes]
+        return [Holding(b, h.weight, names[h.lane]) for b, h in self._kernel.loans.items()]
+
+    @property
+    def _trioflow_pool(self) -> object:
+        # The registry's readers fold this limiter and its lanes into one resource.
+        return self
 
     def _trioflow_waiters(self) -> list[Waiting]:
         return list(self._kernel.iter_waiters())
@@ -758,8 +438,7 @@ class PriorityLimiter(PoolState):
     def __repr__(self) -> str:
         kernel = self._kernel
         lanes = ", ".join(
-            f"{lane.name} {kernel.lane_in_use[i]}/{fmt_tokens(self._policy.caps[i])}"
-            f"+{len(kernel.queues[i])}"
+            f"{lane.name} {kernel.in_use[i]}/{fmt_tokens(self._policy.caps[i])}+{kernel.queued(i)}"
             for i, lane in enumerate(self._policy.lanes)
         )
         return (
@@ -800,7 +479,7 @@ def _check_lanes(lanes: object) -> list[Lane]:
     if not configs:
         raise ValueError("lanes must name at least one lane, got an empty sequence")
     reserves = math.fsum(lane.reserve for lane in configs)
-    if reserves > 1.0 + _EPS:
+    if reserves > 1.0 + EPS:
         parts = " + ".join(f"{lane.name} {lane.reserve!r}" for lane in configs if lane.reserve)
         raise ValueError(f"lanes' reserves add up to {reserves:g} ({parts}); they must be <= 1")
     return configs

@@ -1,26 +1,44 @@
-"""The Limiter protocol: what every ``limiter=`` parameter accepts."""
+"""What a limiter is: one protocol, one check.
+
+:class:`Limiter` is :class:`trio.CapacityLimiter`'s own interface, so trio's
+limiter is one, and so is every trioflow limiter and lane handle.
+:class:`PermitLimiter` adds what only trioflow's limiters have — weights and
+``hold()``, whose :class:`~trioflow.Permit` lets a block report overload to an
+adaptive algorithm. :func:`check_limiter` is the one check every
+``limiter=`` parameter runs.
+"""
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-__all__ = ["Limiter"]
+from .._util import raise_type
+
+if TYPE_CHECKING:
+    from ._face import Permit
+
+__all__ = ["Limiter", "PermitLimiter", "check_limiter"]
 
 
 @runtime_checkable
 class Limiter(Protocol):
     """Anything that hands out tokens the way :class:`trio.CapacityLimiter` does.
 
-    Every trioflow limiter satisfies it — :class:`~trioflow.CapacityLimiter`
-    (fixed or adaptive) and each lane handle of a
-    :class:`~trioflow.PriorityLimiter` — and so does :class:`trio.CapacityLimiter`
-    itself except for ``weight=`` and ``hold()``. Task groups, ``amap`` and
-    pipeline stages take any of them, and so does
+    What every ``limiter=`` parameter accepts: :class:`trio.CapacityLimiter`
+    itself, every trioflow limiter — :class:`~trioflow.CapacityLimiter` (fixed
+    or adaptive), each lane handle of a :class:`~trioflow.PriorityLimiter` —
+    and anything else with these methods. Task groups, ``amap``, ``run_all``
+    and pipeline stages take any of them, and so does
     ``trio.to_thread.run_sync(fn, limiter=...)``.
 
     ``isinstance(obj, tf.Limiter)`` checks the methods are present, not their
-    behaviour; the conformance suite in trioflow's tests checks behaviour.
+    behaviour; trioflow's conformance suite checks behaviour. A
+    :class:`~trioflow.PriorityLimiter` is not one (take tokens through a
+    lane: ``limiter.lane(name)``).
+
+    .. seealso:: :class:`PermitLimiter`, a limiter with weights and ``hold()``.
     """
 
     @property
@@ -32,21 +50,17 @@ class Limiter(Protocol):
     @property
     def available_tokens(self) -> int | float: ...
 
-    async def acquire(self, weight: int = 1) -> None: ...
+    async def acquire(self) -> None: ...
 
-    def acquire_nowait(self, weight: int = 1) -> None: ...
+    def acquire_nowait(self) -> None: ...
 
-    def release(self, weight: int | None = None) -> None: ...
+    def release(self) -> None: ...
 
-    async def acquire_on_behalf_of(self, borrower: object, weight: int = 1) -> None: ...
+    async def acquire_on_behalf_of(self, borrower: Any) -> None: ...
 
-    def acquire_on_behalf_of_nowait(self, borrower: object, weight: int = 1) -> None: ...
+    def acquire_on_behalf_of_nowait(self, borrower: Any) -> None: ...
 
-    def release_on_behalf_of(self, borrower: object, weight: int | None = None) -> None: ...
-
-    def hold(self, weight: int = 1) -> Any:
-        """``async with limiter.hold(weight) as permit:`` (an async context manager yielding a Permit)."""
-        ...
+    def release_on_behalf_of(self, borrower: Any) -> None: ...
 
     def statistics(self) -> Any: ...
 
@@ -58,3 +72,55 @@ class Limiter(Protocol):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None: ...
+
+
+@runtime_checkable
+class PermitLimiter(Limiter, Protocol):
+    """A :class:`Limiter` with weights and ``hold()``: what trioflow's own limiters add.
+
+    ``async with limiter.hold(weight) as permit:`` holds ``weight`` tokens for
+    the block and yields a :class:`~trioflow.Permit`, through which the block
+    reports overload (``permit.drop()``) or asks not to be a latency sample
+    (``permit.ignore()``): what an adaptive limit learns from. Code that
+    takes any :class:`Limiter` uses ``hold()`` when the limiter has it and
+    plain ``async with`` otherwise.
+    """
+
+    async def acquire(self, weight: int = 1) -> None: ...
+
+    def acquire_nowait(self, weight: int = 1) -> None: ...
+
+    def release(self, weight: int | None = None) -> None: ...
+
+    async def acquire_on_behalf_of(self, borrower: Any, weight: int = 1) -> None: ...
+
+    def acquire_on_behalf_of_nowait(self, borrower: Any, weight: int = 1) -> None: ...
+
+    def release_on_behalf_of(self, borrower: Any, weight: int | None = None) -> None: ...
+
+    def hold(self, weight: int = 1) -> AbstractAsyncContextManager[Permit]:
+        """``async with limiter.hold(weight) as permit:`` (see :meth:`trioflow.CapacityLimiter.hold`)."""
+        ...
+
+
+def check_limiter(value: object, param: str, *, expected: str | None = None) -> Limiter:
+    """``value`` as a :class:`Limiter`, or :exc:`TypeError` naming ``param`` and the value.
+
+    The one rule for what a ``limiter=`` parameter accepts. ``expected``
+    rewords the error's "must be ..." for a parameter that also takes other
+    things (``limit=`` takes an int too). Not a checkpoint; never blocks.
+    """
+    if isinstance(value, Limiter):
+        return value
+    lane = getattr(value, "lane", None)
+    if callable(lane) and getattr(value, "kind", None) == "priority_limiter":
+        raise TypeError(
+            f"{param} must be a limiter, got {value!r}, which shares its tokens by lane: "
+            f"pass one of its lanes, {param}=limiter.lane(name)"
+        )
+    raise_type(
+        param,
+        expected
+        or "a limiter (a tf.CapacityLimiter, a lane handle, a trio.CapacityLimiter or any tf.Limiter)",
+        value,
+    )

@@ -44,8 +44,9 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterator
 from types import TracebackType
-from typing import Any, Final, final
+from typing import Final, final
 
 import attrs
 import outcome
@@ -54,8 +55,8 @@ import trio
 from .. import _registry
 from .._registry import Holding, Waiting
 from .._util import check_optional_name, check_positive_number, check_weight
-from ..telemetry import _hooks
-from ._kernel import Waiter
+from ._bucket import drain, refill
+from ._parking import Waiter, park, unpark, waited
 
 __all__ = ["RateLimiter", "RateLimiterStatistics", "Reservation"]
 
@@ -254,11 +255,11 @@ class RateLimiter:
     never returned: there is no ``release``.
 
     Cost: an ``acquire()`` that does not have to wait is one checkpoint plus
-    one clock read and a few float operations, measured at 1.1-1.3x the time
-    of a bare :func:`trio.lowlevel.checkpoint` on a loaded 2-vCPU machine,
-    where an empty ``async def`` around a checkpoint measures 1.0-1.5x
-    (``bench/rate.py``, ``docs/benchmarks/``). A grant to a task that had
-    to wait costs one wake-up of that task.
+    one clock read and a few float operations: the same order as a bare
+    :func:`trio.lowlevel.checkpoint`, and close to the floor of an
+    ``async def`` that reads the clock and checkpoints (``bench/rate.py``,
+    ``docs/benchmarks/rate.md``). A grant to a task that had to wait costs
+    one wake-up of that task.
 
     Args:
       rate: tokens added per second: a finite number > 0 (e.g. ``0.5`` for one
@@ -295,7 +296,7 @@ class RateLimiter:
         "_stamp",
     )
 
-    kind = "rate limiter"
+    kind = "rate_limiter"
 
     def __init__(self, rate: float, *, burst: int = 1, name: str | None = None) -> None:
         self._rate = _check_rate(rate)
@@ -393,39 +394,28 @@ class RateLimiter:
 
     def _settle(self, now: float) -> None:
         """Bring the bucket to ``now``: grant every demand due by then, each at its due time."""
-        stamp = self._stamp
-        if now < stamp:
-            # A clock from another trio.run (trio randomizes the offset): no accrual.
-            stamp = now
-        level = self._level
-        if self._pending:
-            rate = self._rate
-            queue = self._queue
-            t = stamp
-            while queue:
-                demand = queue[0]
-                if demand.state != _PENDING:
-                    queue.popleft()
-                    continue
-                need = demand.n - level
-                if need > 0:
-                    due = t + need / rate
-                    if due > now:
-                        break
-                    # Granted at its own due time: the bucket is exactly empty then.
-                    t = due
-                    level = 0.0
-                else:
-                    level -= demand.n
-                queue.popleft()
-                self._grant(demand)
-            stamp = t
-        # With demands still queued, level < head's n <= burst: the cap never bites here.
-        level += (now - stamp) * self._rate
-        if level > self._burst:
-            level = float(self._burst)
-        self._level = level
+        if not self._pending:
+            self._level = refill(self._level, self._stamp, now, self._rate, self._burst)
+            self._stamp = now
+            return
+        due, self._level, _ = drain(
+            self._level, self._stamp, now, self._rate, self._burst, self._pending_sizes()
+        )
         self._stamp = now
+        queue = self._queue
+        while due:
+            demand = queue.popleft()
+            if demand.state == _PENDING:
+                self._grant(demand)
+                due -= 1
+        while queue and queue[0].state != _PENDING:
+            queue.popleft()
+
+    def _pending_sizes(self) -> Iterator[int]:
+        """Sizes of the pending demands, in line order (lazily: drain stops early)."""
+        for d in self._queue:
+            if d.state == _PENDING:
+                yield d.n
 
     def _grant(self, demand: _Demand) -> None:
         demand.state = _GRANTED
@@ -437,12 +427,10 @@ class RateLimiter:
             self._promoted = None
         waiter = demand.waiter
         if waiter is not None and waiter.parked:
-            waiter.parked = False
             self._sleepers -= 1
-            waiter.task.custom_sleep_data = None
             # Its scope's deadline (if armed) is left alone: the task leaves
             # the scope before its next checkpoint, which unregisters it.
-            trio.lowlevel.reschedule(waiter.task)
+            unpark(waiter)
 
     def _due(self, demand: _Demand) -> float:
         """When a pending ``demand`` will be granted, at the current rate."""
@@ -513,11 +501,9 @@ class RateLimiter:
             # it parks again inside a scope.
             waiter = first.waiter
             assert waiter is not None
-            waiter.parked = False
             self._sleepers -= 1
-            waiter.task.custom_sleep_data = None
             self._promoted = first
-            trio.lowlevel.reschedule(waiter.task)
+            unpark(waiter)
 
     def _update(self, now: float) -> None:
         """Settle, and re-arm if anything is parked."""
@@ -558,14 +544,8 @@ class RateLimiter:
             if self._pending:
                 return False
         else:
-            stamp = self._stamp
-            level = self._level
-            if now > stamp:
-                level += (now - stamp) * self._rate
-                if level > self._burst:
-                    level = float(self._burst)
+            self._level = refill(self._level, self._stamp, now, self._rate, self._burst)
             self._stamp = now
-            self._level = level
         if self._level >= n:
             self._level -= n
             self._granted += n
@@ -585,14 +565,14 @@ class RateLimiter:
         waiter = Waiter(task, task, demand.n, 0, self, self._seq, trio.current_time())
         demand.waiter = waiter
 
-        def abort(_: Any) -> trio.lowlevel.Abort:
+        def woke_early() -> None:
             # Our own deadline (time to settle) or an outer cancellation: either
             # way keep the place in line; the task sorts it out when it runs.
-            if waiter.parked:
-                waiter.parked = False
-                self._sleepers -= 1
-            task.custom_sleep_data = None
-            return trio.lowlevel.Abort.SUCCEEDED
+            self._sleepers -= 1
+
+        def sleeping() -> None:
+            self._sleepers += 1
+            self._arm()
 
         try:
             while demand.state == _PENDING:
@@ -603,11 +583,7 @@ class RateLimiter:
                     # behind the last one (see _ALARM_SPACING).
                     spacing = self._rate * _ALARM_SPACING
                     if demand.pos - self._last_alarm_pos < spacing:
-                        waiter.parked = True
-                        self._sleepers += 1
-                        task.custom_sleep_data = waiter
-                        self._arm()
-                        await trio.lowlevel.wait_task_rescheduled(abort)
+                        await park(waiter, woke_early, sleeping)
                         if demand.state == _PENDING:
                             # Promoted, or cancelled: settle, then park again
                             # (or leave, from the except clause below).
@@ -619,12 +595,8 @@ class RateLimiter:
                     if demand.pos > self._last_alarm_pos:
                         self._last_alarm_pos = demand.pos
                 scope = demand.scope = trio.CancelScope()
-                waiter.parked = True
-                self._sleepers += 1
-                task.custom_sleep_data = waiter
-                self._arm()
                 with scope:
-                    await trio.lowlevel.wait_task_rescheduled(abort)
+                    await park(waiter, woke_early, sleeping)
                 if demand.state == _PENDING:
                     # Our deadline fired: pay out everything that is due by now
                     # (the head first, maybe us), and arm whoever is next.
@@ -639,9 +611,7 @@ class RateLimiter:
         if demand.state == _CANCELLED:
             raise RuntimeError("the reservation was cancelled while a task waited on it")
         demand.state = _USED
-        hook = _hooks.wait_hook
-        if hook is not None:
-            hook(self, waiter.since, trio.current_time())
+        waited(waiter)
 
     async def acquire(self, n: int = 1) -> None:
         """Take ``n`` tokens, waiting until the bucket has them and everyone ahead is served.
@@ -723,11 +693,9 @@ class RateLimiter:
         if state == _PENDING:
             waiter = demand.waiter
             if waiter is not None and waiter.parked:
-                waiter.parked = False
                 self._sleepers -= 1
-                waiter.task.custom_sleep_data = None
-                trio.lowlevel.reschedule(
-                    waiter.task,
+                unpark(
+                    waiter,
                     outcome.Error(
                         RuntimeError("the reservation was cancelled while a task waited on it")
                     ),
@@ -767,26 +735,32 @@ class RateLimiter:
     # -- state -----------------------------------------------------------------
 
     def statistics(self) -> RateLimiterStatistics:
-        """A snapshot of the bucket's state.
+        """A snapshot of the bucket's state. A pure read: it changes nothing and wakes nobody.
 
-        Inside ``trio.run`` it brings the bucket up to date first (which may
-        wake waiters whose time has come), so the figures are those of this
-        instant. From another thread (a metrics exporter) or outside
-        ``trio.run`` it only reads: ``tokens`` is then as of the last call
-        that touched the bucket.
+        Inside ``trio.run`` the figures are those of this instant: demands
+        whose due time has passed but whose tasks have not run yet count as
+        granted, and ``tokens`` includes what accrued since the bucket was
+        last touched. From another thread (a metrics exporter) or outside
+        ``trio.run``, they are as of the last call that touched the bucket.
         """
+        queued = [d for d in list(self._queue) if d.state == _PENDING]
+        level = self._level
+        granted = self._granted
         now = _now_or_none()
         if now is not None:
-            self._update(now)
-        queued = [d for d in list(self._queue) if d.state == _PENDING]
+            due, level, _ = drain(
+                level, self._stamp, now, self._rate, self._burst, (d.n for d in queued)
+            )
+            granted += sum(d.n for d in queued[:due])
+            queued = queued[due:]
         return RateLimiterStatistics(
             name=self._name,
             rate=self._rate,
             burst=self._burst,
-            tokens=self._level,
+            tokens=level,
             tasks_waiting=sum(1 for d in queued if d.waiter is not None),
             tokens_queued=sum(d.n for d in queued),
-            granted=self._granted,
+            granted=granted,
         )
 
     def _trioflow_holders(self) -> list[Holding]:

@@ -15,7 +15,7 @@ from typing import Any, Final, Literal
 import attrs
 import trio
 
-from .._admission._protocol import Limiter
+from .._admission._protocol import Limiter, check_limiter
 from .._admission._rate import RateLimiter
 from .._util import check_count, check_optional_name, check_positive_number, raise_type
 from ._retry import Retry
@@ -45,14 +45,12 @@ def _fn_name(fn: object) -> str:
     return type(fn).__name__ if not inspect.isfunction(fn) else "lambda"
 
 
-def check_stage_limiter(limiter: object) -> Limiter | trio.CapacityLimiter | None:
+def check_stage_limiter(limiter: object) -> Limiter | None:
     """``limiter=`` of a stage: any limiter (a trio.CapacityLimiter is one), or ``None``.
 
     The one place a stage decides "is this a limiter".
     """
-    if limiter is not None and not isinstance(limiter, Limiter | trio.CapacityLimiter):
-        raise_type("limiter", "a trioflow.Limiter (or None)", limiter)
-    return limiter
+    return None if limiter is None else check_limiter(limiter, "limiter")
 
 
 def check_rate(rate: object) -> RateLimiter | None:

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from types import TracebackType
-from typing import Any, Generic, Literal, TypeVar, final, overload
+from typing import Any, Generic, Literal, NoReturn, TypeVar, cast, final, overload
 
+import attrs
 import outcome
 import trio
 
+from .._admission._protocol import Limiter, PermitLimiter, check_limiter
 from .._admission._rate import RateLimiter
+from .._pipeline._retry import Retry
 from .._util import check_positive_number, raise_type
 
-__all__ = ["AmapResults", "amap", "run_all"]
+__all__ = ["AmapResults", "AmapStatistics", "amap", "check_async_fn", "run_all"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -75,6 +80,73 @@ def _check_max_per_second(value: object) -> float | None:
     return check_positive_number(value, "max_per_second")
 
 
+def check_async_fn(fn: object, param: str = "fn") -> None:
+    """``fn`` is an async function: checked at the call that takes it, not in a worker.
+
+    Accepted: ``async def`` functions and methods, :func:`functools.partial`
+    of one, decorated ones (``functools.wraps``), objects with ``async def
+    __call__``, and lambdas (``lambda: fetch(url)`` returns a coroutine, as
+    trio's ``start_soon`` accepts). Refused with :exc:`TypeError` naming
+    ``param``: what is not callable, async generator functions, classes, and
+    plain ``def`` functions, methods and builtins.
+    """
+    if not callable(fn):
+        raise_type(param, "an async function", fn)
+    target: Any = fn
+    while isinstance(target, functools.partial):
+        target = target.func  # pyright: ignore[reportUnknownMemberType]
+    target = inspect.unwrap(target)
+    if inspect.isasyncgenfunction(target):
+        raise TypeError(
+            f"{param} must be an async function that returns a result, got {fn!r}, "
+            "an async generator function"
+        )
+    if inspect.iscoroutinefunction(target):
+        return
+    if inspect.isfunction(target) and target.__name__ == "<lambda>":
+        return  # a lambda that returns a coroutine; what it returns is seen when it runs
+    if inspect.isfunction(target) or inspect.ismethod(target) or inspect.isbuiltin(target):
+        raise TypeError(f"{param} must be an async function (async def), got {fn!r}")
+    if inspect.isclass(target):
+        raise TypeError(f"{param} must be an async function, got the class {fn!r}")
+    call = inspect.getattr_static(type(cast(object, target)), "__call__", None)
+    if inspect.isfunction(call) and not inspect.iscoroutinefunction(call):
+        raise TypeError(f"{param} must be an async function, got {fn!r}, whose __call__ is sync")
+
+
+def _check_rate(value: object) -> RateLimiter | None:
+    if value is not None and not isinstance(value, RateLimiter):
+        raise_type("rate", "a tf.RateLimiter or None", value)
+    return value
+
+
+def _check_retry(value: object) -> Retry | None:
+    if value is not None and not isinstance(value, Retry):
+        raise_type("retry", "a tf.Retry or None", value)
+    return value
+
+
+@final
+@attrs.frozen
+class AmapStatistics:
+    """A snapshot of one :func:`amap` run, from :meth:`AmapResults.statistics`."""
+
+    workers: int
+    """Workers started so far (at most ``max_at_once``)."""
+
+    running: int
+    """Calls of ``fn`` in progress now (waiting for a retry's backoff included)."""
+
+    items_read: int
+    """Items taken from the source so far."""
+
+    results_ready: int
+    """Results finished and not yet taken by ``async for`` (the reorder buffer included)."""
+
+    retried: int
+    """Attempts beyond the first, so far (with ``retry=``)."""
+
+
 def _short_repr(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
@@ -89,8 +161,8 @@ class AmapResults(Generic[R], AsyncIterator[R]):
     checkpoint whenever it waits; a result that is already there is handed
     over without a trip through the scheduler, but not more than 16 times
     in a row, so a busy consumer still lets other tasks run. (Yielding on
-    every result made each one cost a whole pass of Trio's run loop: 15 µs
-    against 5 µs per item in ``bench/tasks.py``.) Can be iterated once,
+    every result made each one cost a whole pass of Trio's run loop, about
+    three times as much per item: ``bench/tasks.py``.) Can be iterated once,
     inside the ``async with`` block only.
     """
 
@@ -104,6 +176,10 @@ class AmapResults(Generic[R], AsyncIterator[R]):
 
     async def __anext__(self) -> R:
         return await self._map.next_result()
+
+    def statistics(self) -> AmapStatistics:
+        """A snapshot of the run (plain reads; safe from any thread)."""
+        return self._map.statistics()
 
     def __repr__(self) -> str:
         return f"<trioflow.AmapResults of {self._map!r}>"
@@ -130,6 +206,7 @@ class _Amap(Generic[T, R]):
     __slots__ = (
         "_aiter",
         "_alive",
+        "_buckets",
         "_exhausted",
         "_fn",
         "_idle",
@@ -138,6 +215,7 @@ class _Amap(Generic[T, R]):
         "_indexed",
         "_items",
         "_iter",
+        "_limiter",
         "_max",
         "_next_out",
         "_nursery",
@@ -147,7 +225,11 @@ class _Amap(Generic[T, R]):
         "_out_send",
         "_outcomes",
         "_pending",
+        "_permits",
         "_rate",
+        "_read",
+        "_retried",
+        "_retry",
         "_state",
         "_streak",
         "_window",
@@ -163,10 +245,12 @@ class _Amap(Generic[T, R]):
         max_per_second: object,
         ordered: object,
         outcomes: object,
+        limiter: object = None,
+        rate: object = None,
+        retry: object = None,
         indexed: bool = False,
     ) -> None:
-        if not callable(fn):
-            raise_type("fn", "an async function", fn)
+        check_async_fn(fn)
         if not (hasattr(items, "__aiter__") or hasattr(items, "__iter__")):
             raise_type("items", "an iterable or an async iterable", items)
         if not isinstance(ordered, bool):
@@ -176,11 +260,24 @@ class _Amap(Generic[T, R]):
         self._fn = fn
         self._items = items
         self._max = _check_max_at_once(max_at_once)
-        rate = _check_max_per_second(max_per_second)
+        per_second = _check_max_per_second(max_per_second)
         self._rate: RateLimiter | None = None
-        if rate is not None:
+        if per_second is not None:
             # burst=1: starts are spaced at least 1/rate apart, never bunched
-            self._rate = RateLimiter(rate, burst=1, name=f"amap {self._fn_name()}")
+            self._rate = RateLimiter(per_second, burst=1, name=f"amap {self._fn_name()}")
+        self._limiter: Limiter | None = (
+            None if limiter is None else check_limiter(limiter, "limiter")
+        )
+        shared = _check_rate(rate)
+        #: every bucket an attempt takes a token from, in order (own pace, then shared)
+        self._buckets: tuple[RateLimiter, ...] = tuple(
+            b for b in (self._rate, shared) if b is not None
+        )
+        #: the limiter has hold(): attempts are samples for an adaptive limit
+        self._permits = isinstance(self._limiter, PermitLimiter)
+        self._retry: Retry | None = _check_retry(retry)
+        self._retried = 0
+        self._read = 0
         self._ordered = ordered
         self._outcomes = outcomes
         self._indexed = indexed
@@ -242,6 +339,27 @@ class _Amap(Generic[T, R]):
             self._nursery = None
             self._out_recv.close()
 
+    def __aiter__(self) -> NoReturn:
+        # ``async for r in tf.amap(...)``: say what to write instead of
+        # Python's "'async for' requires an object with __aiter__".
+        raise TypeError(
+            "amap() gives an async context manager, not an iterator: write "
+            "'async with tf.amap(fn, items) as results:' and then 'async for r in results:' "
+            "(the block bounds the workers' lifetime)"
+        )
+
+    def statistics(self) -> AmapStatistics:
+        """A snapshot of the run (plain reads; safe from any thread)."""
+        recv = self._out_recv if self._state != "new" else None
+        ready = 0 if recv is None else recv.statistics().current_buffer_used
+        return AmapStatistics(
+            workers=self._workers,
+            running=max(0, self._alive - self._idle),
+            items_read=self._read,
+            results_ready=ready + len(self._pending),
+            retried=self._retried,
+        )
+
     def _fn_name(self) -> str:
         return getattr(self._fn, "__qualname__", None) or repr(self._fn)
 
@@ -301,14 +419,29 @@ class _Amap(Generic[T, R]):
 
     async def _work(self, out: trio.MemorySendChannel[Any]) -> None:
         fn = self._fn
-        rate = self._rate
+        # the one bucket of a plain call (max_per_second's, or a shared rate)
+        rate = self._buckets[0] if self._buckets else None
         window = self._window
         ordered = self._ordered or self._indexed
         outcomes = self._outcomes
         sync_source = self._iter
         in_recv = self._in_recv
-        idle = True
+        # No shared limiter, shared rate or retry: the call is just fn(item).
+        plain = self._limiter is None and self._retry is None and len(self._buckets) <= 1
+        busy = False
         streak = in_streak = 0
+
+        def started() -> None:
+            # Busy now. Grow only when nobody else is idle: a worker still
+            # looking for an item or waiting for a token will take the next
+            # one, so an extra worker would only pile up behind it.
+            nonlocal busy
+            if not busy:
+                busy = True
+                self._idle -= 1
+                if not self._idle:
+                    self._grow()
+
         try:
             while True:
                 if sync_source is not None:
@@ -336,33 +469,70 @@ class _Amap(Generic[T, R]):
                     except trio.EndOfChannel:
                         self._exhausted = True
                         return
-                if rate is not None and not rate.try_acquire():
-                    await rate.acquire()
-                # Busy now. Grow only when nobody else is idle: a worker still
-                # looking for an item or waiting for a rate token will take the
-                # next one, so an extra worker would only pile up behind it.
-                idle = False
-                self._idle -= 1
-                if not self._idle:
-                    self._grow()
-                if outcomes:
-                    try:
-                        value: Any = outcome.Value(await fn(item))
-                    except Exception as exc:
-                        value = outcome.Error(exc)
-                    value = value if self._indexed else (item, value)
-                else:
-                    try:
-                        value = await fn(item)
-                    except Exception as exc:
+                self._read += 1
+                try:
+                    if plain:
+                        if rate is not None and not rate.try_acquire():
+                            await rate.acquire()
+                        started()
+                        value: Any = await fn(item)
+                    else:
+                        value = await self._attempts(item, started)
+                    if outcomes:
+                        value = outcome.Value(value)
+                except Exception as exc:
+                    if not outcomes:
                         exc.add_note(f"raised by amap's fn for item {index}: {_short_repr(item)}")
                         raise
+                    value = outcome.Error(exc)
+                if outcomes and not self._indexed:
+                    value = (item, value)
                 streak = await _send(out, (index, value) if ordered else value, streak)
-                idle = True
+                busy = False
                 self._idle += 1
         finally:
-            if idle:
+            if not busy:
                 self._idle -= 1
+
+    async def _attempts(self, item: Any, started: Callable[[], None]) -> Any:
+        """Every attempt at one item: rate tokens, then a limiter token, then ``fn``; retries.
+
+        Each attempt takes its own tokens (so the rate paces attempts, not
+        items) and holds the limiter token only while ``fn`` runs: between
+        attempts, during the backoff sleep, nothing is held. With a
+        :class:`~trioflow.PermitLimiter` the attempt is a ``hold()`` block,
+        so an adaptive limiter learns from it (an overload exception is a drop).
+        """
+        fn = self._fn
+        limiter = self._limiter
+        retry = self._retry
+        attempt = 1
+        while True:
+            for bucket in self._buckets:
+                if not bucket.try_acquire():
+                    await bucket.acquire()
+            try:
+                if limiter is None:
+                    started()
+                    return await fn(item)
+                if self._permits:
+                    async with limiter.hold():  # pyright: ignore[reportAttributeAccessIssue, reportUnknownMemberType]
+                        started()
+                        return await fn(item)
+                async with limiter:
+                    started()
+                    return await fn(item)
+            except Exception as exc:
+                if (
+                    retry is None
+                    or attempt >= retry.attempts
+                    or not isinstance(exc, retry.retry_on)
+                ):
+                    raise
+            started()  # busy through the backoff: it holds an item
+            await trio.sleep(retry.backoff.delay(attempt))
+            attempt += 1
+            self._retried += 1
 
     # -- consuming -----------------------------------------------------------
 
@@ -404,6 +574,9 @@ def amap(
     max_at_once: int | None = None,
     max_per_second: float | None = None,
     ordered: bool = False,
+    limiter: Limiter | None = None,
+    rate: RateLimiter | None = None,
+    retry: Retry | None = None,
     outcomes: Literal[False] = False,
 ) -> _Amap[T, R]: ...
 
@@ -416,6 +589,9 @@ def amap(
     max_at_once: int | None = None,
     max_per_second: float | None = None,
     ordered: bool = False,
+    limiter: Limiter | None = None,
+    rate: RateLimiter | None = None,
+    retry: Retry | None = None,
     outcomes: Literal[True],
 ) -> _Amap[T, tuple[T, outcome.Outcome[R]]]: ...
 
@@ -427,6 +603,9 @@ def amap(
     max_at_once: int | None = None,
     max_per_second: float | None = None,
     ordered: bool = False,
+    limiter: Limiter | None = None,
+    rate: RateLimiter | None = None,
+    retry: Retry | None = None,
     outcomes: bool = False,
 ) -> _Amap[T, Any]:
     """Run ``await fn(item)`` for every item, a bounded number at once, and yield the results.
@@ -469,17 +648,30 @@ def amap(
       max_per_second: how many calls may *start* per second (a positive
         number; calls start at least ``1 / max_per_second`` apart), or ``None``.
       ordered: yield results in the order of ``items``.
+      limiter: any :class:`~trioflow.Limiter` (a lane handle gives these calls
+        its priority; a :class:`trio.CapacityLimiter` works too), shared
+        with whatever else uses it: each call of ``fn`` holds one token
+        while it runs (as a ``hold()`` block when the limiter has one, so an
+        adaptive limiter learns from it).
+      rate: a :class:`~trioflow.RateLimiter` shared with other blocks: each
+        call takes one token before it starts (after ``max_per_second``'s).
+      retry: a :class:`~trioflow.Retry`: a call that raises one of its
+        ``retry_on`` exceptions is tried again, up to ``attempts`` in all,
+        after its backoff; every attempt takes its own rate tokens and
+        limiter token, and none is held between attempts. The last
+        attempt's exception is what counts (raised, or its outcome).
       outcomes: yield ``(item, outcome.Outcome)`` pairs instead of raising.
 
     Returns:
       An async context manager; entering it gives an :class:`AmapResults`.
 
     Raises:
-      TypeError / ValueError: at this call, for a bad argument.
+      TypeError / ValueError: at this call, for a bad argument (``fn`` that
+        is not an async function included).
 
-    Cost: about 5–7 µs per item with 10 workers, 5.7–9.3× less than
-    ``aiometer.amap`` on the same run (``bench/tasks.py``,
-    ``docs/benchmarks/``); an async source adds one hop (13–16 µs in all).
+    Cost: a few microseconds per item, several times less than
+    ``aiometer.amap``; an async source adds one channel hop
+    (``bench/tasks.py``, ``docs/benchmarks/tasks.md``).
     """
     return _Amap(
         fn,
@@ -488,6 +680,9 @@ def amap(
         max_per_second=max_per_second,
         ordered=ordered,
         outcomes=outcomes,
+        limiter=limiter,
+        rate=rate,
+        retry=retry,
     )
 
 
@@ -501,6 +696,9 @@ async def run_all(
     *,
     max_at_once: int | None = None,
     max_per_second: float | None = None,
+    limiter: Limiter | None = None,
+    rate: RateLimiter | None = None,
+    retry: Retry | None = None,
     outcomes: Literal[False] = False,
 ) -> list[R]: ...
 
@@ -511,6 +709,9 @@ async def run_all(
     *,
     max_at_once: int | None = None,
     max_per_second: float | None = None,
+    limiter: Limiter | None = None,
+    rate: RateLimiter | None = None,
+    retry: Retry | None = None,
     outcomes: Literal[True],
 ) -> list[outcome.Outcome[R]]: ...
 
@@ -520,6 +721,9 @@ async def run_all(
     *,
     max_at_once: int | None = None,
     max_per_second: float | None = None,
+    limiter: Limiter | None = None,
+    rate: RateLimiter | None = None,
+    retry: Retry | None = None,
     outcomes: bool = False,
 ) -> list[Any]:
     """Call every ``fn()`` (a bounded number at once) and return their results in order.
@@ -530,19 +734,22 @@ async def run_all(
     propagates (in an :class:`ExceptionGroup`); with ``outcomes=True`` every
     call runs and the list holds :class:`outcome.Outcome` objects instead.
 
+    ``limiter=``, ``rate=`` and ``retry=`` work as for :func:`amap`: each
+    call holds a token of ``limiter`` while it runs, takes a token of
+    ``rate`` before it starts, and is retried by ``retry``.
+
     A checkpoint (even for an empty list). Cancelling it cancels every call.
 
     Raises:
-      TypeError: if ``fns`` is not an iterable of callables (naming the
-        first one that is not), or another argument has the wrong type.
+      TypeError: if ``fns`` is not an iterable of async functions (naming
+        the first one that is not), or another argument has the wrong type.
       ValueError: for ``max_at_once`` below 1 or ``max_per_second`` not > 0.
     """
     if not hasattr(fns, "__iter__"):
         raise_type("fns", "an iterable of async functions", fns)
     calls = list(fns)
     for i, fn in enumerate(calls):
-        if not callable(fn):
-            raise_type(f"fns[{i}]", "an async function", fn)
+        check_async_fn(fn, f"fns[{i}]")
     results: list[Any] = [_MISSING] * len(calls)
     async with _Amap(
         _call,
@@ -551,6 +758,9 @@ async def run_all(
         max_per_second=max_per_second,
         ordered=False,
         outcomes=outcomes,
+        limiter=limiter,
+        rate=rate,
+        retry=retry,
         indexed=True,
     ) as pairs:
         async for pair in pairs:

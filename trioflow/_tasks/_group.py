@@ -12,6 +12,7 @@ from opentelemetry.trace import INVALID_SPAN, Span, SpanContext
 
 from .. import _registry
 from .._admission._capacity import CapacityLimiter
+from .._admission._protocol import Limiter, check_limiter
 from .._admission._rate import RateLimiter
 from .._registry import Holding, Waiting
 from .._util import check_optional_name, raise_type
@@ -44,53 +45,249 @@ def _is_cancellation(exc: BaseException) -> bool:
     return False
 
 
+class _Books:
+    """A group's settings and counters, shared with its tasks (which report how they end).
+
+    Plain ints: :meth:`TaskGroup.statistics` may be read from another thread.
+    """
+
+    __slots__ = (
+        "cancelled",
+        "failed",
+        "failures",
+        "finished",
+        "limiter",
+        "live",
+        "name",
+        "on_error",
+        "rate",
+        "returned",
+        "task_parent",
+        "waiting",
+    )
+
+    def __init__(
+        self, name: str, on_error: OnError, limiter: Limiter | None, rate: RateLimiter | None
+    ) -> None:
+        self.name: Final = name
+        self.on_error: Final = on_error
+        #: what bounds the group (one token per task, from its start to its end)
+        self.limiter: Final = limiter
+        #: paces task starts: one token per task, taken after its slot
+        self.rate: Final = rate
+        #: what each task's span is parented to; None = tasks get no span
+        self.task_parent: SpanContext | None = None
+        #: tasks holding their slot and not finished
+        self.live: int = 0
+        #: calls (and start_soon tasks) waiting for a slot or a rate token
+        self.waiting: int = 0
+        self.finished: int = 0
+        self.failed: int = 0
+        self.cancelled: int = 0
+        self.returned: int = 0
+        #: on_error="collect": failures in the order they happened
+        self.failures: list[Exception] = []
+
+    async def admit(self, borrower: _Task, *, slot: bool = True, rate: bool = True) -> None:
+        """Take the task's slot, then its rate token (each only if asked and configured).
+
+        A checkpoint (even with nothing to take), atomic with respect to
+        cancellation: if it raises, the task holds no slot it took here.
+        The caller counts itself in ``waiting``.
+        """
+        limiter = self.limiter if slot else None
+        bucket = self.rate if rate else None
+        if limiter is None and bucket is None:
+            await trio.lowlevel.checkpoint()
+            return
+        if limiter is not None:
+            await limiter.acquire_on_behalf_of(borrower)
+        if bucket is not None:
+            try:
+                await bucket.acquire()
+            except BaseException:
+                if limiter is not None:
+                    limiter.release_on_behalf_of(borrower)
+                raise
+
+    def give_back(self, borrower: _Task) -> None:
+        if self.limiter is not None:
+            self.limiter.release_on_behalf_of(borrower)
+
+
+class _Task:
+    """One task of a group: its state, and the one runner that moves it along.
+
+    ``pending`` (made; maybe waiting for its slot) -> ``running`` -> one of
+    ``returned``, ``failed``, ``cancelled``. Only this class changes the
+    state; :class:`TaskHandle` reads it. It is also what holds the task's
+    slot in the group's limiter (the borrower), from admission to the end.
+    """
+
+    __slots__ = ("books", "cancel_requested", "error", "event", "scope", "state", "task", "value")
+
+    def __init__(self, books: _Books) -> None:
+        self.books: Final = books
+        self.state: int = _PENDING
+        self.value: Any = None
+        self.error: BaseException | None = None
+        # Made when the task starts, so a task waiting to run carries none.
+        self.scope: trio.CancelScope | None = None
+        self.cancel_requested: bool = False
+        self.event: trio.Event | None = None
+        self.task: trio.lowlevel.Task | None = None
+
+    def _end(self, state: int) -> None:
+        self.state = state
+        books = self.books
+        books.finished += 1
+        if state == _RETURNED:
+            books.returned += 1
+        elif state == _FAILED:
+            books.failed += 1
+        else:
+            books.cancelled += 1
+        if self.event is not None:
+            self.event.set()
+
+    def _never_ran(self, work: Coroutine[Any, Any, Any], queued: tuple[bool, bool]) -> None:
+        """A start_soon task cancelled while it waited for its turn."""
+        books = self.books
+        books.waiting -= 1
+        if not queued[0]:
+            books.give_back(self)  # it held its slot already, and waited for the rate
+        work.close()
+        self._end(_CANCELLED)
+
+    async def run(
+        self,
+        work: Any,
+        args: tuple[object, ...] = (),
+        queued: tuple[bool, bool] | None = None,
+        task_status: trio.TaskStatus[Any] | None = None,
+    ) -> None:
+        """The one runner of a group's tasks.
+
+        ``work`` is the coroutine to run, or for :meth:`TaskGroup.start` the
+        function to call with ``args`` and ``task_status`` (it must be
+        called in this task). ``queued`` (from ``start_soon``): this task
+        still has to take its slot and/or its rate token, in that order.
+        """
+        books = self.books
+        if queued is not None:
+            self.task = trio.lowlevel.current_task()
+            # TaskHandle.cancel() while it waits for its turn cancels this scope.
+            admission = self.scope = trio.CancelScope()
+            if self.cancel_requested:
+                admission.cancel()
+            try:
+                with admission:
+                    await books.admit(self, slot=queued[0], rate=queued[1])
+            except BaseException:
+                # Cancelled by the group before it got to run.
+                self._never_ran(work, queued)
+                raise
+            if admission.cancelled_caught:
+                self._never_ran(work, queued)
+                return
+            books.waiting -= 1
+            books.live += 1
+        status: _StatusProxy | None = None
+        if task_status is not None:
+            status = _StatusProxy(task_status)
+            work = work(*args, task_status=status)
+        self.task = trio.lowlevel.current_task()
+        self.state = _RUNNING
+        span: Span | None = None
+        try:
+            if self.cancel_requested:
+                # cancelled before it ran: its coroutine never takes a step
+                work.close()
+                self._end(_CANCELLED)
+                return
+            # The handle's own scope is what TaskHandle.cancel() cancels.
+            scope = self.scope = trio.CancelScope()
+            parent = books.task_parent
+            if parent is not None:
+                # The span's parent is the group's span, passed explicitly: a
+                # trio child copies its *spawner's* context, which may be any task's.
+                span = _spans.start_span(
+                    _spans.span_name("task", self.task.name),
+                    parent=parent,
+                    attributes={_names.TASK_GROUP_NAME: books.name},
+                )
+                work = _in_span(work, span)
+            with scope:
+                self.value = await work
+                if span is not None:
+                    _spans.end_span(span)
+                self._end(_RETURNED)
+                return
+            # Only the handle's own scope was cancelled: not a failure.
+            if span is not None:
+                _spans.end_span(span, attributes={"trioflow.cancelled": True})
+            self._end(_CANCELLED)
+        except BaseException as exc:
+            if span is not None:
+                _spans.end_span(span, exc)
+            if _is_cancellation(exc):
+                self._end(_CANCELLED)
+                raise
+            self.error = exc
+            self._end(_FAILED)
+            if (
+                books.on_error == "collect"
+                and isinstance(exc, Exception)
+                and (status is None or status.started_called)
+            ):
+                books.failures.append(exc)
+                return
+            raise
+        finally:
+            books.live -= 1
+            books.give_back(self)
+
+
+async def _in_span(work: Coroutine[Any, Any, Any], span: Span) -> Any:
+    """``await work`` with ``span`` current, so spans the task starts nest under it."""
+    with _spans.activate(span):
+        return await work
+
+
 @final
 class TaskHandle(Generic[T_co]):
     """A claim ticket for one task of a :class:`TaskGroup`: is it done, its result, cancel it.
 
-    Returned by :meth:`TaskGroup.spawn` and :meth:`TaskGroup.start_soon`. The
-    task runs in the group's nursery whatever you do with the handle;
-    dropping it loses nothing but the result.
+    Returned by :meth:`TaskGroup.spawn`, :meth:`TaskGroup.start_soon` and
+    :meth:`TaskGroup.spawn_nowait`. The task runs in the group's nursery
+    whatever you do with the handle; dropping it loses nothing but the result.
     """
 
-    __slots__ = (
-        "__weakref__",
-        "_cancel_requested",
-        "_error",
-        "_event",
-        "_group",
-        "_scope",
-        "_state",
-        "_value",
-        "task",
-    )
+    __slots__ = ("__weakref__", "_task")
 
-    def __init__(self, group: TaskGroup) -> None:
-        self._group: Final = group
-        self._state = _PENDING
-        self._value: Any = None
-        self._error: BaseException | None = None
-        # Made when the task starts, so a task waiting to run carries none.
-        self._scope: trio.CancelScope | None = None
-        self._cancel_requested = False
-        self._event: trio.Event | None = None
-        #: The :class:`trio.lowlevel.Task` once it started, else ``None``.
-        self.task: trio.lowlevel.Task | None = None
+    def __init__(self, task: _Task) -> None:
+        self._task: Final = task
+
+    @property
+    def task(self) -> trio.lowlevel.Task | None:
+        """The :class:`trio.lowlevel.Task` once it started, else ``None``."""
+        return self._task.task
 
     @property
     def name(self) -> str:
         """The task's name (as trio shows it), or ``"<not started>"``."""
-        return "<not started>" if self.task is None else self.task.name
+        task = self._task.task
+        return "<not started>" if task is None else task.name
 
     @property
     def done(self) -> bool:
         """True once the task returned, failed or was cancelled."""
-        return self._state >= _RETURNED
+        return self._task.state >= _RETURNED
 
     @property
     def cancelled(self) -> bool:
         """True if the task ended by cancellation (its own :meth:`cancel`, or the group's)."""
-        return self._state == _CANCELLED
+        return self._task.state == _CANCELLED
 
     def result(self) -> T_co:
         """The task's return value; raises what the task raised.
@@ -103,12 +300,13 @@ class TaskHandle(Generic[T_co]):
             (a cancelled task has no result; :attr:`cancelled` tells which).
           Exception: whatever the task raised, with its traceback.
         """
-        state = self._state
+        t = self._task
+        state = t.state
         if state == _RETURNED:
-            return self._value  # type: ignore[no-any-return]
+            return t.value  # type: ignore[no-any-return]
         if state == _FAILED:
-            assert self._error is not None
-            raise self._error
+            assert t.error is not None
+            raise t.error
         if state == _CANCELLED:
             raise RuntimeError(f"task {self.name!r} was cancelled, so it has no result")
         raise RuntimeError(f"task {self.name!r} has not finished; it has no result yet")
@@ -116,34 +314,32 @@ class TaskHandle(Generic[T_co]):
     def cancel(self) -> None:
         """Cancel this task only (the rest of the group runs on). Not a checkpoint.
 
-        A task cancelled before it started never runs its function. A
-        cancelled task is not a failure: under ``on_error="cancel"`` the
-        group is not cancelled by it. Idempotent; does nothing once it is done.
+        A task cancelled before it started never runs its function (if it
+        was waiting for its slot, it stops waiting). A cancelled task is not
+        a failure: under ``on_error="cancel"`` the group is not cancelled by
+        it. Idempotent; does nothing once it is done.
         """
-        if self._scope is None:
-            self._cancel_requested = True
+        t = self._task
+        if t.scope is None:
+            t.cancel_requested = True
         else:
-            self._scope.cancel()
+            t.scope.cancel()
 
     async def wait(self) -> None:
         """Block until the task is done (returned, failed or cancelled).
 
         A checkpoint. Cancelling the wait leaves the task alone.
         """
-        if self._state >= _RETURNED:
+        t = self._task
+        if t.state >= _RETURNED:
             await trio.lowlevel.checkpoint()
             return
-        if self._event is None:
-            self._event = trio.Event()
-        await self._event.wait()
-
-    def _finish(self, state: int) -> None:
-        self._state = state
-        if self._event is not None:
-            self._event.set()
+        if t.event is None:
+            t.event = trio.Event()
+        await t.event.wait()
 
     def __repr__(self) -> str:
-        return f"<trioflow.TaskHandle {self.name!r} {_STATE_NAMES[self._state]}>"
+        return f"<trioflow.TaskHandle {self.name!r} {_STATE_NAMES[self._task.state]}>"
 
 
 @attrs.frozen
@@ -170,6 +366,9 @@ class TaskGroupStatistics:
 
     cancelled: int
     """Tasks that ended by cancellation."""
+
+    returned: int
+    """Tasks that returned normally (its own counter: a snapshot never runs backwards)."""
 
 
 class _StatusProxy:
@@ -207,33 +406,27 @@ class TaskGroup:
     end and the group raises all failures together at exit. Either way no
     error is dropped, and :meth:`TaskHandle.result` re-raises each task's own.
 
-    Cost: spawn + run of an empty task is 1.4–1.8× a bare
-    ``nursery.start_soon`` with ``await spawn`` and 1.9–2.5× with
-    ``start_soon`` (anyio's task group: 2.6–3.1×), measured by
-    ``bench/tasks.py`` (``docs/benchmarks/``). Most of it is the cancel
+    Three ways in, as in trio: ``await tg.spawn(fn)`` waits for a slot (the
+    back-pressure call); ``tg.start_soon(fn)`` always schedules the task, as
+    :meth:`trio.Nursery.start_soon` does, and the task waits for its slot
+    itself; ``tg.spawn_nowait(fn)`` starts it only if a slot is free now,
+    else raises :exc:`trio.WouldBlock`.
+
+    Cost: a spawned empty task costs a few microseconds, the same order as
+    a bare ``nursery.start_soon`` (most of the difference is the cancel
     scope each task runs in, which is what makes :meth:`TaskHandle.cancel`
-    possible.
+    possible): see ``bench/tasks.py`` and ``docs/benchmarks/tasks.md``.
     """
 
     __slots__ = (
         "__weakref__",
-        "_cancelled",
+        "_books",
         "_entered",
-        "_failed",
-        "_failures",
-        "_finished",
-        "_limiter",
-        "_live",
         "_name",
         "_nursery",
         "_nursery_cm",
-        "_on_error",
-        "_rate",
-        "_returned",
         "_span",
-        "_task_parent",
         "_trace_tasks",
-        "_waiting",
     )
 
     kind = "task_group"
@@ -255,27 +448,13 @@ class TaskGroup:
         self._trace_tasks: bool | None = trace_tasks
         #: the group's ``task_group {name}`` span (INVALID_SPAN when not traced)
         self._span: Span = INVALID_SPAN
-        #: what each task's span is parented to; None = tasks get no span
-        self._task_parent: SpanContext | None = None
-        self._on_error: OnError = on_error  # pyright: ignore[reportAttributeAccessIssue]
-        self._limiter: Any = _resolve_limit(limit, self._name)
+        limiter = _resolve_limit(limit, self._name)
         if rate is not None and not isinstance(rate, RateLimiter):
             raise_type("rate", "a tf.RateLimiter or None", rate)
-        #: paces task starts: one token per task, taken after its slot
-        self._rate: RateLimiter | None = rate
+        self._books = _Books(self._name, on_error, limiter, rate)  # pyright: ignore[reportArgumentType]
         self._nursery: trio.Nursery | None = None
         self._nursery_cm: Any = None
         self._entered = False
-        self._waiting = 0
-        #: tasks spawned and not finished (a plain int: statistics() may be
-        #: read from another thread, where the nursery's set is not safe)
-        self._live = 0
-        self._finished = 0
-        self._failed = 0
-        self._cancelled = 0
-        self._returned = 0
-        #: on_error="collect": failures in the order they happened
-        self._failures: list[Exception] = []
         _registry.register(self)
 
     # -- the nursery -------------------------------------------------------
@@ -306,7 +485,7 @@ class TaskGroup:
                 # Cancelled from the group's own cancel scope): so do we.
                 absorbed: bool = await self._nursery_cm.__aexit__(exc_type, exc, tb)
             except BaseException as nursery_exc:
-                if not self._failures:
+                if not self._books.failures:
                     raise
                 others: list[BaseException] = [nursery_exc]
                 if isinstance(nursery_exc, BaseExceptionGroup):
@@ -314,7 +493,7 @@ class TaskGroup:
                 raise self._failure_group(others) from None
             finally:
                 self._nursery = None
-            if self._failures:
+            if self._books.failures:
                 raise self._failure_group([])
         except BaseException as raised:
             if self._span is not INVALID_SPAN:
@@ -329,10 +508,10 @@ class TaskGroup:
 
     def _open_span(self) -> None:
         """Start the ``task_group {name}`` span under the opener's current span."""
-        limiter = self._limiter
+        limiter = self._books.limiter
         attributes: dict[str, str | int | float] = {
             _names.TASK_GROUP_NAME: self._name,
-            "trioflow.task_group.on_error": self._on_error,
+            "trioflow.task_group.on_error": self._books.on_error,
         }
         if limiter is not None:
             attributes["trioflow.task_group.limit"] = limiter.total_tokens
@@ -343,26 +522,27 @@ class TaskGroup:
         if trace_tasks is None:
             trace_tasks = _hooks.tracing >= _hooks.ITEM
         if trace_tasks:
-            self._task_parent = _spans.context_of(span)
+            self._books.task_parent = _spans.context_of(span)
 
     def _close_span(self, exc: BaseException | None) -> None:
         """End the group's span with how it exited and what its tasks did."""
         span = self._span
         self._span = INVALID_SPAN
-        self._task_parent = None
+        books = self._books
+        books.task_parent = None
         _spans.end_span(
             span,
             exc,
             attributes={
-                "trioflow.task_group.tasks": self._finished,
-                "trioflow.task_group.failed": self._failed,
-                "trioflow.task_group.cancelled": self._cancelled,
+                "trioflow.task_group.tasks": books.finished,
+                "trioflow.task_group.failed": books.failed,
+                "trioflow.task_group.cancelled": books.cancelled,
             },
         )
 
     def _failure_group(self, others: list[BaseException]) -> BaseExceptionGroup[BaseException]:
-        failures = self._failures
-        self._failures = []
+        failures = self._books.failures
+        self._books.failures = []
         return BaseExceptionGroup(
             f"{len(failures)} task(s) failed in task group {self._name!r}", [*failures, *others]
         )
@@ -410,71 +590,94 @@ class TaskGroup:
         # Called here, as trio's start_soon does, so that a function that is
         # not async fails at this call rather than inside the task.
         coro = _call(fn, args)
-        handle: TaskHandle[T] = TaskHandle(self)
-        limiter = self._limiter
+        task = _Task(self._books)
+        books = self._books
+        books.waiting += 1
         try:
-            if limiter is None:
-                if self._rate is None:
-                    await trio.lowlevel.checkpoint()
-            else:
-                self._waiting += 1
-                try:
-                    await limiter.acquire_on_behalf_of(handle)
-                finally:
-                    self._waiting -= 1
-            await self._paced(handle)
+            await books.admit(task)
         except BaseException:
             coro.close()
             raise
-        self._launch(handle, coro, fn if name is None else name)
-        return handle
-
-    async def _paced(self, handle: TaskHandle[Any]) -> None:
-        """Take the task's rate token (after its slot); if cancelled, give the slot back."""
-        rate = self._rate
-        if rate is None:
-            return
-        self._waiting += 1
-        try:
-            await rate.acquire()
-        except BaseException:
-            if self._limiter is not None:
-                self._limiter.release_on_behalf_of(handle)
-            raise
         finally:
-            self._waiting -= 1
+            books.waiting -= 1
+        return self._launch(task, coro, fn if name is None else name)
 
     def start_soon(
         self, fn: Callable[..., Awaitable[T]], *args: object, name: object = None
     ) -> TaskHandle[T]:
-        """Start ``fn(*args)`` in the group now if a slot is free. Not a checkpoint.
+        """Schedule ``fn(*args)`` in the group; it runs when its slot is free. Not a checkpoint.
 
-        Like :meth:`trio.Nursery.start_soon`, for callers that must not block
-        (a callback, a sync function). The task begins at the next
-        checkpoint.
+        Like :meth:`trio.Nursery.start_soon`: it never fails for capacity
+        and never blocks, so code moved into a limited group keeps working
+        under load. The task is scheduled at once and waits for its slot
+        (and rate token) itself, so a flood of ``start_soon`` calls makes
+        that many tasks, each holding its coroutine: use :meth:`spawn` in a
+        loop that should be paced. Tasks scheduled together take their
+        slots in the order trio runs them. Cancelling the handle (or the
+        group) while it waits means it never runs.
+
+        Raises:
+          TypeError: if ``fn`` is not an async function.
+          RuntimeError: if the group is not open.
+        """
+        nursery = self._open_nursery()
+        coro = _call(fn, args)
+        books = self._books
+        task = _Task(books)
+        name = fn if name is None else name
+        slot = books.limiter is None
+        if not slot:
+            try:
+                books.limiter.acquire_on_behalf_of_nowait(task)  # pyright: ignore[reportOptionalMemberAccess]
+                slot = True
+            except trio.WouldBlock:
+                pass
+        paced = books.rate is None or (slot and books.rate.try_acquire())
+        if slot and paced:
+            return self._launch(task, coro, name)
+        # Not now: the task takes what it lacks when it runs.
+        books.waiting += 1
+        try:
+            nursery.start_soon(task.run, coro, (), (not slot, not paced), name=name)
+        except BaseException:
+            books.waiting -= 1
+            coro.close()
+            if slot:
+                books.give_back(task)
+            raise
+        return TaskHandle(task)
+
+    def spawn_nowait(
+        self, fn: Callable[..., Awaitable[T]], *args: object, name: object = None
+    ) -> TaskHandle[T]:
+        """Start ``fn(*args)`` in the group now if a slot is free, else raise. Not a checkpoint.
+
+        The non-blocking :meth:`spawn`, named by trio's ``_nowait``
+        convention, for callers that must not block and would rather drop
+        (or retry) the work than queue it.
 
         Raises:
           trio.WouldBlock: if ``limit`` tasks are running (or others wait
-            for a slot first): nothing was started.
+            for a slot first), or the group's rate has no token now:
+            nothing was started.
+          TypeError: if ``fn`` is not an async function.
           RuntimeError: if the group is not open.
         """
         self._open_nursery()
-        handle: TaskHandle[T] = TaskHandle(self)
-        limiter = self._limiter
+        books = self._books
+        task = _Task(books)
+        limiter = books.limiter
         if limiter is not None:
-            limiter.acquire_on_behalf_of_nowait(handle)
-        if self._rate is not None and not self._rate.try_acquire():
-            if limiter is not None:
-                limiter.release_on_behalf_of(handle)
+            limiter.acquire_on_behalf_of_nowait(task)
+        if books.rate is not None and not books.rate.try_acquire():
+            books.give_back(task)
             raise trio.WouldBlock
         try:
             coro = _call(fn, args)
         except BaseException:
-            if limiter is not None:
-                limiter.release_on_behalf_of(handle)
+            books.give_back(task)
             raise
-        self._launch(handle, coro, fn if name is None else name)
-        return handle
+        return self._launch(task, coro, fn if name is None else name)
 
     async def start(
         self, fn: Callable[..., Awaitable[Any]], *args: object, name: object = None
@@ -492,153 +695,56 @@ class TaskGroup:
             calling ``started()``.
         """
         self._open_nursery()
-        handle: TaskHandle[Any] = TaskHandle(self)
-        limiter = self._limiter
-        if limiter is not None:
-            self._waiting += 1
-            try:
-                await limiter.acquire_on_behalf_of(handle)
-            finally:
-                self._waiting -= 1
-        await self._paced(handle)
-        self._live += 1
+        books = self._books
+        task = _Task(books)
+        books.waiting += 1
         try:
-            nursery = self._open_nursery()
-            return await nursery.start(
-                self._run, handle, fn, args, name=fn if name is None else name
-            )
+            await books.admit(task)
         finally:
-            if handle._state == _PENDING:  # pyright: ignore[reportPrivateUsage]
-                # the task never ran, so its runner never gave the slot back
-                self._live -= 1
-                if limiter is not None:
-                    limiter.release_on_behalf_of(handle)
-
-    def _launch(
-        self, handle: TaskHandle[Any], coro: Coroutine[Any, Any, Any], name: object
-    ) -> None:
+            books.waiting -= 1
+        books.live += 1
         try:
             nursery = self._open_nursery()
-            nursery.start_soon(self._run, handle, coro, name=name)
-            self._live += 1
+            return await nursery.start(task.run, fn, args, name=fn if name is None else name)
+        finally:
+            if task.state == _PENDING:
+                # the task never ran, so its runner never gave the slot back
+                books.live -= 1
+                books.give_back(task)
+
+    def _launch(self, task: _Task, coro: Coroutine[Any, Any, Any], name: object) -> TaskHandle[Any]:
+        """Start a task that holds its slot and rate token."""
+        try:
+            nursery = self._open_nursery()
+            nursery.start_soon(task.run, coro, name=name)
         except BaseException:
             coro.close()
-            if self._limiter is not None:
-                self._limiter.release_on_behalf_of(handle)
+            self._books.give_back(task)
             raise
-
-    # -- the task's runner ---------------------------------------------------
-
-    async def _run(
-        self,
-        handle: TaskHandle[Any],
-        work: Any,
-        args: tuple[object, ...] = (),
-        task_status: trio.TaskStatus[Any] | None = None,
-    ) -> None:
-        # One runner, one coroutine frame per task. spawn/start_soon pass the
-        # coroutine they made (``work``); start passes fn and args, and trio
-        # passes task_status, since fn must be called with it in this task.
-        status: _StatusProxy | None = None
-        if task_status is not None:
-            status = _StatusProxy(task_status)
-            work = work(*args, task_status=status)
-        handle.task = trio.lowlevel.current_task()
-        handle._state = _RUNNING  # pyright: ignore[reportPrivateUsage]
-        try:
-            # The handle's own scope is what TaskHandle.cancel() cancels.
-            if handle._cancel_requested:  # pyright: ignore[reportPrivateUsage]
-                # cancelled before it ran: its coroutine never takes a step
-                work.close()
-                self._cancelled += 1
-                handle._finish(_CANCELLED)  # pyright: ignore[reportPrivateUsage]
-                return
-            scope = handle._scope = trio.CancelScope()  # pyright: ignore[reportPrivateUsage]
-            parent = self._task_parent
-            if parent is not None:
-                await self._run_traced(handle, work, scope, parent)
-                return
-            with scope:
-                value = await work
-                self._returned += 1
-                handle._value = value  # pyright: ignore[reportPrivateUsage]
-                handle._finish(_RETURNED)  # pyright: ignore[reportPrivateUsage]
-                return
-            # Only the handle's own scope was cancelled: not a failure.
-            self._cancelled += 1
-            handle._finish(_CANCELLED)  # pyright: ignore[reportPrivateUsage]
-        except BaseException as exc:
-            if _is_cancellation(exc):
-                self._cancelled += 1
-                handle._finish(_CANCELLED)  # pyright: ignore[reportPrivateUsage]
-                raise
-            self._failed += 1
-            handle._error = exc  # pyright: ignore[reportPrivateUsage]
-            handle._finish(_FAILED)  # pyright: ignore[reportPrivateUsage]
-            if (
-                self._on_error == "collect"
-                and isinstance(exc, Exception)
-                and (status is None or status.started_called)
-            ):
-                self._failures.append(exc)
-                return
-            raise
-        finally:
-            self._finished += 1
-            self._live -= 1
-            if self._limiter is not None:
-                self._limiter.release_on_behalf_of(handle)
-
-    async def _run_traced(
-        self,
-        handle: TaskHandle[Any],
-        work: Any,
-        scope: trio.CancelScope,
-        parent: SpanContext,
-    ) -> None:
-        """:meth:`_run`'s body with a ``task {name}`` span, current around the function.
-
-        The span's parent is the group's span, passed explicitly: a trio
-        child copies its *spawner's* context, which may be any task's.
-        """
-        assert handle.task is not None
-        span = _spans.start_span(
-            _spans.span_name("task", handle.task.name),
-            parent=parent,
-            attributes={_names.TASK_GROUP_NAME: self._name},
-        )
-        try:
-            with scope, _spans.activate(span):
-                value = await work
-                self._returned += 1
-                handle._value = value  # pyright: ignore[reportPrivateUsage]
-                handle._finish(_RETURNED)  # pyright: ignore[reportPrivateUsage]
-                _spans.end_span(span)
-                return
-        except BaseException as exc:
-            _spans.end_span(span, exc)
-            raise
-        # Only the handle's own scope was cancelled: not a failure.
-        _spans.end_span(span, attributes={"trioflow.cancelled": True})
-        self._cancelled += 1
-        handle._finish(_CANCELLED)  # pyright: ignore[reportPrivateUsage]
+        self._books.live += 1
+        return TaskHandle(task)
 
     # -- state ---------------------------------------------------------------
 
     @property
     def name(self) -> str:
-        """The group's name (given, or ``task_group-N``)."""
+        """The group's name (given, or ``task-group-N``)."""
         return self._name
 
     @property
     def on_error(self) -> OnError:
         """``"cancel"`` or ``"collect"``: what a failing task does to the rest."""
-        return self._on_error
+        return self._books.on_error
 
     @property
-    def limiter(self) -> Any:
+    def limiter(self) -> Limiter | None:
         """The limiter that bounds the group (``None`` without a limit)."""
-        return self._limiter
+        return self._books.limiter
+
+    @property
+    def rate(self) -> RateLimiter | None:
+        """The rate limiter that paces the group's task starts, if any."""
+        return self._books.rate
 
     @property
     def cancel_scope(self) -> trio.CancelScope:
@@ -651,15 +757,17 @@ class TaskGroup:
 
     def statistics(self) -> TaskGroupStatistics:
         """A snapshot of the group (plain reads; safe from any thread)."""
-        limiter = self._limiter
+        books = self._books
+        limiter = books.limiter
         return TaskGroupStatistics(
             name=self._name,
             limit=None if limiter is None else limiter.total_tokens,
-            running=self._live,
-            waiting=self._waiting,
-            finished=self._finished,
-            failed=self._failed,
-            cancelled=self._cancelled,
+            running=books.live,
+            waiting=books.waiting,
+            finished=books.finished,
+            failed=books.failed,
+            cancelled=books.cancelled,
+            returned=books.returned,
         )
 
     def _trioflow_holders(self) -> list[Holding]:
@@ -669,24 +777,26 @@ class TaskGroup:
         return [Holding(task, 1) for task in nursery.child_tasks]
 
     def _trioflow_waiters(self) -> list[Waiting]:
-        # Spawners park on the limiter's queue with their handle as borrower;
-        # show those, with the limiter they wait on.
-        waiters_of = getattr(self._limiter, "_trioflow_waiters", None)
+        # Spawners park on the limiter's queue with their task record as
+        # borrower; show those, with the limiter they wait on.
+        waiters_of = getattr(self._books.limiter, "_trioflow_waiters", None)
         if waiters_of is None:
             return []
+        books = self._books
         out: list[Waiting] = []
         for waiter in waiters_of():
             borrower = getattr(waiter, "borrower", None)
-            if isinstance(borrower, TaskHandle) and borrower._group is self:  # pyright: ignore[reportPrivateUsage, reportUnknownMemberType]
+            if isinstance(borrower, _Task) and borrower.books is books:
                 out.append(waiter)
         return out
 
     def __repr__(self) -> str:
-        limiter = self._limiter
+        books = self._books
+        limiter = books.limiter
         limit = "" if limiter is None else f"/{limiter.total_tokens}"
         return (
             f"<trioflow.TaskGroup {self._name!r} at {id(self):#x}, "
-            f"{self._live}{limit} running with {self._waiting} waiting>"
+            f"{books.live}{limit} running with {books.waiting} waiting>"
         )
 
 
@@ -703,26 +813,17 @@ def _call(fn: Callable[..., Awaitable[Any]], args: tuple[object, ...]) -> Corout
     return coro  # pyright: ignore[reportUnknownVariableType]
 
 
-def _resolve_limit(limit: object, name: str) -> Any:
+def _resolve_limit(limit: object, name: str) -> Limiter | None:
     """``limit=``: ``None``, a positive int (a new limiter named after the group), or a limiter."""
     if limit is None:
         return None
-    if isinstance(limit, bool):
-        raise_type("limit", "an int, a limiter or None", limit)
-    if isinstance(limit, int):
+    if isinstance(limit, int) and not isinstance(limit, bool):
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit!r}")
         return CapacityLimiter(limit, name=name)
-    if all(
-        callable(getattr(limit, method, None))
-        for method in (
-            "acquire_on_behalf_of",
-            "acquire_on_behalf_of_nowait",
-            "release_on_behalf_of",
-        )
-    ):
-        return limit
-    raise_type("limit", "an int, a limiter or None", limit)
+    if isinstance(limit, bool | float):
+        raise_type("limit", "an int, a limiter or None", limit)
+    return check_limiter(limit, "limit", expected="an int, a limiter or None")
 
 
 def open_task_group(
@@ -756,7 +857,7 @@ def open_task_group(
       rate: a :class:`~trioflow.RateLimiter` that paces task *starts*: each
         task takes one token after its slot and before it starts (so
         ``spawn``/``start`` also wait for the rate, holding the slot, and
-        ``start_soon`` raises :exc:`trio.WouldBlock` when no token is free).
+        a ``start_soon`` task waits for it itself).
         A cancellation while waiting for the token gives the slot back.
         May be shared with other groups, ``amap`` and pipeline stages.
 

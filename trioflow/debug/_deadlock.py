@@ -74,7 +74,7 @@ def _groups(resources: Iterable[ResourceInfo]) -> dict[int, list[ResourceInfo]]:
     """Faces of one kernel (the lanes of a PriorityLimiter) share their holders."""
     out: dict[int, list[ResourceInfo]] = {}
     for r in resources:
-        key = id(getattr(r.obj, "_kernel", r.obj))
+        key = id(getattr(r.obj, "_trioflow_pool", r.obj))
         out.setdefault(key, []).append(r)
     return out
 

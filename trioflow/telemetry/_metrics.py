@@ -195,15 +195,15 @@ def read_rate(obj: Any) -> Reading:
 def read_task_group(obj: Any) -> Reading:
     """A task group: tasks running, spawners waiting, finished tasks by outcome.
 
-    ``returned`` is read from its own counter, not derived, so a reading
-    taken between two of the group's increments never runs backwards.
+    All from one ``statistics()`` snapshot, whose ``returned`` is the group's
+    own counter (not derived), so a reading never runs backwards.
     """
     stats = obj.statistics()
     return {
         n.TASK_GROUP_RUNNING: stats.running,
         n.TASK_GROUP_QUEUE_SIZE: stats.waiting,
         n.TASK_GROUP_TASKS: [
-            ({n.OUTCOME: "returned"}, obj._returned),
+            ({n.OUTCOME: "returned"}, stats.returned),
             ({n.OUTCOME: "failed"}, stats.failed),
             ({n.OUTCOME: "cancelled"}, stats.cancelled),
         ],
