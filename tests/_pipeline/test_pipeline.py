@@ -641,7 +641,7 @@ def sync_fn(x: int) -> int:
         ({"timeout": "1"}, TypeError, "timeout must be a number"),
         ({"on_error": "ignore"}, ValueError, "on_error must be 'fail', 'skip' or 'dead_letter'"),
         ({"executor": "fiber"}, ValueError, "executor must be None, 'thread' or 'process'"),
-        ({"limiter": 3}, TypeError, "limiter must be a trioflow.Limiter"),
+        ({"limiter": 3}, TypeError, "limiter must be a limiter"),
         ({"rate": 10}, TypeError, "rate must be a trioflow.RateLimiter"),
         ({"retry": 3}, TypeError, "retry must be a trioflow.Retry"),
         ({"ordered": 1}, TypeError, "ordered must be a bool"),

@@ -250,7 +250,7 @@ class _Analysis:
         self._ends: dict[tuple[int, str], tuple[list[object], int]] = {}
         self.reach = _Reach()
         self.reach.opaque_for(self.tasks[0])
-        # task groups by the limiter that bounds them (TaskHandle holders)
+        # task groups by the limiter that bounds them (their tasks hold its tokens)
         self.groups_of: dict[int, list[Any]] = {}
         for g in _registry.live():
             if g.kind in ("task_group", "task group"):
@@ -375,7 +375,7 @@ class _Analysis:
                 out.append(b)
                 continue
             groups = self.groups_of.get(id(obj))
-            if groups and type(b).__name__ == "TaskHandle":
+            if groups and type(b).__module__ == "trioflow._tasks._group":
                 # a task group's slot: held by the group's running tasks
                 for g in groups:
                     out.extend(h.borrower for h in g._trioflow_holders())  # pyright: ignore[reportPrivateUsage]
