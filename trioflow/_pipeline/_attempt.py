@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .._admission._protocol import Limiter
+from .._admission._protocol import Limiter, PermitLimiter
 from .._admission._rate import RateLimiter
 from ._retry import Retry
 from ._spec import StageSpec
@@ -169,13 +169,13 @@ def _timed_thread(inner: Attempt, timeout: float) -> Attempt:
 
 def _limited(inner: Attempt, limiter: Limiter | trio.CapacityLimiter) -> Attempt:
     """``limiter=``: each attempt holds one token (an adaptive limiter samples the attempt)."""
-    if isinstance(limiter, trio.CapacityLimiter):
+    if not isinstance(limiter, PermitLimiter):  # trio.CapacityLimiter, say: no hold()
 
-        async def limited_trio(payload: object) -> Any:
+        async def limited_plain(payload: object) -> Any:
             async with limiter:
                 return await inner(payload)
 
-        return limited_trio
+        return limited_plain
 
     async def limited(payload: object) -> Any:
         # The timeout scope is INSIDE the hold, so a TooSlowError leaves the

@@ -523,11 +523,7 @@ class _Amap(Generic[T, R]):
                     started()
                     return await fn(item)
             except Exception as exc:
-                if (
-                    retry is None
-                    or attempt >= retry.attempts
-                    or not isinstance(exc, retry.retry_on)
-                ):
+                if retry is None or attempt >= retry.attempts or not retry.retries(exc):
                     raise
             started()  # busy through the backoff: it holds an item
             await trio.sleep(retry.backoff.delay(attempt))

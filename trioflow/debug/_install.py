@@ -489,8 +489,6 @@ def install_for_run(
         raise RuntimeError("install() must be called from inside trio.run") from None
     if args[0] is not None and threading.current_thread() is not threading.main_thread():
         raise RuntimeError("install(signal=...) must be called from the main thread")
-    if timeline is not None and not isinstance(timeline, (str, os.PathLike, Timeline)):
-        raise_type("timeline", "a path, a Timeline from record_timeline(), or None", timeline)
     inst = Installed(*args)
     inst.timeline = from_install_option(timeline, args[4])
     inst._start()  # pyright: ignore[reportPrivateUsage]
