@@ -65,14 +65,26 @@ def documented_ids(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
             pytest.skip("no docs/ beside the tests")
         html_dir = tmp_path_factory.mktemp("html")
         subprocess.run(
-            [sys.executable, "-m", "sphinx", "-W", "-q", "-b", "html", str(ROOT / "docs"), str(html_dir)],
+            [
+                sys.executable,
+                "-m",
+                "sphinx",
+                "-W",
+                "-q",
+                "-b",
+                "html",
+                str(ROOT / "docs"),
+                str(html_dir),
+            ],
             check=True,
             timeout=600,
         )
     pages = list(html_dir.rglob("*.html"))
     assert pages, f"no HTML in {html_dir}"
     return set(
-        re.findall(r'<dt class="sig sig-object py" id="([^"]+)"', "".join(p.read_text() for p in pages))
+        re.findall(
+            r'<dt class="sig sig-object py" id="([^"]+)"', "".join(p.read_text() for p in pages)
+        )
     )
 
 
@@ -95,3 +107,13 @@ def test_capacity_limiter_shows_its_inherited_api(documented_ids: set[str]) -> N
     # The methods the issue found listed only under the abstract tf.Limiter.
     for name in ["acquire", "release", "hold", "borrowed_tokens", "__aenter__"]:
         assert f"trioflow.CapacityLimiter.{name}" in documented_ids
+
+
+def test_the_landing_page_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    page = (ROOT / "docs" / "index.md").read_text()
+    blocks = re.findall(r"^```python\n(.*?)^```", page, flags=re.S | re.M)
+    assert blocks, "docs/index.md lost its example"
+    exec(compile(blocks[0], "docs/index.md", "exec"), {"__name__": "__main__"})
+    printed = capsys.readouterr().out.split()
+    # every page fetched, each once: the sizes of the twenty URLs
+    assert sorted(map(int, printed)) == sorted(len(f"https://example.com/{i}") for i in range(20))
