@@ -10,7 +10,12 @@ import sqlite3
 import subprocess
 import sys
 
+import pytest
+
 from tests.examples._process import interrupt_when
+
+# Real processes: skipped by the inner loop (pytest -m "not slow").
+pytestmark = pytest.mark.slow
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "examples" / "event_service.py"
