@@ -17,10 +17,10 @@ While it runs it shows progress: on a terminal one line redrawn in place
 (events done of the total, rows written, events/s, ETA, the adaptive limit,
 calls in flight, p99 latency), otherwise one plain line a second. The API
 degrades a fifth of the way in and recovers later, so you can watch the
-limit move. At the end it prints a
-summary: counts per outcome, a conservation check (every event read is
-written, filtered, dead-lettered or unfinished — and the database agrees),
-latency percentiles and how the limit moved.
+limit move. At the end it prints a summary: counts per outcome, a
+conservation check (every event read is written, filtered, dead-lettered or
+unfinished — and the database agrees), latency percentiles and how the limit
+moved.
 
 Shutdown: SIGTERM or Ctrl-C stops reading events and lets what was admitted
 finish (up to --grace seconds) before anything is cancelled; nothing in
