@@ -20,7 +20,7 @@ import sys
 
 import pytest
 
-from tests.test_public_api import PUBLIC_MODULES
+from tests.test_public_api import public_names
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -31,14 +31,7 @@ NOT_FOR_USERS = {("trioflow.PriorityLimiter", "__aenter__")}
 
 
 def public_classes() -> list[tuple[str, type]]:
-    out: list[tuple[str, type]] = []
-    for mod in PUBLIC_MODULES:
-        names = getattr(mod, "__all__", None) or [n for n in vars(mod) if not n.startswith("_")]
-        for name in names:
-            obj = getattr(mod, name)
-            if inspect.isclass(obj):
-                out.append((f"{mod.__name__}.{name}", obj))
-    return out
+    return [(qualname, obj) for qualname, obj in public_names() if inspect.isclass(obj)]
 
 
 def members_a_user_calls(cls: type) -> list[str]:

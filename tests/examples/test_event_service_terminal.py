@@ -69,19 +69,23 @@ def run_on_a_terminal(command: list[str], cwd: pathlib.Path, columns: int) -> tu
     return code, b"".join(chunks).decode()
 
 
+def _command(tmp_path: pathlib.Path, events: int) -> list[str]:
+    return [
+        sys.executable,
+        str(SCRIPT),
+        "--events",
+        str(events),
+        "--database",
+        str(tmp_path / "events.sqlite3"),
+        "--jaeger-file",
+        str(tmp_path / "trace.jaeger.json"),
+    ]
+
+
 @pytest.mark.slow
 def test_one_live_line_then_the_summary(tmp_path: pathlib.Path) -> None:
     code, out = run_on_a_terminal(
-        [
-            sys.executable,
-            str(SCRIPT),
-            "--events",
-            "1500",
-            "--database",
-            str(tmp_path / "events.sqlite3"),
-            "--jaeger-file",
-            str(tmp_path / "trace.jaeger.json"),
-        ],
+        _command(tmp_path, 1500),
         cwd=tmp_path,
         columns=200,
     )
@@ -107,16 +111,7 @@ def test_one_live_line_then_the_summary(tmp_path: pathlib.Path) -> None:
 @pytest.mark.slow
 def test_a_narrow_terminal_cuts_the_line_instead_of_wrapping(tmp_path: pathlib.Path) -> None:
     code, out = run_on_a_terminal(
-        [
-            sys.executable,
-            str(SCRIPT),
-            "--events",
-            "600",
-            "--database",
-            str(tmp_path / "events.sqlite3"),
-            "--jaeger-file",
-            str(tmp_path / "trace.jaeger.json"),
-        ],
+        _command(tmp_path, 600),
         cwd=tmp_path,
         columns=40,
     )
