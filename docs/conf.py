@@ -8,6 +8,11 @@ from pathlib import Path
 # Document the source tree this file sits in, whatever is installed.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+# Import trio before autodoc is loaded: trio changes its imports when it sees
+# sphinx.ext.autodoc in sys.modules, which under Sphinx 7 and 8 ends in a
+# circular import when autodoc is the first to import it.
+import trio  # noqa: F401  # pyright: ignore[reportUnusedImport]
+
 project = "trioflow"
 author = "the trioflow developers"
 copyright = "2026, the trioflow developers"
