@@ -51,7 +51,24 @@ over ``N_ITEMS`` source items, CPU time per source item. Sides:
 Span sides use a BatchSpanProcessor (queue 65,536, as ``configure()`` sizes
 it) with a discarding exporter; its export thread is charged to the side.
 
-    PYTHONPATH=. python bench/telemetry.py [--repeats N] [--only limiter|pipeline]
+Third half, ``use()`` with nothing to report to (``--only use-off``; issue
+21's "costs nothing when it is off"): the same three-stage pipeline, and the
+contended limiter (every acquisition parks, so the wait hook would run),
+with ``use()`` never called (``never``, and ``never-again`` for the A/A
+floor), ``use()`` with no providers and no global SDK (``use()``), and
+``use(meter_provider=MeterProvider())``, an SDK provider with no reader
+(what ``opentelemetry-instrument`` makes with ``OTEL_METRICS_EXPORTER=none``).
+For instruction counts, which a shared machine does not blur, run one side
+under callgrind at two sizes and subtract (start-up cancels out)::
+
+    PYTHONPATH=. valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+        python bench/telemetry.py --count 'use()' --items 2000   # and --items 0
+
+Fourth half (``--only jaeger-file``): the Jaeger file's shutdown write for a
+flagship-sized run (6,000 item traces of 4 spans), every trace vs the
+default :class:`~trioflow.telemetry.KeepTraces` policy: time and size.
+
+    PYTHONPATH=. python bench/telemetry.py [--repeats N] [--only limiter|pipeline|use-off|jaeger-file]
 """
 
 from __future__ import annotations
@@ -270,16 +287,156 @@ def pipeline_half(repeats: int) -> None:
         )
 
 
+# -- use() with nothing to report to (issue 21) ------------------------------------
+
+OFF_SIDES = ["never", "never-again", "use()", "use(no-reader mp)"]
+OFF_PIPE = tf.Pipeline("off").map(step, name="a").map(step, name="b").map(step, name="c")
+
+
+def off_handle(side: str) -> tuple[AbstractContextManager[Any], Callable[[], None]]:
+    """The set-up of one side of the use-off half; checks it left no hook behind."""
+    from trioflow.telemetry import _hooks
+
+    if side.startswith("never"):
+        return nullcontext(), lambda: None
+    mp = MeterProvider() if side == "use(no-reader mp)" else None
+    handle = tf.telemetry.use(meter_provider=mp)
+    # The claim measured here: a side that reports nowhere installs nothing.
+    assert handle.tracing == "off", handle
+    assert handle.meter_provider is None, handle
+    assert _hooks.wait_hook is None
+    assert _hooks.stage_hook is None
+    return handle, (mp.shutdown if mp is not None else lambda: None)
+
+
+async def off_pipeline(n: int) -> float:
+    t0 = time.process_time()
+    report = await OFF_PIPE.run(range(n))
+    assert report.delivered == n, report
+    return (time.process_time() - t0) / max(1, n)
+
+
+def measure_off(side: str, case: str, n: int = N_ITEMS) -> float:
+    handle, close = off_handle(side)
+    try:
+        with handle:
+            if case == "pipeline":
+                return trio.run(off_pipeline, n)
+            return trio.run(contended, side)
+    finally:
+        close()
+
+
+def use_off_half(repeats: int) -> None:
+    import logging
+
+    # use() with nothing to report to warns once per call; not news here.
+    logging.getLogger("trioflow.telemetry").setLevel(logging.ERROR)
+    for case, title in (
+        ("pipeline", f"pipeline, 3 map stages, {N_ITEMS} items, CPU per item"),
+        ("contended", "1000 tasks / 10 tokens, CPU per acquisition"),
+    ):
+        times: dict[str, list[float]] = {k: [] for k in OFF_SIDES}
+        measure_off("never", case)  # warm-up
+        for r in range(repeats):
+            order = OFF_SIDES[r % len(OFF_SIDES) :] + OFF_SIDES[: r % len(OFF_SIDES)]
+            for side in order:
+                times[side].append(measure_off(side, case))
+        med = {k: statistics.median(v) for k, v in times.items()}
+        base = med["never"]
+        print(f"use() with nothing to report to: {title}, median of {repeats}")
+        for side in OFF_SIDES:
+            print(f"  {side:18s} {med[side] * 1e6:7.2f} µs {med[side] / base:6.3f}x")
+
+
+# -- the Jaeger file at shutdown: keeping every trace vs the kept-trace policy ------
+
+
+def jaeger_file_half(repeats: int, traces: int = 6000) -> None:
+    """Shutdown time and file size for a flagship-sized file (6,000 item traces, 4 spans each).
+
+    The policy costs one pass over the spans to summarize each trace; it
+    saves serializing and writing the traces it drops.
+    """
+    import tempfile
+
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import Status, StatusCode, set_span_in_context
+
+    from trioflow.telemetry._jaeger import JaegerFileExporter
+
+    memory = InMemorySpanExporter()
+    tp = TracerProvider()
+    tp.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = tp.get_tracer("bench")
+    for i in range(traces):
+        root = tracer.start_span("source events", attributes={"trioflow.item.id": i})
+        parent = root
+        for stage in ("enrich", "validate", "batch"):
+            span = tracer.start_span(
+                f"stage {stage}",
+                context=set_span_in_context(parent),
+                attributes={"trioflow.item.id": i, "trioflow.outcome": "emitted"},
+            )
+            if stage == "enrich" and i % 300 == 0:
+                span.set_status(Status(StatusCode.ERROR, "boom"))
+            if stage == "enrich" and i % 90 == 0:
+                span.add_event("trioflow.retry", {"trioflow.attempt": 1})
+            span.end()
+            parent = span
+        root.end()
+    spans = list(memory.get_finished_spans())
+    tp.shutdown()
+    print(f"Jaeger file at shutdown: {traces} item traces, {len(spans)} spans, best of {repeats}")
+    results: dict[str, tuple[float, int]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, keep in (("every trace", None), ("KeepTraces()", tf.telemetry.KeepTraces())):
+            best = float("inf")
+            size = 0
+            for _ in range(repeats):
+                path = os.path.join(tmp, "t.json")
+                exporter = JaegerFileExporter(path, keep)
+                exporter.export(spans)
+                t0 = time.process_time()
+                exporter.shutdown()
+                best = min(best, time.process_time() - t0)
+                size = os.path.getsize(path)
+            results[label] = (best, size)
+            print(f"  {label:14s} {best * 1e3:8.1f} ms  {size / 1e6:6.2f} MB")
+    (t_all, _), (t_keep, _) = results["every trace"], results["KeepTraces()"]
+    print(f"  policy / every trace: {t_keep / t_all:.3f}x the shutdown time")
+
+
+def count_one(side: str, items: int) -> None:
+    """One pipeline run of ``items`` on ``side``, nothing printed: for callgrind."""
+    import logging
+
+    logging.getLogger("trioflow.telemetry").setLevel(logging.ERROR)
+    measure_off(side, "pipeline", items)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--only", choices=("limiter", "pipeline"), default=None)
+    parser.add_argument(
+        "--only", choices=("limiter", "pipeline", "use-off", "jaeger-file"), default=None
+    )
+    parser.add_argument("--count", choices=OFF_SIDES, help="one pipeline run, for callgrind")
+    parser.add_argument("--items", type=int, default=2000, help="items of the --count run")
     args = parser.parse_args()
+    if args.count is not None:
+        count_one(args.count, args.items)
+        return
     print(f"load average at start: {os.getloadavg()[0]:.2f}")
-    if args.only != "pipeline":
+    if args.only in (None, "limiter"):
         limiter_half(args.repeats)
-    if args.only != "limiter":
+    if args.only in (None, "pipeline"):
         pipeline_half(args.repeats)
+    if args.only in (None, "use-off"):
+        use_off_half(args.repeats)
+    if args.only in (None, "jaeger-file"):
+        jaeger_file_half(args.repeats)
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
 
 

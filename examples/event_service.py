@@ -31,11 +31,23 @@ Jaeger JSON file (open it in the Jaeger UI's "Upload" tab) and, with
     python examples/event_service.py                 # defaults: done in well under a minute
     python examples/event_service.py --events 20000 --rate 800 --duration 120
     python examples/event_service.py --otlp http://localhost:4318
+    python examples/event_service.py --debug-port 6060   # then: python -m trioflow top :6060
+    python examples/event_service.py --timeline trace.json   # open it in ui.perfetto.dev
+
+A second mode (the blueprint of a service that runs as several replicas;
+see ``event_backends.py``): ``--broker redis://...`` reads the events from a
+Redis stream through a consumer group (publishing the generated ones there
+first), and ``--database postgresql://...`` writes the batches to
+PostgreSQL with psycopg in worker threads:
+
+    python examples/event_service.py --broker redis://127.0.0.1:6379 \
+        --database postgresql://postgres@127.0.0.1:5432/postgres
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import random
@@ -315,10 +327,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--database",
-        type=Path,
-        metavar="FILE",
-        default=Path("events.sqlite3"),
-        help="the SQLite file to write",
+        metavar="FILE_OR_URL",
+        default="events.sqlite3",
+        help="the SQLite file to write, or a postgresql:// URL (PostgreSQL through psycopg)",
+    )
+    p.add_argument(
+        "--broker",
+        metavar="URL",
+        help="read the events from a Redis stream at this redis:// URL (default: generate)",
     )
     p.add_argument(
         "--jaeger-file",
@@ -351,6 +367,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="FILE",
         help="also write the summary here, for tests (default: off)",
     )
+    p.add_argument(
+        "--debug-port",
+        type=int,
+        metavar="PORT",
+        help="serve /debug/... on this port, for python -m trioflow top (default: off)",
+    )
+    p.add_argument(
+        "--timeline",
+        type=Path,
+        metavar="FILE",
+        help="record an execution timeline to this file (default: off)",
+    )
     return p.parse_args(argv)
 
 
@@ -361,7 +389,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         otlp_endpoint=args.otlp,
         tracing="item",
     )
-    tf.debug.install(signal=signal.SIGUSR1)
+    tf.debug.install(signal=signal.SIGUSR1, timeline=args.timeline)
 
     # The downstream: 60 requests at once, ~20 ms each; a third of the way in
     # it loses capacity and slows down, and later it recovers.
@@ -369,9 +397,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     api.degrade(at=args.duration / 5, capacity=20, latency=0.04)
     api.degrade(at=args.duration / 2.5, capacity=60, latency=0.02)
 
-    if args.database.exists():
-        args.database.unlink()
-    db = Database(args.database)
+    if str(args.database).startswith(("postgresql://", "postgres://")):
+        from event_backends import PostgresDatabase
+
+        db: Any = PostgresDatabase(args.database)
+    else:
+        args.database = Path(args.database)
+        if args.database.exists():
+            args.database.unlink()
+        db = Database(args.database)
     latencies = Latencies()
     written: list[int] = []
     history = LimitHistory()
@@ -389,10 +423,23 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         written.append(n)
         return n
 
-    source = jsonl_events(args.input) if args.input else generated_events(args.events, args.seed)
+    source: Any = (
+        jsonl_events(args.input) if args.input else generated_events(args.events, args.seed)
+    )
+    broker = contextlib.nullcontext(None)
+    if args.broker:
+        from event_backends import open_stream_events
 
-    async with trio.open_nursery() as nursery:
+        broker = open_stream_events(args.broker, None if args.input else source)
+
+    async with broker as stream_events, trio.open_nursery() as nursery:
+        if stream_events is not None:
+            source = stream_events
+            db = stream_events.acknowledging(db)
         port = await nursery.start(api.serve)
+        if args.debug_port is not None:
+            debug_port = await nursery.start(tf.debug.serve, args.debug_port)
+            print(f"debug endpoint on http://127.0.0.1:{debug_port}/debug/", flush=True)
         limits = httpx.Limits(max_connections=300, max_keepalive_connections=300)
         async with httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=5.0
@@ -424,7 +471,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             )
             async with pipe.open(source) as run:
                 await nursery.start(stop_on_signals, run, args.grace)
-                total = None if args.input else args.events
+                total = None if args.input or args.broker else args.events
                 nursery.start_soon(
                     progress, run, total, limiter, latencies, written, history, args.quiet
                 )

@@ -4,6 +4,8 @@
 dump from a program running :func:`trioflow.debug.serve` and prints it.
 ``URL`` may be ``host:port``, ``http://host:port`` or a full
 ``http://host:port/debug/...`` address.
+
+``python -m trioflow top URL``: a live console (``trioflow.debug._top``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ import sys
 import urllib.error
 import urllib.request
 from urllib.parse import urlencode, urlsplit
+
+from .debug._top import add_arguments as top_arguments
+from .debug._top import main as top_main
 
 
 def _url(raw: str, *, json: bool, group: bool, deadlocks: bool) -> str:
@@ -40,7 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     dump.add_argument("--group", action="store_true", help="fold identical stacks")
     dump.add_argument("--deadlocks", action="store_true", help="deadlocks and leaks instead")
     dump.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+    top_arguments(
+        sub.add_parser("top", help="a live console over a program running tf.debug.serve()")
+    )
     args = parser.parse_args(argv)
+    if args.command == "top":
+        return top_main(args)
     url = _url(args.url, json=args.json, group=args.group, deadlocks=args.deadlocks)
     try:
         with urllib.request.urlopen(url, timeout=args.timeout) as resp:

@@ -18,9 +18,11 @@ scanning every primitive.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import attrs
@@ -89,31 +91,51 @@ class Inspectable(Protocol):
 # id -> weak reference. A plain dict guarded by a lock (readers may be the
 # OpenTelemetry exporter thread) rather than a WeakSet, whose iteration is not
 # safe against concurrent mutation from another thread.
+#
+# The weakref callback never takes the lock and never touches the dict: a
+# garbage collection can run it in the middle of any allocation, including
+# one made while this very thread holds the lock (a plain lock would then
+# wait for itself forever; a reentrant one would let the dict change under
+# an iteration). It only records the dead key in ``_dead`` (a deque, whose
+# append is atomic and never blocks); the next locked operation sweeps what
+# was recorded. Under the lock nothing runs but dict and deque operations.
 _lock = threading.Lock()
 _entries: dict[int, weakref.ref[Inspectable]] = {}
+_dead: collections.deque[int] = collections.deque()
 _counter = itertools.count(1)
+
+
+def _forget(key: int) -> Callable[[object], None]:
+    def callback(_: object) -> None:
+        _dead.append(key)
+
+    return callback
+
+
+def _sweep() -> None:
+    """Drop the entries of primitives that died (call with ``_lock`` held)."""
+    while _dead:
+        _entries.pop(_dead.popleft(), None)
 
 
 def register(obj: Inspectable) -> None:
     """Record ``obj`` as live until it is garbage-collected."""
     key = next(_counter)
-
-    def _forget(_: object, key: int = key) -> None:
-        with _lock:
-            _entries.pop(key, None)
-
-    ref = weakref.ref(obj, _forget)
+    ref = weakref.ref(obj, _forget(key))
     with _lock:
+        _sweep()
         _entries[key] = ref
 
 
 def live(kind: str | None = None) -> list[Inspectable]:
     """Every registered primitive still alive (of one ``kind`` if given), oldest first.
 
-    Safe to call from any thread: it copies the entries under a lock and reads
+    Safe to call from any thread, also while garbage collections free
+    registered primitives: it copies the entries under a lock and reads
     nothing but plain attributes afterwards.
     """
     with _lock:
+        _sweep()
         refs = list(_entries.values())
     out: list[Inspectable] = []
     for ref in refs:

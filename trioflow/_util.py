@@ -65,3 +65,9 @@ def check_optional_name(value: object, param: str = "name") -> str | None:
     if value is not None and not isinstance(value, str):
         raise_type(param, "a str or None", value)
     return value
+
+
+def check_signal(value: object, param: str = "signal") -> None:
+    """A signal number (an int, not a bool) or ``None``."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise_type(param, "a signal number or None", value)

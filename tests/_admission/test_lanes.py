@@ -1052,11 +1052,11 @@ async def test_real_lanes_in_metrics_and_wait_histogram(
                 out[tuple(sorted((p.attributes or {}).items()))] = p.value
             return out
 
-        key = (("trioflow.lane", "batch"), ("trioflow.name", "api"))
-        assert gauge("trioflow.limiter.in_use")[key] == 3
+        key = (("trioflow.lane.name", "batch"), ("trioflow.limiter.name", "api"))
+        assert gauge("trioflow.limiter.usage")[key] == 3
         assert gauge("trioflow.limiter.limit")[key] == 4
         # the limiter itself is not read again (its lanes already are)
-        assert (("trioflow.name", "api"),) not in gauge("trioflow.limiter.in_use")
+        assert (("trioflow.limiter.name", "api"),) not in gauge("trioflow.limiter.usage")
 
         async def wait_for_two() -> None:
             async with interactive.hold(2):
@@ -1066,8 +1066,8 @@ async def test_real_lanes_in_metrics_and_wait_histogram(
             nursery.start_soon(wait_for_two)
             await trio.sleep(1.5)
             assert (
-                gauge("trioflow.limiter.waiting")[
-                    (("trioflow.lane", "interactive"), ("trioflow.name", "api"))
+                gauge("trioflow.limiter.queue.size")[
+                    (("trioflow.lane.name", "interactive"), ("trioflow.limiter.name", "api"))
                 ]
                 == 1
             )

@@ -1,9 +1,18 @@
 from __future__ import annotations
 
+import http.server
+import threading
 from collections.abc import Iterator
+from typing import Any
 
 import attrs
 import pytest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.proto.trace.v1 import trace_pb2
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, Metric
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -82,3 +91,98 @@ def _telemetry_left_off() -> Iterator[None]:
     assert _hooks.wait_hook is None
     assert _hooks.stage_hook is None
     assert _hooks.tracing == _hooks.OFF
+    assert _hooks.metrics is False
+
+
+# -- a real OTLP/HTTP receiver on 127.0.0.1 ----------------------------------------
+
+
+@attrs.define
+class Receiver:
+    """A minimal OTLP/HTTP receiver: stores every decoded request."""
+
+    port: int
+    traces: list[ExportTraceServiceRequest] = attrs.field(factory=list)
+    metrics: list[ExportMetricsServiceRequest] = attrs.field(factory=list)
+    content_types: set[str] = attrs.field(factory=set)
+    status: int = 200
+    lock: threading.Lock = attrs.field(factory=threading.Lock)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def metric_points(self, service: str) -> dict[str, list[tuple[dict[str, Any], Any]]]:
+        """trioflow's metric points as received, by instrument: (attributes, point).
+
+        Checks that each came from ``service``.
+        """
+        out: dict[str, list[tuple[dict[str, Any], Any]]] = {}
+        with self.lock:
+            requests = list(self.metrics)
+        for req in requests:
+            for rm in req.resource_metrics:
+                assert attributes(rm.resource.attributes)["service.name"] == service
+                for sm in rm.scope_metrics:
+                    if sm.scope.name != "trioflow":
+                        continue
+                    for m in sm.metrics:
+                        for p in getattr(m, m.WhichOneof("data")).data_points:
+                            out.setdefault(m.name, []).append((attributes(p.attributes), p))
+        return out
+
+    def spans(self) -> list[tuple[trace_pb2.ResourceSpans, str, trace_pb2.Span]]:
+        out: list[tuple[trace_pb2.ResourceSpans, str, trace_pb2.Span]] = []
+        with self.lock:
+            for req in self.traces:
+                for rs in req.resource_spans:
+                    for ss in rs.scope_spans:
+                        out.extend((rs, ss.scope.name, span) for span in ss.spans)
+        return out
+
+
+def value(v: AnyValue) -> Any:
+    return getattr(v, v.WhichOneof("value") or "string_value")
+
+
+def attributes(kvs: Any) -> dict[str, Any]:
+    return {kv.key: value(kv.value) for kv in kvs}
+
+
+@pytest.fixture
+def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    state: list[Receiver] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            rec = state[0]
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            with rec.lock:
+                rec.content_types.add(self.headers["Content-Type"])
+                if self.path == "/v1/traces":
+                    rec.traces.append(ExportTraceServiceRequest.FromString(body))
+                elif self.path == "/v1/metrics":
+                    rec.metrics.append(ExportMetricsServiceRequest.FromString(body))
+                else:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+            self.send_response(rec.status)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.append(Receiver(server.server_address[1]))
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    try:
+        yield state[0]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

@@ -93,7 +93,9 @@ async def test_jaeger_file(
     path = tmp_path / "trace.json"
     with tf.telemetry.configure("shop", jaeger_file=path, set_global=False):
         limiter = tf.CapacityLimiter(1, name="db")
-        pipeline = _spans.start_span("pipeline orders", attributes={"trioflow.name": "orders"})
+        pipeline = _spans.start_span(
+            "pipeline orders", attributes={"trioflow.pipeline.name": "orders"}
+        )
         item = _spans.start_span("item", kind=SpanKind.PRODUCER, parent=None)
         stage = _spans.start_span(
             "stage enrich", kind=SpanKind.CONSUMER, parent=_spans.context_of(item)
@@ -141,7 +143,7 @@ async def test_jaeger_file(
         if f["key"] == "event"
     }
     assert set(events) == {"trioflow.wait", "exception"}
-    assert events["trioflow.wait"]["trioflow.name"] == "db"
+    assert events["trioflow.wait"]["trioflow.limiter.name"] == "db"
     assert events["trioflow.wait"]["trioflow.wait.duration"] > 0
 
     batch_span, _ = spans["stage write"]

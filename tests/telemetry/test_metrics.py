@@ -30,7 +30,7 @@ def points(otel: Otel, name: str) -> dict[tuple[tuple[str, Any], ...], float]:
 
 
 def api(name: str) -> tuple[tuple[str, Any], ...]:
-    return (("trioflow.name", name),)
+    return (("trioflow.limiter.name", name),)
 
 
 async def test_limiter_gauges_read_statistics(otel: Otel) -> None:
@@ -48,18 +48,18 @@ async def test_limiter_gauges_read_statistics(otel: Otel) -> None:
         await unlimited.acquire()
         assert points(otel, "trioflow.limiter.limit")[api("api")] == 3
         assert api("free") not in points(otel, "trioflow.limiter.limit")  # math.inf: no value
-        assert points(otel, "trioflow.limiter.in_use")[api("api")] == 2
-        assert points(otel, "trioflow.limiter.in_use")[api("free")] == 1
-        assert points(otel, "trioflow.limiter.waiting")[api("api")] == 1
+        assert points(otel, "trioflow.limiter.usage")[api("api")] == 2
+        assert points(otel, "trioflow.limiter.usage")[api("free")] == 1
+        assert points(otel, "trioflow.limiter.queue.size")[api("api")] == 1
         a.total_tokens = 5  # the waiter goes; the next collection sees it
         await trio.testing.wait_all_tasks_blocked()
         assert points(otel, "trioflow.limiter.limit")[api("api")] == 5
-        assert points(otel, "trioflow.limiter.waiting")[api("api")] == 0
+        assert points(otel, "trioflow.limiter.queue.size")[api("api")] == 0
         a.release()
         unlimited.release()
-    m = otel.metrics()["trioflow.limiter.in_use"]
+    m = otel.metrics()["trioflow.limiter.usage"]
     assert m.unit == "{token}"
-    assert otel.metrics()["trioflow.limiter.waiting"].unit == "{task}"
+    assert otel.metrics()["trioflow.limiter.queue.size"].unit == "{task}"
 
 
 async def test_collection_from_another_thread(otel: Otel) -> None:
@@ -70,7 +70,7 @@ async def test_collection_from_another_thread(otel: Otel) -> None:
 
     def collect() -> None:
         assert threading.current_thread() is not threading.main_thread()
-        seen.append(points(otel, "trioflow.limiter.in_use")[api("threaded")])
+        seen.append(points(otel, "trioflow.limiter.usage")[api("threaded")])
 
     await trio.to_thread.run_sync(collect)
     assert seen == [1]
@@ -136,16 +136,16 @@ def test_readers_plug_in_by_kind(otel: Otel) -> None:
     bare = StandInLane("batch")
     rate = StandInRate("api-rate", 2.5)
     broken = StandInRate("broken", None)  # skipped this round, not fatal
-    key = (("trioflow.lane", "interactive"), ("trioflow.name", "pool"))
-    assert points(otel, "trioflow.limiter.in_use")[key] == 4
-    assert points(otel, "trioflow.limiter.waiting")[key] == 2
+    key = (("trioflow.lane.name", "interactive"), ("trioflow.limiter.name", "pool"))
+    assert points(otel, "trioflow.limiter.usage")[key] == 4
+    assert points(otel, "trioflow.limiter.queue.size")[key] == 2
     assert points(otel, "trioflow.limiter.limit")[key] == 10
-    assert (("trioflow.lane", "batch"), ("trioflow.name", "pool")) in points(
-        otel, "trioflow.limiter.in_use"
+    assert (("trioflow.lane.name", "batch"), ("trioflow.limiter.name", "pool")) in points(
+        otel, "trioflow.limiter.usage"
     )
-    tokens = points(otel, "trioflow.rate.tokens")
-    assert tokens == {api("api-rate"): 2.5}
-    assert otel.metrics()["trioflow.rate.tokens"].unit == "{token}"
+    tokens = points(otel, "trioflow.rate_limiter.tokens")
+    assert tokens == {(("trioflow.rate_limiter.name", "api-rate"),): 2.5}
+    assert otel.metrics()["trioflow.rate_limiter.tokens"].unit == "{token}"
     del lane, bare, rate, broken
 
 
@@ -179,7 +179,10 @@ async def test_wait_histogram_only_for_waits_that_parked(
     (point,) = histogram(otel)
     assert point.count == 1
     assert point.sum == 2.5
-    assert dict(point.attributes or {}) == {"trioflow.name": "db", "trioflow.kind": "limiter"}
+    assert dict(point.attributes or {}) == {
+        "trioflow.limiter.name": "db",
+        "trioflow.kind": "limiter",
+    }
     assert tuple(point.explicit_bounds) == _metrics.WAIT_BUCKETS
     # 2.5 s falls in the (1.0, 2.5] bucket, not in the first one.
     assert point.bucket_counts[_metrics.WAIT_BUCKETS.index(2.5)] == 1
@@ -207,7 +210,7 @@ async def test_wait_is_an_event_on_the_current_span(
     (event,) = otel.span("handle request").events
     assert event.name == "trioflow.wait"
     assert dict(event.attributes or {}) == {
-        "trioflow.name": "db",
+        "trioflow.limiter.name": "db",
         "trioflow.kind": "limiter",
         "trioflow.wait.duration": 0.75,
     }
@@ -314,17 +317,20 @@ class StandInStage:
 
 
 def test_a_reading_may_have_several_points(otel: Otel) -> None:
-    assert "trioflow.limiter.waiting" in {spec.name for spec in _metrics.OBSERVED}
+    assert "trioflow.limiter.queue.size" in {spec.name for spec in _metrics.OBSERVED}
     stage = StandInStage()
-    _metrics.READERS["test stage"] = lambda obj: {
-        "trioflow.limiter.waiting": [({"trioflow.outcome": "a"}, 1), ({"trioflow.outcome": "b"}, 2)]
+    _metrics.READERS["test_stage"] = lambda obj: {
+        "trioflow.limiter.queue.size": [
+            ({"trioflow.outcome": "a"}, 1),
+            ({"trioflow.outcome": "b"}, 2),
+        ]
     }
     try:
-        got = points(otel, "trioflow.limiter.waiting")
+        got = points(otel, "trioflow.limiter.queue.size")
     finally:
-        del _metrics.READERS["test stage"]
-    assert got[(("trioflow.name", "enrich"), ("trioflow.outcome", "a"))] == 1
-    assert got[(("trioflow.name", "enrich"), ("trioflow.outcome", "b"))] == 2
+        del _metrics.READERS["test_stage"]
+    assert got[(("trioflow.outcome", "a"), ("trioflow.test_stage.name", "enrich"))] == 1
+    assert got[(("trioflow.outcome", "b"), ("trioflow.test_stage.name", "enrich"))] == 2
     del stage
 
 
@@ -336,8 +342,8 @@ async def test_collecting_from_a_thread_while_trio_churns(otel: Otel) -> None:
 
     def collect() -> None:
         while not done or not seen:
-            in_use = points(otel, "trioflow.limiter.in_use").get(api("churn"))
-            waiting = points(otel, "trioflow.limiter.waiting").get(api("churn"))
+            in_use = points(otel, "trioflow.limiter.usage").get(api("churn"))
+            waiting = points(otel, "trioflow.limiter.queue.size").get(api("churn"))
             if in_use is not None and waiting is not None:
                 seen.append((in_use, waiting))
 

@@ -102,7 +102,7 @@ async def test_stage_level_run_and_stage_spans(autojump_clock: trio.testing.Mock
         assert len(named(o, "user call")) == 4
         waits = [e for e in stages["stage slow"].events if e.name == "trioflow.wait"]
         assert waits
-        assert all(attrs_of_event(e)["trioflow.name"] == "api" for e in waits)
+        assert all(attrs_of_event(e)["trioflow.limiter.name"] == "api" for e in waits)
         assert [s for s in o.spans() if s.name.startswith("source ")] == []  # no item traces
     finally:
         close_otel(o)
@@ -598,7 +598,7 @@ async def test_a_wait_inside_a_stage_is_a_log_on_the_items_span(
     (span,) = waited  # one of the two items waited 0.5 s for the other's token
     (event,) = span.events
     assert attrs_of_event(event) == {
-        "trioflow.name": "api",
+        "trioflow.limiter.name": "api",
         "trioflow.kind": "limiter",
         "trioflow.wait.duration": pytest.approx(0.5),
     }

@@ -10,7 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from opentelemetry import trace
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import INVALID_SPAN
@@ -55,15 +57,52 @@ def test_use_levels_and_restore() -> None:
     assert _hooks.wait_hook is None
 
 
-def test_use_first_time_defaults_to_item_and_global_providers() -> None:
-    with tf.telemetry.use() as t:
+def test_use_first_time_defaults_to_item() -> None:
+    tp = TracerProvider()
+    with tf.telemetry.use(tracer_provider=tp) as t:
         assert t.tracing == "item"
-        assert t.tracer_provider is trace.get_tracer_provider()
-        assert _hooks.wait_hook is not None
-        # No SDK set globally in the test process: spans are the API's no-ops.
-        span = _spans.start_span("stage x")
-        assert not span.is_recording()
-        _spans.end_span(span)
+        assert t.tracer_provider is tp
+        assert _hooks.tracing == _hooks.ITEM
+        assert _hooks.wait_hook is not None  # wait events on spans
+    tp.shutdown()
+
+
+def test_use_with_nothing_to_report_to_leaves_no_hook(caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 21: no backend, no hook: the cost of never calling use() (bench/telemetry.py)."""
+    # No SDK is set globally in the test process: the global providers are proxies.
+    assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    with tf.telemetry.use() as t:
+        assert t.tracing == "off"
+        assert t.tracer_provider is None
+        assert t.meter_provider is None
+        assert (_hooks.tracing, _hooks.metrics) == (_hooks.OFF, False)
+        assert _hooks.wait_hook is None
+        assert _hooks.stage_hook is None
+        assert _spans.start_span("stage x") is INVALID_SPAN
+    assert any("telemetry stays off" in r.getMessage() for r in caplog.records)
+
+
+def test_providers_that_report_nowhere_are_off() -> None:
+    no_readers = MeterProvider()  # the SDK takes readers at construction only
+    with tf.telemetry.use(
+        tracer_provider=trace.NoOpTracerProvider(), meter_provider=no_readers
+    ) as t:
+        assert (t.tracing, t.tracer_provider, t.meter_provider) == ("off", None, None)
+        assert _hooks.wait_hook is None
+        assert _hooks.stage_hook is None
+    with tf.telemetry.use(meter_provider=metrics.NoOpMeterProvider()) as t:
+        assert t.meter_provider is None
+        assert _hooks.stage_hook is None
+    no_readers.shutdown()
+    reader = InMemoryMetricReader()
+    mp = MeterProvider(metric_readers=[reader])
+    with tf.telemetry.use(meter_provider=mp) as t:
+        assert t.meter_provider is mp
+        assert t.tracing == "off"  # no tracer provider reports anywhere
+        assert _hooks.metrics is True
+        assert _hooks.stage_hook is not None
+        assert _hooks.wait_hook is not None  # the wait histogram
+    mp.shutdown()
 
 
 def test_shutting_down_out_of_order() -> None:
@@ -138,7 +177,11 @@ def test_configure_jaeger_file_and_report(tmp_path: Path) -> None:
     assert counts.destination == f"jaeger_file {path}"
     assert (counts.spans, counts.exported, counts.failed, counts.dropped) == (10, 10, 0, 0)
     assert report.dropped == report.failed == 0
-    assert str(report) == f"jaeger_file {path}: 10/10 exported, 0 dropped, 0 failed"
+    assert str(report) == (
+        f"jaeger_file {path}: 10/10 spans exported, 0 dropped, 0 failed; all 10 traces kept"
+    )
+    assert counts.traces is not None
+    assert (counts.traces.traces, counts.traces.kept, counts.traces.dropped) == (10, 10, 0)
     assert len(json.loads(path.read_text())["data"]) == 10
     assert t.shutdown() is None
     assert _spans.start_span("after") is INVALID_SPAN
@@ -297,14 +340,17 @@ with tf.telemetry.use(tracing="stage") as t:
     )
     assert "pip install 'trioflow[otel]'" in lines[0]
     assert lines[1].startswith("ImportError: trioflow.telemetry.configure() needs")
-    assert lines[2] == "use ok stage"
+    # No SDK, so no provider reports anywhere: tracing stays off.
+    assert lines[2] == "use ok off"
 
 
 def test_configure_installs_global_providers_for_the_apps_own_spans(tmp_path: Path) -> None:
     """In a fresh process (the global provider is set-once): the app's spans and trioflow's nest."""
     script = """
 import json, sys, trio
-from opentelemetry import trace
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 import trioflow as tf
 from trioflow.telemetry import _spans
 

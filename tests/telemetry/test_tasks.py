@@ -45,7 +45,7 @@ async def test_group_span_at_stage_level(autojump_clock: trio.testing.MockClock)
         assert group.kind is SpanKind.INTERNAL
         assert group.status.status_code is StatusCode.UNSET
         assert dict(group.attributes or {}) == {
-            "trioflow.name": "fetch",
+            "trioflow.task_group.name": "fetch",
             "trioflow.task_group.on_error": "cancel",
             "trioflow.task_group.limit": 2,
             "trioflow.task_group.tasks": 3,
@@ -86,7 +86,7 @@ async def test_task_spans_at_item_level_are_parented_explicitly(otel: Otel) -> N
         task = otel.span(f"task {task_name}")
         assert task.parent == group.context
         assert task.context.trace_id == group.context.trace_id
-        assert dict(task.attributes or {}) == {"trioflow.task_group": "jobs"}
+        assert dict(task.attributes or {}) == {"trioflow.task_group.name": "jobs"}
         # the task's span is current while its function runs
         assert otel.span(f"user {label}").parent == task.context
     assert otel.span("task spawner").parent == group.context
@@ -255,8 +255,8 @@ def test_trace_tasks_must_be_a_bool() -> None:
 
 def group_key(name: str, outcome: str | None = None) -> tuple[tuple[str, Any], ...]:
     if outcome is None:
-        return api(name)
-    return (("trioflow.name", name), ("trioflow.outcome", outcome))
+        return (("trioflow.task_group.name", name),)
+    return (("trioflow.outcome", outcome), ("trioflow.task_group.name", name))
 
 
 async def test_task_group_metrics(otel: Otel) -> None:
@@ -276,11 +276,11 @@ async def test_task_group_metrics(otel: Otel) -> None:
                 nursery.start_soon(tg.spawn, gate.wait)  # parks: the group is full
                 await trio.testing.wait_all_tasks_blocked()
                 assert points(otel, "trioflow.task_group.running")[group_key("pool")] == 2
-                assert points(otel, "trioflow.task_group.waiting")[group_key("pool")] == 1
+                assert points(otel, "trioflow.task_group.queue.size")[group_key("pool")] == 1
                 # the group's own limiter reports as a limiter named after the group
                 assert points(otel, "trioflow.limiter.limit")[api("pool")] == 2
-                assert points(otel, "trioflow.limiter.in_use")[api("pool")] == 2
-                assert points(otel, "trioflow.limiter.waiting")[api("pool")] == 1
+                assert points(otel, "trioflow.limiter.usage")[api("pool")] == 2
+                assert points(otel, "trioflow.limiter.queue.size")[api("pool")] == 1
                 gate.set()
             await trio.testing.wait_all_tasks_blocked()
             h = await tg.spawn(trio.sleep_forever)
@@ -291,7 +291,7 @@ async def test_task_group_metrics(otel: Otel) -> None:
     with pytest.raises(ExceptionGroup):
         await run()
     assert points(otel, "trioflow.task_group.running")[group_key("pool")] == 0
-    assert points(otel, "trioflow.task_group.waiting")[group_key("pool")] == 0
+    assert points(otel, "trioflow.task_group.queue.size")[group_key("pool")] == 0
     tasks = points(otel, "trioflow.task_group.tasks")
     assert tasks[group_key("pool", "returned")] == 3
     assert tasks[group_key("pool", "failed")] == 1
@@ -313,7 +313,7 @@ async def test_shared_limiter_across_groups(otel: Otel) -> None:
         await b.spawn(gate.wait)
         await b.spawn(gate.wait)
         await trio.testing.wait_all_tasks_blocked()
-        assert points(otel, "trioflow.limiter.in_use")[api("shared")] == 3
+        assert points(otel, "trioflow.limiter.usage")[api("shared")] == 3
         running = points(otel, "trioflow.task_group.running")
         assert (running[group_key("a")], running[group_key("b")]) == (1, 2)
         gate.set()
@@ -331,7 +331,7 @@ async def test_spawn_wait_is_an_event_on_the_spawners_span(
     (event,) = otel.span("loop").events
     assert event.name == "trioflow.wait"
     assert dict(event.attributes or {}) == {
-        "trioflow.name": "paced",
+        "trioflow.limiter.name": "paced",
         "trioflow.kind": "limiter",
         "trioflow.wait.duration": pytest.approx(0.1),
     }
@@ -340,19 +340,23 @@ async def test_spawn_wait_is_an_event_on_the_spawners_span(
 # -- the real rate limiter ----------------------------------------------------------------
 
 
+def rate_key(name: str) -> tuple[tuple[str, Any], ...]:
+    return (("trioflow.rate_limiter.name", name),)
+
+
 async def test_rate_tokens_from_a_real_rate_limiter(
     otel: Otel, autojump_clock: trio.testing.MockClock
 ) -> None:
     rate = tf.RateLimiter(10, burst=5, name="api")
-    assert points(otel, "trioflow.rate.tokens")[api("api")] == 5  # full before any use
+    assert points(otel, "trioflow.rate_limiter.tokens")[rate_key("api")] == 5  # full before any use
     for _ in range(3):
         await rate.acquire()
-    assert points(otel, "trioflow.rate.tokens")[api("api")] == 2
+    assert points(otel, "trioflow.rate_limiter.tokens")[rate_key("api")] == 2
     await trio.sleep(0.2)  # 2 tokens accrue; a reading inside trio brings the bucket up to date
-    assert points(otel, "trioflow.rate.tokens")[api("api")] == pytest.approx(4)
+    assert points(otel, "trioflow.rate_limiter.tokens")[rate_key("api")] == pytest.approx(4)
     await trio.sleep(10)
-    assert points(otel, "trioflow.rate.tokens")[api("api")] == 5  # capped at burst
-    assert otel.metrics()["trioflow.rate.tokens"].unit == "{token}"
+    assert points(otel, "trioflow.rate_limiter.tokens")[rate_key("api")] == 5  # capped at burst
+    assert otel.metrics()["trioflow.rate_limiter.tokens"].unit == "{token}"
 
 
 async def test_rate_tokens_read_from_the_exporter_thread(otel: Otel) -> None:
@@ -363,7 +367,7 @@ async def test_rate_tokens_read_from_the_exporter_thread(otel: Otel) -> None:
 
     def collect() -> None:
         assert threading.current_thread() is not threading.main_thread()
-        seen.append(points(otel, "trioflow.rate.tokens")[api("slow")])
+        seen.append(points(otel, "trioflow.rate_limiter.tokens")[rate_key("slow")])
 
     await trio.to_thread.run_sync(collect)
     assert seen == [pytest.approx(1, abs=0.01)]
@@ -381,16 +385,16 @@ async def test_rate_wait_is_recorded_and_is_an_event(
     (point,) = histogram(otel)
     assert isinstance(point, HistogramDataPoint)
     assert dict(point.attributes or {}) == {
-        "trioflow.name": "outbound",
-        "trioflow.kind": "rate limiter",
+        "trioflow.rate_limiter.name": "outbound",
+        "trioflow.kind": "rate_limiter",
     }
     assert point.count == 1
     assert point.sum == pytest.approx(0.5)
     (event,) = otel.span("call").events
     assert event.name == "trioflow.wait"
     assert dict(event.attributes or {}) == {
-        "trioflow.name": "outbound",
-        "trioflow.kind": "rate limiter",
+        "trioflow.rate_limiter.name": "outbound",
+        "trioflow.kind": "rate_limiter",
         "trioflow.wait.duration": pytest.approx(0.5),
     }
 

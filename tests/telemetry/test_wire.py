@@ -8,99 +8,18 @@ parents, links, events and resource attributes as they arrive.
 
 from __future__ import annotations
 
-import http.server
-import threading
-from collections.abc import Iterator
-from typing import Any
-
-import attrs
 import pytest
 import trio
 import trio.testing
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
-    ExportMetricsServiceRequest,
-)
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1 import trace_pb2
 from opentelemetry.trace import SpanKind
 
 import trioflow as tf
 from trioflow.telemetry import _spans
 
+from .conftest import Receiver, attributes
+
 KIND = trace_pb2.Span.SpanKind
-
-
-@attrs.define
-class Receiver:
-    """A minimal OTLP/HTTP receiver: stores every decoded request."""
-
-    port: int
-    traces: list[ExportTraceServiceRequest] = attrs.field(factory=list)
-    metrics: list[ExportMetricsServiceRequest] = attrs.field(factory=list)
-    content_types: set[str] = attrs.field(factory=set)
-    status: int = 200
-    lock: threading.Lock = attrs.field(factory=threading.Lock)
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def spans(self) -> list[tuple[trace_pb2.ResourceSpans, str, trace_pb2.Span]]:
-        out: list[tuple[trace_pb2.ResourceSpans, str, trace_pb2.Span]] = []
-        with self.lock:
-            for req in self.traces:
-                for rs in req.resource_spans:
-                    for ss in rs.scope_spans:
-                        out.extend((rs, ss.scope.name, span) for span in ss.spans)
-        return out
-
-
-def value(v: AnyValue) -> Any:
-    return getattr(v, v.WhichOneof("value") or "string_value")
-
-
-def attributes(kvs: Any) -> dict[str, Any]:
-    return {kv.key: value(kv.value) for kv in kvs}
-
-
-@pytest.fixture
-def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    state: list[Receiver] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            rec = state[0]
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            with rec.lock:
-                rec.content_types.add(self.headers["Content-Type"])
-                if self.path == "/v1/traces":
-                    rec.traces.append(ExportTraceServiceRequest.FromString(body))
-                elif self.path == "/v1/metrics":
-                    rec.metrics.append(ExportMetricsServiceRequest.FromString(body))
-                else:
-                    self.send_response(404)
-                    self.end_headers()
-                    return
-            self.send_response(rec.status)
-            self.send_header("Content-Type", "application/x-protobuf")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.append(Receiver(server.server_address[1]))
-    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
-    thread.start()
-    try:
-        yield state[0]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 async def test_spans_on_the_wire(
@@ -183,7 +102,7 @@ async def test_spans_on_the_wire(
     (event,) = stage0.events
     assert event.name == "trioflow.wait"
     ev = attributes(event.attributes)
-    assert ev["trioflow.name"] == "api"
+    assert ev["trioflow.limiter.name"] == "api"
     assert ev["trioflow.kind"] == "limiter"
     assert ev["trioflow.wait.duration"] == pytest.approx(0.2)
     failed = next(s for s in stages if by_id[s.parent_span_id].name == "item 2")
@@ -221,28 +140,18 @@ async def test_metrics_on_the_wire(
     finally:
         t.shutdown()
     assert receiver.traces == []
-    values: dict[str, list[tuple[dict[str, Any], Any]]] = {}
-    for req in receiver.metrics:
-        for rm in req.resource_metrics:
-            assert attributes(rm.resource.attributes)["service.name"] == "wire-metrics"
-            for sm in rm.scope_metrics:
-                if sm.scope.name != "trioflow":
-                    continue
-                for m in sm.metrics:
-                    kind = m.WhichOneof("data")
-                    for p in getattr(m, kind).data_points:
-                        values.setdefault(m.name, []).append((attributes(p.attributes), p))
+    values = receiver.metric_points("wire-metrics")
     assert set(values) >= {
         "trioflow.limiter.limit",
-        "trioflow.limiter.in_use",
-        "trioflow.limiter.waiting",
+        "trioflow.limiter.usage",
+        "trioflow.limiter.queue.size",
         "trioflow.limiter.wait.duration",
     }
     limit_attrs, limit = values["trioflow.limiter.limit"][-1]
-    assert limit_attrs == {"trioflow.name": "pool"}
+    assert limit_attrs == {"trioflow.limiter.name": "pool"}
     assert limit.as_int == 4
     hist_attrs, hist = values["trioflow.limiter.wait.duration"][-1]
-    assert hist_attrs == {"trioflow.name": "pool", "trioflow.kind": "limiter"}
+    assert hist_attrs == {"trioflow.limiter.name": "pool", "trioflow.kind": "limiter"}
     assert hist.count == 1
     assert hist.sum == pytest.approx(3.0)
     assert list(hist.explicit_bounds)[:3] == [0.0001, 0.00025, 0.0005]

@@ -15,7 +15,7 @@ from .._admission._capacity import CapacityLimiter
 from .._admission._rate import RateLimiter
 from .._registry import Holding, Waiting
 from .._util import check_optional_name, raise_type
-from ..telemetry import _hooks, _spans
+from ..telemetry import _hooks, _names, _spans
 
 __all__ = ["TaskGroup", "TaskGroupStatistics", "TaskHandle", "open_task_group"]
 
@@ -331,7 +331,7 @@ class TaskGroup:
         """Start the ``task_group {name}`` span under the opener's current span."""
         limiter = self._limiter
         attributes: dict[str, str | int | float] = {
-            "trioflow.name": self._name,
+            _names.TASK_GROUP_NAME: self._name,
             "trioflow.task_group.on_error": self._on_error,
         }
         if limiter is not None:
@@ -605,7 +605,7 @@ class TaskGroup:
         span = _spans.start_span(
             _spans.span_name("task", handle.task.name),
             parent=parent,
-            attributes={"trioflow.task_group": self._name},
+            attributes={_names.TASK_GROUP_NAME: self._name},
         )
         try:
             with scope, _spans.activate(span):

@@ -9,7 +9,11 @@
 * :func:`install` — dump on ``SIGUSR1``, spawn records, "all tasks are
   asleep", stuck tasks, a loop blocked by synchronous code.
 * :func:`serve` — ``/debug/tasks`` and ``/debug/deadlocks`` over HTTP on
-  localhost; ``python -m trioflow dump URL`` prints them.
+  localhost; ``python -m trioflow dump URL`` prints them, and
+  ``python -m trioflow top URL`` is a live console over ``/debug/top``.
+* :func:`record_timeline` — an execution timeline for Perfetto's UI (each
+  task's steps, waits, wake-ups, limiter counters), or with ``window=`` a
+  flight recorder dumped on ``SIGUSR2``.
 
 See ``docs/debugging.md``.
 """
@@ -29,3 +33,5 @@ from ._model import ResourceInfo as ResourceInfo
 from ._model import TaskDump as TaskDump
 from ._model import TaskInfo as TaskInfo
 from ._serve import serve as serve
+from ._timeline import Timeline as Timeline
+from ._timeline import record_timeline as record_timeline

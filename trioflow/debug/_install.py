@@ -33,10 +33,11 @@ from typing import Any, TextIO
 import trio
 from trio.lowlevel import Task
 
-from .._util import check_positive_number, raise_type
+from .._util import check_positive_number, check_signal
 from ._deadlock import all_tasks_asleep, find_deadlocks, loop_may_sleep, own_handlers
 from ._dump import dump_tasks, record_spawn
 from ._model import TaskInfo
+from ._timeline import Timeline, from_install_option
 
 __all__ = ["Installed", "install"]
 
@@ -113,6 +114,8 @@ class Installed:
         #: counts, for tests and the curious
         self.stuck_reports: int = 0
         self.slow_reports: int = 0
+        #: the timeline ``install(timeline=...)`` records, if any
+        self.timeline: Timeline | None = None
 
     @property
     def file(self) -> TextIO:
@@ -151,6 +154,8 @@ class Installed:
             own_handlers.discard(id(self._handler))
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
+        if self.timeline is not None:
+            self.timeline.stop()
 
     def __enter__(self) -> Installed:
         return self
@@ -258,11 +263,6 @@ class Installed:
 _NOT_STUCK = frozenset({"sleep", "I/O", "nursery", "signal", "wait_all_tasks_blocked", "process"})
 
 
-def _check_signal(value: object) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-        raise_type("signal", "a signal number or None", value)
-
-
 def install(
     *,
     signal: int | None = _DEFAULT_SIGNAL,
@@ -270,6 +270,7 @@ def install(
     slow_step: float | None = None,
     on_deadlock: str = "warn",
     file: TextIO | None = None,
+    timeline: str | os.PathLike[str] | Timeline | None = None,
 ) -> Installed:
     """Make a running Trio program explain itself when it hangs.
 
@@ -298,6 +299,10 @@ def install(
       on_deadlock: ``"warn"`` (write the report), ``"exit"`` (write it, then
         exit with status 2, as Go does) or ``"ignore"``.
       file: where reports go (default: ``sys.stderr`` at the time of writing).
+      timeline: record an execution timeline until the run ends: a path, or
+        a :func:`~trioflow.debug.record_timeline` (a flight recorder, say).
+        ``None`` records to ``$TRIOFLOW_TIMELINE`` if set (the last
+        ``$TRIOFLOW_TIMELINE_WINDOW`` seconds, if that is set too).
 
     Returns:
       An :class:`Installed` handle; ``uninstall()`` undoes everything.
@@ -306,7 +311,7 @@ def install(
       RuntimeError: outside ``trio.run``.
       ValueError / TypeError: for a bad parameter, naming it.
     """
-    _check_signal(signal)
+    check_signal(signal)
     if stuck_after is not None:
         stuck_after = check_positive_number(stuck_after, "stuck_after")
     if slow_step is not None:
@@ -322,5 +327,6 @@ def install(
     if signal is not None and threading.current_thread() is not threading.main_thread():
         raise RuntimeError("install(signal=...) must be called from the main thread")
     inst = Installed(signal, stuck_after, slow_step, on_deadlock, file)
+    inst.timeline = from_install_option(timeline, file)
     inst._start()  # pyright: ignore[reportPrivateUsage]
     return inst

@@ -8,6 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 import trio
 
 from .._util import raise_type
+from . import _topdata
 from ._deadlock import find_deadlocks, find_leaks
 from ._dump import dump_tasks
 
@@ -147,4 +148,9 @@ def _respond(data: bytes) -> tuple[str, str, bytes]:
         text = "\n".join(d.format() for d in deadlocks) or "No deadlock found.\n"
         text += "\n" + ("\n".join(lk.format() for lk in leaks) or "No leak found.") + "\n"
         return "200 OK", "text/plain; charset=utf-8", text.encode()
+    if url.path == "/debug/top":  # python -m trioflow top (see _topdata)
+        try:
+            return "200 OK", "application/json", _topdata.respond(query)
+        except ValueError as exc:
+            return "400 Bad Request", "text/plain", f"{exc}\n".encode()
     return "404 Not Found", "text/plain", b"not found: try /debug/tasks or /debug/deadlocks\n"

@@ -11,7 +11,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final
 
-__all__ = ["ITEM", "OFF", "STAGE", "StageHook", "WaitHook", "stage_hook", "tracing", "wait_hook"]
+__all__ = [
+    "ITEM",
+    "OFF",
+    "STAGE",
+    "StageHook",
+    "WaitHook",
+    "metrics",
+    "stage_hook",
+    "tracing",
+    "wait_hook",
+]
 
 #: ``hook(primitive, since, now)``: a task waited on ``primitive`` from
 #: ``since`` to ``now`` (both ``trio.current_time()``) and got what it asked
@@ -36,3 +46,9 @@ ITEM: Final = 2
 #: The current tracing level: a plain int, so "is tracing on?" is one
 #: attribute read and one comparison.
 tracing: int = OFF
+
+#: Is a meter provider that reports somewhere set? ``False`` also when
+#: :func:`trioflow.telemetry.use` found only no-op providers. A building
+#: block that records synchronous metrics reads this (once per run, not per
+#: item) and, when it is ``False``, installs no metric hook at all.
+metrics: bool = False

@@ -19,7 +19,9 @@ it only inside :func:`~trioflow.telemetry.configure` or
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import threading
 from collections.abc import Mapping, Sequence
@@ -29,7 +31,11 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, StatusCode
 
+from ._keep import KeepTraces, KeptTraces, select
+
 __all__ = ["JaegerFileExporter", "to_jaeger"]
+
+logger = logging.getLogger("trioflow.telemetry")
 
 _KINDS = {
     SpanKind.INTERNAL: "internal",
@@ -182,35 +188,54 @@ def to_jaeger(spans: Sequence[ReadableSpan]) -> dict[str, Any]:
 
 
 class JaegerFileExporter(SpanExporter):
-    """Collects finished spans and writes them to ``path`` as Jaeger JSON.
+    """Collects finished spans and writes the traces ``keep`` chooses to ``path`` as Jaeger JSON.
 
     The file is rewritten whole (to a temporary file, then renamed into
     place) at every :meth:`force_flush` and at :meth:`shutdown`, so a reader
     never sees half a file. Spans are kept in memory until then: this is for
     scripts, test runs and debugging sessions (tens of thousands of spans),
     not for a service that runs for weeks.
+
+    A write that fails (disk full, directory gone) is logged on the
+    ``trioflow.telemetry`` logger and counted (:attr:`failed`), never
+    raised: the program's own result matters more than its trace file.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], keep: KeepTraces | None = None) -> None:
         self.path = os.fspath(path)
+        self.keep = keep
+        #: Spans in the file now (its last successful write).
+        self.written = 0
+        #: Spans the policy left out at the last write.
+        self.filtered = 0
+        #: Spans that should be in the file and are not: the last write
+        #: failed, or they ended after :meth:`shutdown`.
+        self.failed = 0
+        #: What the policy did at the last write (``None`` before one).
+        self.traces: KeptTraces | None = None
+        #: Why the last write failed (``None``: it did not).
+        self.error: OSError | None = None
+        self._late = 0
         self._spans: list[ReadableSpan] = []
         self._lock = threading.Lock()
         self._closed = False
         # Fail now, at configure(), rather than at exit: the file must be writable.
-        self._write([])
+        self._write([], raise_errors=True)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         with self._lock:
             if self._closed:
+                self._late += len(spans)
+                self.failed += len(spans)
                 return SpanExportResult.FAILURE
             self._spans.extend(spans)
         return SpanExportResult.SUCCESS
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Rewrite the file with every span so far; ``False`` if the write failed."""
         with self._lock:
             spans = list(self._spans)
-        self._write(spans)
-        return True
+        return self._write(spans)
 
     def shutdown(self) -> None:
         with self._lock:
@@ -220,9 +245,30 @@ class JaegerFileExporter(SpanExporter):
             spans = list(self._spans)
         self._write(spans)
 
-    def _write(self, spans: Sequence[ReadableSpan]) -> None:
-        doc = to_jaeger(spans)
+    def _write(self, spans: Sequence[ReadableSpan], *, raise_errors: bool = False) -> bool:
+        kept, report = select(spans, self.keep)
         tmp = f"{self.path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(doc, f, separators=(",", ":"))
-        os.replace(tmp, self.path)
+        try:
+            doc = to_jaeger(kept)
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(doc, f, separators=(",", ":"))
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            if raise_errors:
+                raise
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            with self._lock:
+                self.error = exc
+                self.filtered = len(spans) - len(kept)
+                self.failed = self._late + max(0, len(kept) - self.written)
+                self.traces = report
+            logger.warning("could not write the Jaeger file %s: %s", self.path, exc)
+            return False
+        with self._lock:
+            self.error = None
+            self.written = len(kept)
+            self.filtered = len(spans) - len(kept)
+            self.failed = self._late
+            self.traces = report
+        return True

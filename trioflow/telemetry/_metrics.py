@@ -28,6 +28,7 @@ from opentelemetry.metrics import CallbackOptions, Histogram, Meter, MeterProvid
 
 from .. import _registry
 from . import _hooks
+from . import _names as n
 from ._spans import error_type
 
 __all__ = [
@@ -92,25 +93,25 @@ class InstrumentSpec:
 #: keyed by these names.
 OBSERVED: Final = (
     InstrumentSpec(
-        "trioflow.limiter.limit",
+        n.LIMITER_LIMIT,
         "updown",
         "{token}",
         "Tokens a limiter hands out in all (not reported while unlimited).",
     ),
     InstrumentSpec(
-        "trioflow.limiter.in_use",
+        n.LIMITER_USAGE,
         "updown",
         "{token}",
-        "Tokens held now.",
+        "Tokens held now, out of trioflow.limiter.limit.",
     ),
     InstrumentSpec(
-        "trioflow.limiter.waiting",
+        n.LIMITER_QUEUE_SIZE,
         "updown",
         "{task}",
         "Tasks waiting for tokens now.",
     ),
     InstrumentSpec(
-        "trioflow.rate.tokens",
+        n.RATE_LIMITER_TOKENS,
         "gauge",
         "{token}",
         "Tokens a rate limiter's bucket holds now.",
@@ -142,19 +143,19 @@ OBSERVED: Final = (
         "Source items a pipeline run has read and not yet finished.",
     ),
     InstrumentSpec(
-        "trioflow.task_group.running",
+        n.TASK_GROUP_RUNNING,
         "updown",
         "{task}",
         "Tasks of a task group spawned and not finished.",
     ),
     InstrumentSpec(
-        "trioflow.task_group.waiting",
+        n.TASK_GROUP_QUEUE_SIZE,
         "updown",
         "{task}",
         "Calls parked in a task group's spawn() or start() waiting for a slot.",
     ),
     InstrumentSpec(
-        "trioflow.task_group.tasks",
+        n.TASK_GROUP_TASKS,
         "counter",
         "{task}",
         "Tasks of a task group that finished, by trioflow.outcome (returned, failed, cancelled).",
@@ -174,12 +175,12 @@ def read_limiter(obj: Any) -> Reading:
     """A limiter or a lane: limit, tokens in use, tasks waiting (from ``statistics()``)."""
     stats = obj.statistics()
     out: dict[str, Value] = {
-        "trioflow.limiter.in_use": stats.borrowed_tokens,
-        "trioflow.limiter.waiting": stats.tasks_waiting,
+        n.LIMITER_USAGE: stats.borrowed_tokens,
+        n.LIMITER_QUEUE_SIZE: stats.tasks_waiting,
     }
     total = stats.total_tokens
     if total != math.inf:
-        out["trioflow.limiter.limit"] = total
+        out[n.LIMITER_LIMIT] = total
     return out
 
 
@@ -187,7 +188,7 @@ def read_rate(obj: Any) -> Reading:
     """A rate limiter: the tokens its bucket holds (``statistics().tokens``)."""
     stats = obj.statistics()
     tokens = getattr(stats, "tokens", None)
-    return {} if tokens is None else {"trioflow.rate.tokens": tokens}
+    return {} if tokens is None else {n.RATE_LIMITER_TOKENS: tokens}
 
 
 def read_task_group(obj: Any) -> Reading:
@@ -198,12 +199,12 @@ def read_task_group(obj: Any) -> Reading:
     """
     stats = obj.statistics()
     return {
-        "trioflow.task_group.running": stats.running,
-        "trioflow.task_group.waiting": stats.waiting,
-        "trioflow.task_group.tasks": [
-            ({"trioflow.outcome": "returned"}, obj._returned),
-            ({"trioflow.outcome": "failed"}, stats.failed),
-            ({"trioflow.outcome": "cancelled"}, stats.cancelled),
+        n.TASK_GROUP_RUNNING: stats.running,
+        n.TASK_GROUP_QUEUE_SIZE: stats.waiting,
+        n.TASK_GROUP_TASKS: [
+            ({n.OUTCOME: "returned"}, obj._returned),
+            ({n.OUTCOME: "failed"}, stats.failed),
+            ({n.OUTCOME: "cancelled"}, stats.cancelled),
         ],
     }
 
@@ -235,36 +236,41 @@ def read_pipeline(obj: Any) -> Reading:
     }
 
 
-#: Registry ``kind`` -> what to report for a primitive of that kind.
+#: Registry ``kind`` (snake_case, see :func:`~._names.kind_id`) -> what to
+#: report for a primitive of that kind.
 READERS: dict[str, Reader] = {
-    "limiter": read_limiter,
-    "lane": read_limiter,
-    "rate limiter": read_rate,
-    "task_group": read_task_group,
+    n.LIMITER: read_limiter,
+    n.LANE: read_limiter,
+    n.RATE_LIMITER: read_rate,
+    n.TASK_GROUP: read_task_group,
     "stage": read_stage,
     "pipeline": read_pipeline,
 }
 
 
 def identity(obj: Any) -> dict[str, str]:
-    """The attributes that name a primitive: ``trioflow.name``, and ``trioflow.lane`` for a lane.
+    """The attributes that name a primitive, one per kind (:data:`~._names.NAME_ATTRIBUTE`).
 
-    A lane is named by its limiter (``trioflow.name``, from its ``.limiter``)
-    and its own name (``trioflow.lane``: its ``name`` without the
-    ``"<limiter>/"`` prefix lane handles carry).
+    A lane is named by its limiter (``trioflow.limiter.name``, from its
+    ``.limiter``) and its own name (``trioflow.lane.name``: its ``name``
+    without the ``"<limiter>/"`` prefix lane handles carry). A kind with no
+    entry (a building block added later) gets ``trioflow.<kind>.name``.
     """
-    if obj.kind == "lane":
+    kind = n.kind_id(obj.kind)
+    if kind == n.LANE:
         lane: str = obj.name
         parent = getattr(getattr(obj, "limiter", None), "name", None)
         if not isinstance(parent, str):
-            return {"trioflow.lane": lane}
+            return {n.LANE_NAME: lane}
         prefix = f"{parent}/"
         if lane.startswith(prefix):
             lane = lane[len(prefix) :]
-        return {"trioflow.name": parent, "trioflow.lane": lane}
-    if obj.kind == "stage":
+        return {n.LIMITER_NAME: parent, n.LANE_NAME: lane}
+    if kind == "stage":
         return {"trioflow.name": obj.name, "trioflow.pipeline": obj.run.name}
-    return {"trioflow.name": obj.name}
+    if kind == "pipeline":
+        return {"trioflow.name": obj.name}
+    return {n.NAME_ATTRIBUTE.get(kind, f"trioflow.{kind}.name"): obj.name}
 
 
 def observe(name: str) -> list[Observation]:
@@ -282,7 +288,7 @@ def observe(name: str) -> list[Observation]:
         points[key] = (attributes, v if seen is None else seen[1] + v)
 
     for obj in _registry.live():
-        reader = READERS.get(obj.kind)
+        reader = READERS.get(n.kind_id(obj.kind))
         if reader is None:
             continue
         try:
@@ -326,7 +332,7 @@ class Instruments:
             explicit_bucket_boundaries_advisory=WAIT_BUCKETS,
         )
         self.wait_duration: Final[Histogram] = meter.create_histogram(
-            "trioflow.limiter.wait.duration",
+            n.LIMITER_WAIT_DURATION,
             unit="s",
             description="How long a task waited for a limiter, lane or rate limiter (only waits that parked).",
             explicit_bucket_boundaries_advisory=WAIT_BUCKETS,
@@ -361,9 +367,9 @@ def install(meter_provider: MeterProvider, version: str) -> Instruments:
 def wait_attributes(primitive: object) -> dict[str, str]:
     kind = getattr(primitive, "kind", None)
     if not isinstance(kind, str):
-        return {"trioflow.kind": type(primitive).__name__}
+        return {n.KIND: type(primitive).__name__}
     attrs_ = identity(primitive)
-    attrs_["trioflow.kind"] = kind
+    attrs_[n.KIND] = n.kind_id(kind)
     return attrs_
 
 
@@ -394,8 +400,11 @@ def make_wait_hook(histogram: Histogram | None) -> _hooks.WaitHook:
     are on) and, when tracing is on, the wait lasted at least
     :data:`WAIT_EVENT_MIN` and a recording span is current in the waiting
     task, adds a ``trioflow.wait`` event with the duration to that span.
-    Cost when it runs (SDK): about one histogram record (~7 µs) plus, with a
-    recording span, one event (~7 µs); it never runs on a fast path.
+    Cost when it runs (SDK): one histogram record plus, with a recording
+    span, one event, each on the order of 10 µs
+    (``docs/benchmarks/telemetry.md``); it never runs on a fast path, and
+    it is ``None`` (not called) while neither metrics nor tracing report
+    anywhere.
     """
 
     def on_wait(primitive: object, since: float, now: float) -> None:
@@ -407,7 +416,7 @@ def make_wait_hook(histogram: Histogram | None) -> _hooks.WaitHook:
             span = trace.get_current_span()
             if span.is_recording():
                 event: dict[str, str | float] = dict(attributes)
-                event["trioflow.wait.duration"] = duration
-                span.add_event("trioflow.wait", event)
+                event[n.WAIT_DURATION] = duration
+                span.add_event(n.WAIT_EVENT, event)
 
     return on_wait

@@ -16,11 +16,13 @@ from opentelemetry.trace import TracerProvider
 
 from .._util import raise_type
 from . import _hooks, _metrics, _spans
+from ._keep import KeepTraces, KeptTraces
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
 
 __all__ = [
+    "DEFAULT_KEEP",
     "ExportCounts",
     "ShutdownReport",
     "Telemetry",
@@ -59,12 +61,34 @@ class ExportCounts:
     """Spans the exporter delivered."""
 
     failed: int
-    """Spans the exporter tried and failed to deliver (endpoint down, bad response)."""
+    """Spans the exporter tried and failed to deliver (endpoint down, bad
+    response, a Jaeger file that could not be written)."""
+
+    filtered: int = 0
+    """Spans of traces the Jaeger file's :class:`KeepTraces` policy left out
+    on purpose (not a loss)."""
+
+    traces: KeptTraces | None = None
+    """For a Jaeger file: how many traces it kept and dropped, and why."""
+
+    error: str | None = None
+    """Why the destination's last delivery failed, if it did."""
 
     @property
     def dropped(self) -> int:
         """Spans that never reached the exporter (the batch queue was full)."""
-        return max(0, self.spans - self.exported - self.failed)
+        return max(0, self.spans - self.exported - self.failed - self.filtered)
+
+    def __str__(self) -> str:
+        text = f"{self.destination}: {self.exported}/{self.spans} spans exported"
+        if self.filtered:
+            text += f" ({self.filtered} in traces left out)"
+        text += f", {self.dropped} dropped, {self.failed} failed"
+        if self.traces is not None and self.traces.traces:
+            text += f"; {self.traces}"
+        if self.error is not None:
+            text += f" (write failed: {self.error})"
+        return text
 
 
 @attrs.frozen
@@ -84,14 +108,13 @@ class ShutdownReport:
         return sum(d.failed for d in self.destinations)
 
     def __str__(self) -> str:
-        parts = [
-            f"{d.destination}: {d.exported}/{d.spans} exported, {d.dropped} dropped, {d.failed} failed"
-            for d in self.destinations
-        ]
-        return "; ".join(parts) or "no span destinations"
+        return "\n".join(str(d) for d in self.destinations) or "no span destinations"
 
 
 _active: Telemetry | None = None
+
+#: The policy a Jaeger file uses unless told otherwise (see :class:`KeepTraces`).
+DEFAULT_KEEP: Final = KeepTraces()
 
 
 @final
@@ -165,7 +188,11 @@ class Telemetry:
         exporters are done (up to 30 s each), so call it as the program
         ends, or from Trio through ``trio.to_thread.run_sync``. It logs a
         warning on the ``trioflow.telemetry`` logger if spans were dropped or
-        failed to export, and returns the counts. Providers given to
+        failed to export, and returns the counts: for a Jaeger file, a write
+        that failed counts its spans as failed (with the reason), and the
+        traces its :class:`KeepTraces` policy kept and dropped are in
+        :attr:`ExportCounts.traces`. It never raises for a destination that
+        failed. Providers given to
         :func:`use` belong to the application and are left running (returns
         ``None``). Calling it twice does nothing the second time.
         """
@@ -201,12 +228,15 @@ class Telemetry:
             tp.shutdown()
         if mp is not None:
             mp.shutdown()
-        report = ShutdownReport(
-            tuple(
-                ExportCounts(p.destination, p.ended, p.exporter.exported, p.exporter.failed)
-                for p in self._processors
+        counts: list[ExportCounts] = []
+        for p in self._processors:
+            d = p.exporter.delivery()
+            counts.append(
+                ExportCounts(
+                    p.destination, p.ended, d.exported, d.failed, d.filtered, d.traces, d.error
+                )
             )
-        )
+        report = ShutdownReport(tuple(counts))
         if report.dropped or report.failed:
             logger.warning("trioflow telemetry lost spans at shutdown: %s", report)
         return report
@@ -232,6 +262,7 @@ def _apply(t: Telemetry | None, version: str) -> None:
     if t is None:
         _spans.tracer = trace.NoOpTracer()
         _hooks.tracing = _hooks.OFF
+        _hooks.metrics = False
         _hooks.wait_hook = None
         _hooks.stage_hook = None
         return
@@ -249,6 +280,7 @@ def _apply(t: Telemetry | None, version: str) -> None:
         histogram = instruments.wait_duration
         _hooks.stage_hook = _metrics.make_stage_hook(instruments.stage_duration)
     _hooks.tracing = level
+    _hooks.metrics = t.meter_provider is not None
     _hooks.wait_hook = (
         _metrics.make_wait_hook(histogram) if histogram is not None or level else None
     )
@@ -266,8 +298,17 @@ def use(
     an application that set up its own SDK (or a test with an in-memory
     exporter) hands its providers here. Providers left ``None`` mean the
     global ones (``opentelemetry.trace.get_tracer_provider()`` /
-    ``metrics.get_meter_provider()``), which are no-ops until someone sets
-    them.
+    ``metrics.get_meter_provider()``) **as they are now**: set the SDK up
+    first (``opentelemetry-instrument`` does, before it loads
+    trioflow's instrumentor).
+
+    A provider that can report nothing — none set yet, a no-op provider,
+    or an SDK ``MeterProvider`` with no metric reader — switches that side
+    off entirely: no instruments, no hook on any hot path, the cost of
+    never calling :func:`use` (``docs/benchmarks/telemetry.md``). The
+    handle says so (:attr:`Telemetry.tracing` is ``"off"``,
+    :attr:`Telemetry.meter_provider` is ``None``), and a call that finds
+    neither side on logs a warning on the ``trioflow.telemetry`` logger.
 
     Until :func:`configure` or :func:`use` is called, trioflow records
     nothing and its telemetry costs one flag check.
@@ -294,14 +335,51 @@ def use(
         level = _hooks.ITEM if _active is None else _active._level  # pyright: ignore[reportPrivateUsage]
     else:
         level = _check_tracing(tracing)
-    t = Telemetry(
-        tracer_provider=tracer_provider or trace.get_tracer_provider(),
-        meter_provider=meter_provider or metrics.get_meter_provider(),
-        level=level,
-        owned=False,
-    )
+    tp = _reporting_tracer_provider(tracer_provider)
+    mp = _reporting_meter_provider(meter_provider)
+    if tp is None:
+        level = _hooks.OFF
+    if tp is None and mp is None:
+        logger.warning(
+            "trioflow.telemetry.use(): no tracer or meter provider that reports anywhere "
+            "(none passed, and OpenTelemetry's global ones are not set): trioflow's "
+            "telemetry stays off; set up the SDK first or pass providers"
+        )
+    t = Telemetry(tracer_provider=tp, meter_provider=mp, level=level, owned=False)
     t._activate()  # pyright: ignore[reportPrivateUsage]
     return t
+
+
+def _reporting_tracer_provider(tp: TracerProvider | None) -> TracerProvider | None:
+    """``tp`` (default: the global one), or ``None`` if spans given to it could go nowhere."""
+    if tp is None:
+        tp = trace.get_tracer_provider()
+    if isinstance(tp, trace.NoOpTracerProvider):
+        return None
+    if isinstance(tp, trace.ProxyTracerProvider) and trace._TRACER_PROVIDER is None:  # pyright: ignore[reportPrivateUsage]
+        return None  # the global proxy, and nothing behind it yet
+    return tp
+
+
+def _reporting_meter_provider(mp: MeterProvider | None) -> MeterProvider | None:
+    """``mp`` (default: the global one), or ``None`` if it can report no metric."""
+    if mp is None:
+        mp = metrics.get_meter_provider()
+    if isinstance(mp, metrics.NoOpMeterProvider):
+        return None
+    if type(mp).__name__ == "_ProxyMeterProvider" and (
+        getattr(mp, "_real_meter_provider", None) is None
+    ):
+        return None  # the global proxy, and nothing behind it yet
+    # An SDK MeterProvider takes its readers at construction only: with none
+    # (OTEL_METRICS_EXPORTER=none under opentelemetry-instrument), nothing
+    # it records is ever read.
+    readers: object = getattr(mp, "_metric_readers", None)  # newer SDKs keep them here
+    if readers is None:
+        readers = getattr(getattr(mp, "_sdk_config", None), "metric_readers", None)
+    if isinstance(readers, Sequence) and not readers:
+        return None
+    return mp
 
 
 def _check_instance(param: str, value: object, cls: type, what: str) -> None:
@@ -367,23 +445,35 @@ def _sdk_missing(exc: ImportError) -> ImportError:
     )
 
 
-def jaeger_file_exporter(path: str | os.PathLike[str]) -> SpanExporter:
+def _check_keep(value: object) -> None:
+    if value is not None and not isinstance(value, KeepTraces):
+        raise_type("keep_traces", "a trioflow.telemetry.KeepTraces or None", value)
+
+
+def jaeger_file_exporter(
+    path: str | os.PathLike[str], *, keep_traces: KeepTraces | None = DEFAULT_KEEP
+) -> SpanExporter:
     """A span exporter that writes Jaeger's JSON trace format to ``path``.
 
     For applications that build their own ``TracerProvider``: add it with a
     ``BatchSpanProcessor``. The file is rewritten at every flush and at
     shutdown; the Jaeger UI's *Upload* tab opens it with no Jaeger backend.
-    Needs the OpenTelemetry SDK (``pip install 'trioflow[otel]'``).
+    ``keep_traces`` chooses which traces the file holds when there are more
+    than it can open quickly (``None``: every trace). A write that fails
+    later (disk full) is logged, never raised. Needs the OpenTelemetry SDK
+    (``pip install 'trioflow[otel]'``).
 
     Raises:
       OSError: if ``path`` cannot be written (checked now, not at exit).
+      TypeError: for a ``path`` or ``keep_traces`` of the wrong type.
     """
     _check_path("path", path)
+    _check_keep(keep_traces)
     try:
         from ._jaeger import JaegerFileExporter
     except ImportError as exc:  # pragma: no cover - the otel extra is installed in tests
         raise _sdk_missing(exc) from None
-    return JaegerFileExporter(path)
+    return JaegerFileExporter(path, keep_traces)
 
 
 def configure(
@@ -394,6 +484,7 @@ def configure(
     console: bool = False,
     tracing: Tracing = "item",
     set_global: bool = True,
+    keep_traces: KeepTraces | None = DEFAULT_KEEP,
 ) -> Telemetry:
     """Set up OpenTelemetry for a script in one call, and point trioflow at it.
 
@@ -405,7 +496,10 @@ def configure(
     * ``otlp_endpoint`` — OTLP over HTTP/protobuf, e.g. a Jaeger all-in-one
       at ``"http://localhost:4318"`` (``/v1/traces`` is added unless given).
     * ``jaeger_file`` — Jaeger's JSON trace format, written at shutdown, for
-      the Jaeger UI's offline upload (see ``docs/jaeger.md``).
+      the Jaeger UI's offline upload (see ``docs/jaeger.md``). Past 500
+      traces it keeps those with errors, retries, dead letters, slow or
+      unfinished items and a sample of the rest (``keep_traces``), so the
+      UI opens it in seconds.
     * ``console`` — spans (and metrics) printed to stdout.
 
     The standard variables apply: ``OTEL_SERVICE_NAME`` and
@@ -433,6 +527,9 @@ def configure(
       set_global: also install the providers as OpenTelemetry's global
         ones (only if none is set yet), so the application's own spans go
         to the same place and nest with trioflow's.
+      keep_traces: which traces the Jaeger file keeps (a
+        :class:`KeepTraces`; ``None`` keeps every one). OTLP destinations
+        get every sampled span whatever this says.
 
     Returns:
       A :class:`Telemetry` handle; call :meth:`~Telemetry.shutdown` when the
@@ -440,11 +537,12 @@ def configure(
 
     Raises:
       ValueError: for a bad ``tracing``, ``otlp_endpoint`` or ``OTEL_*_EXPORTER`` value.
-      TypeError: for arguments of the wrong type.
+      TypeError: for arguments of the wrong type (``keep_traces`` included).
       OSError: if ``jaeger_file`` cannot be written.
       ImportError: if the OpenTelemetry SDK is not installed.
     """
     _check_configure(service_name, otlp_endpoint, jaeger_file, console)
+    _check_keep(keep_traces)
     level = _check_tracing(tracing)
     trace_names = _env_list("OTEL_TRACES_EXPORTER")
     metric_names = _env_list("OTEL_METRICS_EXPORTER") or []
@@ -488,7 +586,10 @@ def configure(
         destinations.append((f"otlp {exporter._endpoint}", exporter))  # pyright: ignore[reportPrivateUsage]
     if jaeger_file is not None:
         destinations.append(
-            (f"jaeger_file {os.fspath(jaeger_file)}", jaeger_file_exporter(jaeger_file))
+            (
+                f"jaeger_file {os.fspath(jaeger_file)}",
+                jaeger_file_exporter(jaeger_file, keep_traces=keep_traces),
+            )
         )
     if console or "console" in trace_names:
         destinations.append(("console", ConsoleSpanExporter(out=sys.stdout)))

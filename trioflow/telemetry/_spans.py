@@ -47,7 +47,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.util.types import AttributeValue
 
-from . import _hooks
+from . import _hooks, _names
 
 __all__ = [
     "CURRENT",
@@ -193,9 +193,9 @@ def end_span(
             span.set_attributes(attributes)
         if exc is not None:
             if _only_cancelled(exc):
-                span.set_attribute("trioflow.cancelled", True)
+                span.set_attribute(_names.CANCELLED, True)
             else:
-                span.set_attribute("error.type", error_type(exc))
+                span.set_attribute(_names.ERROR_TYPE, error_type(exc))
                 span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
                 span.record_exception(exc)
     span.end(end_time)
@@ -287,7 +287,7 @@ def start_batch_span(
     contexts = list(contexts)
     links, over = batch_links(contexts, limit=limit)
     attrs: dict[str, AttributeValue] = dict(attributes) if attributes else {}
-    attrs["trioflow.batch.size"] = len(contexts) if size is None else size
+    attrs[_names.BATCH_SIZE] = len(contexts) if size is None else size
     if over:
-        attrs["trioflow.batch.links_dropped"] = over
+        attrs[_names.BATCH_LINKS_DROPPED] = over
     return start_span(name, kind=kind, parent=parent, links=links, attributes=attrs)

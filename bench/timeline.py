@@ -1,0 +1,268 @@
+"""What does recording a timeline cost, and what does a big file take?
+
+1. A workload of many small task steps (tasks ping-ponging through a
+   ``tf.CapacityLimiter``, a ``trio.Lock``, a ``trio.Event`` and plain
+   checkpoints: every kind of park the recorder classifies) run unrecorded,
+   under ``record_timeline(path)`` (full, streamed to a file) and under
+   ``record_timeline(path, window=5)`` (flight recorder), in rotating
+   order in one process; CPU time (``time.process_time``) per run, median
+   of ``--repeats``. Prints the steps per second unrecorded and each
+   recorded run's ratio to it (the goal: <= 2x at 100k steps/s).
+2. ``top``'s per-task accounting instrument (installed by the first
+   ``/debug/top`` request) on the same workload.
+3. Writing 1M events: the encoder's time and the file's size.
+4. Watching a 10k-task service with top at 1 Hz: its CPU per second
+   unwatched and watched (accounting on, one frame a second), alternating.
+
+    python bench/timeline.py [--repeats N] [--steps N] [--events N] [--work N] [--only PART]
+
+``--work N`` adds N iterations of an empty loop to every step: ``--work 0``
+is the harshest case (steps of a few µs, ~200k steps/s); ``--work 900`` or
+so brings the unrecorded run near the issue's 100k steps/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+import trioflow as tf
+from trioflow.debug import _timeline, _topdata
+
+STEPS = 200_000
+
+
+WORK = 0
+
+
+def burn(n: int) -> None:
+    """Synchronous work inside a step (``--work`` sets how much)."""
+    for _ in range(n):
+        pass
+
+
+async def workload(total_steps: int) -> int:
+    """About ``total_steps`` task steps; returns the steps counted by trio."""
+    work = WORK
+    limiter = tf.CapacityLimiter(4, name="bench")
+    lock = trio.Lock()
+    n_tasks = 40
+    rounds = max(1, total_steps // (n_tasks * 8))
+    ping = [trio.Event() for _ in range(n_tasks)]
+
+    async def worker(i: int) -> None:
+        for r in range(rounds):
+            async with limiter:
+                burn(work)
+                await trio.lowlevel.checkpoint()
+            async with lock:
+                burn(work)
+                await trio.lowlevel.checkpoint()
+            if r % 4 == 0:
+                # wake the neighbour, wait to be woken (an Event park)
+                ping[(i + 1) % n_tasks].set()
+                with trio.move_on_after(0.01):
+                    await ping[i].wait()
+                ping[i] = trio.Event()
+            burn(work)
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as n:
+        for i in range(n_tasks):
+            n.start_soon(worker, i)
+    return rounds * n_tasks
+
+
+def run_once(total_steps: int, mode: str, path: Path) -> tuple[float, int]:
+    """(CPU seconds, steps) of one run of the workload in ``mode``."""
+    steps = 0
+
+    class Count(trio.abc.Instrument):
+        def after_task_step(self, task: trio.lowlevel.Task) -> None:
+            nonlocal steps
+            steps += 1
+
+    async def main() -> None:
+        if mode == "off":
+            await workload(total_steps)
+        elif mode == "full":
+            with tf.debug.record_timeline(path):
+                await workload(total_steps)
+        elif mode == "flight":
+            with tf.debug.record_timeline(path, window=5.0, signal=None):
+                await workload(total_steps)
+        elif mode == "top":
+            acct = _topdata.start_accounting()
+            try:
+                await workload(total_steps)
+            finally:
+                _topdata.stop_accounting(acct)
+        else:  # pragma: no cover
+            raise ValueError(mode)
+
+    counter = Count()
+    t0 = time.process_time()
+    trio.run(main, instruments=[counter])
+    cpu = time.process_time() - t0
+    return cpu, steps
+
+
+def bench_recording(repeats: int, total_steps: int) -> None:
+    modes = ["off", "full", "flight", "top"]
+    results: dict[str, list[float]] = {m: [] for m in modes}
+    steps_seen: dict[str, int] = {}
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "t.json"
+        for r in range(repeats):
+            order = modes[r % len(modes) :] + modes[: r % len(modes)]
+            for m in order:
+                cpu, steps = run_once(total_steps, m, path)
+                results[m].append(cpu)
+                steps_seen[m] = steps
+        size = path.stat().st_size if path.exists() else 0
+    base = statistics.median(results["off"])
+    rate = steps_seen["off"] / base
+    print(f"workload: {steps_seen['off']} task steps, {rate:,.0f} steps/s unrecorded (CPU)")
+    for m in modes:
+        med = statistics.median(results[m])
+        print(
+            f"  {m:7s} median CPU {med * 1e3:8.1f} ms   ratio {med / base:5.2f}x"
+            f"   ({(med - base) / steps_seen['off'] * 1e6:+.2f} µs/step)"
+        )
+    print(f"  last full/flight file: {size / 1e6:.1f} MB")
+
+
+def bench_write(n_events: int) -> None:
+    """Encode ``n_events`` recorded events of a realistic mix and write them."""
+    # Record a real run until it has enough events, then time the write.
+    holder: dict[str, Any] = {}
+
+    async def main() -> None:
+        tl = tf.debug.record_timeline(
+            Path(tempfile.gettempdir()) / "unused.json",
+            window=3600.0,
+            signal=None,
+            max_events=n_events + 10,
+        )
+        with tl:
+            while tl.events < n_events:
+                await workload(50_000)
+            rec = tl._recorder  # pyright: ignore[reportPrivateUsage]
+            assert rec is not None
+            holder["events"] = rec.snapshot()[:n_events]
+            holder["base"] = tl._base  # pyright: ignore[reportPrivateUsage]
+
+    trio.run(main)
+    events = holder["events"]
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "big.json"
+        t0 = time.perf_counter()
+        c0 = time.process_time()
+        n = _timeline.write_trace(path, events, holder["base"], 0.01, time.perf_counter())
+        wall = time.perf_counter() - t0
+        cpu = time.process_time() - c0
+        size = path.stat().st_size
+    print(
+        f"write {len(events):,} recorded events -> {n:,} trace events: {wall:.2f} s wall, "
+        f"{cpu:.2f} s CPU, {size / 1e6:.1f} MB ({size / n:.0f} B/trace event)"
+    )
+
+
+def bench_top(n_tasks: int, repeats: int) -> None:
+    """What watching with top at 1 Hz costs a service of ``n_tasks`` tasks.
+
+    The service: ``n_tasks`` tasks, each waking about once a second (a
+    sleep of 0.5-1.5 s) to take a limiter token; so ~``n_tasks`` steps/s.
+    Phases of ``PHASE`` seconds alternate: unwatched (no accounting, no
+    requests) and watched (the accounting instrument on, one
+    ``/debug/top`` frame a second, answered in the loop as serve() does).
+    Prints the service's CPU per second in each, the difference, and the
+    CPU of one request.
+    """
+    import random
+
+    phase = 3.0
+
+    async def main() -> None:
+        lim = tf.CapacityLimiter(50, name="api")
+        rnd = random.Random(1)
+
+        async def task() -> None:
+            while True:
+                await trio.sleep(0.5 + rnd.random())
+                async with lim:
+                    await trio.lowlevel.checkpoint()
+
+        costs: list[float] = []
+        sizes: list[int] = []
+        cpu: dict[str, list[float]] = {"unwatched": [], "watched": []}
+        async with trio.open_nursery() as n:
+            for i in range(n_tasks):
+                n.start_soon(task, name=f"worker-{i % 20}")
+            await trio.sleep(2.0)  # every task has started
+            since = 0
+            for _ in range(repeats):
+                c0 = time.process_time()
+                await trio.sleep(phase)
+                cpu["unwatched"].append((time.process_time() - c0) / phase)
+                c0 = time.process_time()
+                t_end = trio.current_time() + phase
+                while trio.current_time() < t_end:
+                    r0 = time.process_time()
+                    body = _topdata.respond({"since": [str(since)]})
+                    costs.append(time.process_time() - r0)
+                    sizes.append(len(body))
+                    since = json.loads(body)["v"]
+                    await trio.sleep(1.0)
+                cpu["watched"].append((time.process_time() - c0) / phase)
+                acct = _topdata._active  # pyright: ignore[reportPrivateUsage]
+                assert acct is not None
+                _topdata.stop_accounting(acct)
+                since = 0
+            n.cancel_scope.cancel()
+        off = statistics.median(cpu["unwatched"])
+        on = statistics.median(cpu["watched"])
+        print(
+            f"top at 1 Hz, {n_tasks:,} tasks (~{n_tasks:,} steps/s): service CPU "
+            f"{off * 100:.1f}% unwatched, {on * 100:.1f}% watched "
+            f"(+{(on - off) * 100:.2f} points of one core); one request "
+            f"{statistics.median(costs) * 1e3:.2f} ms CPU (first, full: {costs[0] * 1e3:.1f} ms), "
+            f"{statistics.median(sizes):,.0f} bytes (first {sizes[0]:,})"
+        )
+
+    trio.run(main)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=STEPS)
+    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--top-tasks", type=int, default=10_000)
+    ap.add_argument("--only", choices=["record", "write", "top"], default=None)
+    ap.add_argument("--work", type=int, default=0, help="loop iterations of work per step")
+    args = ap.parse_args()
+    global WORK
+    WORK = args.work
+    print(f"load: {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} CPUs")
+    parts: dict[str, Callable[[], None]] = {
+        "record": lambda: bench_recording(args.repeats, args.steps),
+        "write": lambda: bench_write(args.events),
+        "top": lambda: bench_top(args.top_tasks, args.repeats),
+    }
+    for name, fn in parts.items():
+        if args.only in (None, name):
+            fn()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""StreamSource against a real redis-server: back-pressure, settle → ack / dead letter /
+pending, claiming a dead consumer's entries, restart, Redis paused, a real pipeline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+
+import trioflow as tf
+from trioflow.redis import RedisUnavailableError, StreamEntry, open_stream_source
+
+from .conftest import make_client
+from .servers import RedisServer
+
+
+async def _add(client: Any, stream: str, n: int) -> list[str]:
+    ids = []
+    for i in range(n):
+        ids.append((await client.xadd(stream, {"n": str(i)})).decode())
+    return ids
+
+
+async def _pending(client: Any, stream: str, group: str) -> int:
+    summary = await client.xpending(stream, group)
+    return int(summary.pending)
+
+
+async def _settled(source: Any) -> None:
+    with trio.fail_after(10):
+        while source.statistics().settling:
+            await trio.sleep(0.002)
+
+
+async def test_reads_only_as_fast_as_iterated(client: Any, name: str) -> None:
+    await _add(client, name, 100)
+    async with open_stream_source(client, name, "g", consumer="a", count=5) as source:
+        it = aiter(source)
+        first = [await anext(it) for _ in range(3)]
+        assert [e.fields[b"n"] for e in first] == [b"0", b"1", b"2"]
+        # One read of count=5 so far: the other 95 are still in the stream, not taken.
+        assert await _pending(client, name, "g") == 5
+        assert source.statistics().in_flight == 3
+
+
+async def test_settle_acks_dead_letters_and_leaves_unfinished_pending(
+    client: Any, name: str
+) -> None:
+    await _add(client, name, 5)
+    async with open_stream_source(client, name, "g", consumer="a", count=5) as source:
+        it = aiter(source)
+        e = [await anext(it) for _ in range(5)]
+        source.settle(e[0], "delivered", None)
+        source.settle(e[1], "FILTERED", None)
+        source.settle(e[2], "skipped", None)
+        source.settle(e[3], "dead_lettered", ValueError("bad payload"))
+        source.settle(e[4], "unfinished", None)
+        source.settle(e[0], "dead_lettered", None)  # a second fate does nothing
+        await _settled(source)
+        st = source.statistics()
+        assert (st.acked, st.dead_lettered, st.left_pending, st.in_flight) == (3, 1, 1, 0)
+        pending = await client.xpending(name, "g", start="-", end="+", count=10)
+        assert [p.identifier.decode() for p in pending] == [e[4].id]
+        (dead,) = await client.xrange(source.dead_letter_stream)
+        assert dead.field_values[b"trioflow.source_id"].decode() == e[3].id
+        assert dead.field_values[b"trioflow.error.type"] == b"ValueError"
+        assert dead.field_values[b"trioflow.error.message"] == b"bad payload"
+        assert dead.field_values[b"n"] == b"3"
+        with pytest.raises(ValueError, match="fate must be one of"):
+            source.settle(e[4], "lost", None)
+        with pytest.raises(TypeError, match="item must be a StreamEntry"):
+            source.settle("x", "delivered", None)  # type: ignore[arg-type]
+
+
+async def test_fate_objects_with_a_name(client: Any, name: str) -> None:
+    class Fate:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+    await _add(client, name, 1)
+    async with open_stream_source(client, name, "g", consumer="a") as source:
+        entry = await anext(aiter(source))
+        source.settle(entry, Fate("DELIVERED"), None)
+    # Leaving flushed the acknowledgement.
+    assert await _pending(client, name, "g") == 0
+    with pytest.raises(RuntimeError, match="is closed"):
+        await anext(aiter(source))
+
+
+async def test_dead_consumer_entries_are_claimed(redis_server: RedisServer, name: str) -> None:
+    async with make_client(redis_server) as ca, make_client(redis_server) as cb:
+        await _add(ca, name, 6)
+        async with open_stream_source(ca, name, "g", consumer="dies", count=4) as a:
+            it = aiter(a)
+            taken = [await anext(it) for _ in range(2)]
+            a.settle(taken[0], "delivered", None)
+        # "dies" stopped with one entry unfinished and two read but never handed out.
+        assert await _pending(ca, name, "g") == 3
+        got: list[StreamEntry] = []
+        async with open_stream_source(
+            cb, name, "g", consumer="survivor", count=10, claim_idle=0.2, block=0.05
+        ) as b:
+            with trio.fail_after(10):
+                async for entry in b:
+                    got.append(entry)
+                    b.settle(entry, "delivered", None)
+                    if len(got) == 5:
+                        break
+            assert b.statistics().claimed >= 1
+        numbers = sorted(int(e.fields[b"n"]) for e in got)
+        assert numbers == [1, 2, 3, 4, 5]
+        assert await _pending(ca, name, "g") == 0
+
+
+async def test_restart_with_the_same_name_rereads_its_pending(client: Any, name: str) -> None:
+    await _add(client, name, 3)
+    async with open_stream_source(client, name, "g", consumer="a", count=3) as source:
+        entry = await anext(aiter(source))
+        source.settle(entry, "unfinished", None)
+    async with open_stream_source(client, name, "g", consumer="a", count=3) as source:
+        it = aiter(source)
+        again = [await anext(it) for _ in range(3)]
+        assert [e.fields[b"n"] for e in again] == [b"0", b"1", b"2"]
+        assert again[0].deliveries == 2
+        for e in again:
+            source.settle(e, "delivered", None)
+    assert await _pending(client, name, "g") == 0
+
+
+async def test_redis_paused_then_back_acks_land_late_never_early(
+    own_redis: RedisServer, name: str
+) -> None:
+    async with make_client(own_redis) as c:
+        await _add(c, name, 4)
+        async with open_stream_source(
+            c, name, "g", consumer="a", count=4, timeout=0.3, block=0.1
+        ) as source:
+            it = aiter(source)
+            e = [await anext(it) for _ in range(4)]
+            own_redis.pause()
+            try:
+                source.settle(e[0], "delivered", None)
+                source.settle(e[1], "unfinished", None)
+                with trio.fail_after(10), pytest.raises(RedisUnavailableError):
+                    await anext(it)
+                await trio.sleep(0.5)
+                assert source.statistics().settling == 1
+                assert source.statistics().acked == 0
+            finally:
+                own_redis.resume()
+            await _settled(source)
+            assert source.statistics().acked == 1
+        pending = await c.xpending(name, "g", start="-", end="+", count=10)
+        # e[1] (unfinished) and e[2], e[3] (never settled) are pending; e[0] acknowledged.
+        assert sorted(p.identifier.decode() for p in pending) == sorted(x.id for x in e[1:])
+
+
+async def test_bad_arguments(client: Any, name: str) -> None:
+    with pytest.raises(TypeError, match="stream must be a non-empty str"):
+        async with open_stream_source(client, "", "g"):
+            pass
+    with pytest.raises(ValueError, match="count must be >= 1, got 0"):
+        async with open_stream_source(client, name, "g", count=0):
+            pass
+    with pytest.raises(ValueError, match="claim_idle must be a finite number"):
+        async with open_stream_source(client, name, "g", claim_idle=-1):
+            pass
+
+
+async def test_feeds_a_real_pipeline(client: Any, name: str) -> None:
+    await _add(client, name, 20)
+    seen: list[int] = []
+    async with open_stream_source(client, name, "g", consumer="a", count=4, block=0.05) as source:
+
+        async def work(entry: StreamEntry) -> StreamEntry:
+            seen.append(int(entry.fields[b"n"]))
+            return entry
+
+        pipe = tf.Pipeline(name).map(work, workers=3)
+        async with pipe.open(source) as run:
+            n = 0
+            async for entry in run.outputs:
+                source.settle(entry, "delivered", None)  # until the pipeline settles by itself
+                n += 1
+                if n == 20:
+                    await run.stop(grace=5)
+        assert run.report.source_items >= 20
+        assert sorted(seen) == list(range(20))
+        await _settled(source)
+    assert await _pending(client, name, "g") == max(0, run.report.source_items - 20)

@@ -1,0 +1,79 @@
+"""The global primitives in metrics and spans, as their local peers (real SDK, in memory)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import trio
+from opentelemetry.sdk.metrics.export import HistogramDataPoint, NumberDataPoint
+
+from tests.telemetry.conftest import Otel, close_otel, make_otel
+from trioflow.redis import RedisRateLimiter, open_capacity_limiter
+
+
+@pytest.fixture
+def otel() -> Iterator[Otel]:
+    o = make_otel()
+    yield o
+    close_otel(o)
+
+
+def points(otel: Otel, name: str) -> dict[str, Any]:
+    """A metric's points keyed by the name of the limiter they describe."""
+    metric = otel.metrics().get(name)
+    if metric is None:
+        return {}
+    out: dict[str, Any] = {}
+    for p in metric.data.data_points:
+        attributes = dict(p.attributes or {})
+        if isinstance(p, NumberDataPoint):
+            named = attributes.get(
+                "trioflow.limiter.name", attributes.get("trioflow.rate_limiter.name")
+            )
+            out[str(named)] = p.value
+        else:
+            assert isinstance(p, HistogramDataPoint)
+            named = attributes.get("trioflow.limiter.name")
+            out[f"{attributes.get('trioflow.kind')}:{named}"] = p.count
+    return out
+
+
+async def test_global_limiters_report_like_local_ones(otel: Otel, client: Any, name: str) -> None:
+    rate = RedisRateLimiter(client, 1000, name=f"{name}-api", burst=5)
+    await rate.acquire()
+    async with open_capacity_limiter(client, 3, name=f"{name}-db") as db:
+        await db.acquire(weight=2)
+        assert points(otel, "trioflow.limiter.limit")[f"{name}-db"] == 3
+        assert points(otel, "trioflow.limiter.usage")[f"{name}-db"] == 2
+        assert points(otel, "trioflow.limiter.queue.size")[f"{name}-db"] == 0
+        assert points(otel, "trioflow.rate_limiter.tokens")[f"{name}-api"] == pytest.approx(
+            4, abs=1
+        )
+
+        got = trio.Event()
+
+        async def waiter() -> None:
+            with otel.tracer_provider.get_tracer("test").start_as_current_span("request"):
+                async with db.hold(2):
+                    got.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter)
+            with trio.fail_after(10):
+                while not any(r.parked for r in db._waiters.values()):
+                    await trio.sleep(0.001)
+            assert points(otel, "trioflow.limiter.queue.size")[f"{name}-db"] == 1
+            await trio.sleep(0.01)
+            db.release()
+            with trio.fail_after(10):
+                await got.wait()
+        # A wait that parked: in the wait histogram, and as an event on the caller's span.
+        waits = points(otel, "trioflow.limiter.wait.duration")
+        assert waits[f"redis_limiter:{name}-db"] == 1
+        request = otel.span("request")
+        (event,) = [e for e in request.events if e.name == "trioflow.wait"]
+        assert event.attributes is not None
+        assert event.attributes["trioflow.kind"] == "redis_limiter"
+        assert event.attributes["trioflow.wait.duration"] >= 0.01

@@ -1,0 +1,603 @@
+"""What ``/debug/top`` serves: per-task accounting, folded into a compact delta.
+
+``python -m trioflow top URL`` asks once a second. Answering must stay cheap
+at 10,000 tasks (the goal: under 1% of the service's time at 1 Hz), so:
+
+* an instrument keeps the accounting as it happens — per task: busy time,
+  polls (steps), longest step, what it is parked on and since when; per
+  *group* of tasks that do the same thing (the task name with its numbers
+  folded: ``worker-17`` and ``worker-3`` are ``worker-*``): the same sums,
+  kept incrementally, so a request reads O(groups), never O(tasks);
+* the instrument is installed by the first request and removes itself
+  after :data:`IDLE_AFTER` seconds without one: a service nobody watches
+  pays nothing;
+* each answer carries a version; a client that sends ``since=V`` gets only
+  the rows that changed after its answer ``V`` and the names of rows gone
+  since (the *delta*); ``since=0`` gets everything.
+
+The schema (``"schema": "trioflow.top/1"``) is documented in
+``docs/debugging.md``. Per-task detail is served on demand: ``?group=NAME``
+lists that group's tasks, ``?task=ID`` gives one task's stack (a full task
+dump underneath: about 5 µs a task, paid only when asked).
+
+Lints, computed per request from the registry and the accounting: a step
+that ran longer than ``slow_ms`` without a checkpoint; a limiter with a
+waiter whose weight exceeds its whole limit (it can never be admitted, and
+FIFO-fair admission blocks everyone behind it); a stage whose workers are
+all parked sending (nobody reads its outputs); a task parked on a trioflow
+primitive longer than ``stuck_s``. More checks plug in through
+:data:`lint_checks` (where a reachability analysis of stuck tasks belongs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import trio
+from trio.lowlevel import Task
+
+from .. import _registry
+from ._dump import record as _task_record
+from ._gauges import read_gauge
+from ._parked import WaitCache, parked_on
+
+__all__ = ["SCHEMA", "Lint", "lint_checks", "respond", "start_accounting", "stop_accounting"]
+
+SCHEMA = "trioflow.top/1"
+#: Seconds without a ``/debug/top`` request after which the accounting stops.
+IDLE_AFTER = 30.0
+#: Steps at least this long are kept for the "never yields" lint (the
+#: request's ``slow_ms`` filters further).
+_SLOW_FLOOR = 0.005
+_WAIT_RING = 512
+
+Lint = dict[str, Any]
+"""One finding: ``{"kind", "subject", "text", "task"}`` (``task`` may be ``None``)."""
+
+#: Extra lint checks: each is called per request (in the trio thread) and
+#: returns findings. A reachability analysis of stuck tasks registers here.
+lint_checks: list[Callable[[], list[Lint]]] = []
+
+_DIGITS = re.compile(r"\d+")
+
+
+def group_of(name: str) -> str:
+    """Tasks that do the same thing: the name with its numbers folded."""
+    return _DIGITS.sub("*", name)
+
+
+class _Group:
+    __slots__ = (
+        "busy",
+        "labels",
+        "max_step",
+        "max_task",
+        "n",
+        "name",
+        "parked",
+        "parked_sum",
+        "parked_total",
+        "polls",
+        "tasks",
+    )
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.n = 0
+        self.polls = 0
+        self.busy = 0.0
+        self.max_step = 0.0
+        self.max_task = 0
+        self.parked = 0  # tasks parked now
+        self.parked_sum = 0.0  # sum of their park start times
+        self.parked_total = 0.0  # time parked by parks already ended
+        #: what its parked tasks wait on now: label -> count
+        self.labels: dict[str, int] = {}
+        self.tasks: dict[int, _TaskRec] = {}
+
+
+class _TaskRec:
+    __slots__ = (
+        "busy",
+        "group",
+        "id",
+        "label",
+        "max_step",
+        "name",
+        "park_t",
+        "polls",
+        "prim",
+        "since",
+        "task",
+    )
+
+    def __init__(self, task: Task, tid: int, group: _Group) -> None:
+        self.task = weakref.ref(task)
+        self.id = tid
+        self.name = task.name
+        self.group = group
+        self.busy = 0.0
+        self.polls = 0
+        self.max_step = 0.0
+        self.label: str | None = None  # parked on, or None
+        self.park_t = 0.0
+        self.prim: Any = None
+        self.since = 0.0
+
+
+class _Accounting(trio.abc.Instrument):
+    """Per-task and per-group sums, kept as the loop runs."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[Task, _TaskRec] = {}
+        self.groups: dict[str, _Group] = {}
+        self.current: Task | None = None
+        self.rec: _TaskRec | None = None
+        self.exited: Task | None = None
+        self.t0 = 0.0
+        self.cache = WaitCache()
+        self.started = time.perf_counter()
+        self.last_request = self.started
+        #: (perf time, task id, task name, seconds) of steps over _SLOW_FLOOR
+        self.slow: deque[tuple[float, int, str, float]] = deque(maxlen=64)
+        #: id(primitive) -> (weak ref, ring of parked waits in seconds)
+        self.waits: dict[int, tuple[Any, deque[float]]] = {}
+        # delta state: row key -> (row, version it last changed)
+        self.version = 0
+        self.rows: dict[str, tuple[Any, int]] = {}
+        self.gone: dict[str, int] = {}
+        #: clients older than this version get a full frame
+        self.gone_floor = 0
+        self.installed = False
+        #: id(primitive) -> (weak ref, when scanned, heaviest weight, oldest Waiting)
+        self.waiter_scans: dict[int, tuple[Any, float, int, Any]] = {}
+
+    # -- hooks ---------------------------------------------------------------
+
+    def before_task_step(self, task: Task) -> None:
+        t0 = time.perf_counter()
+        rec = self.tasks.get(task)
+        if rec is None:
+            rec = self._meet(task)
+        elif rec.label is not None:
+            # Parked until now: the time parked ends at the step, not at the
+            # wake-up (one hook fewer per step; it includes the wait for the
+            # loop to get round to the task).
+            self._unpark(rec, t0)
+        self.current = task
+        self.rec = rec
+        self.t0 = t0
+
+    def after_task_step(self, task: Task) -> None:
+        t1 = time.perf_counter()
+        if task is not self.current:
+            return
+        self.current = None
+        rec = self.rec
+        assert rec is not None
+        dt = t1 - self.t0
+        g = rec.group
+        rec.busy += dt
+        rec.polls += 1
+        g.busy += dt
+        g.polls += 1
+        if dt > rec.max_step:
+            rec.max_step = dt
+            if dt > g.max_step:
+                g.max_step = dt
+                g.max_task = rec.id
+        if dt >= _SLOW_FLOOR:
+            self.slow.append((t1, rec.id, rec.name, dt))
+        if task is self.exited:
+            self.exited = None
+            self._forget(task, rec)
+        elif task._next_send_fn is None:  # pyright: ignore[reportPrivateUsage]
+            self._park(task, rec, t1)
+
+    def task_exited(self, task: Task) -> None:
+        self.exited = task
+
+    def before_io_wait(self, timeout: float) -> None:
+        if time.perf_counter() - self.last_request > IDLE_AFTER:
+            stop_accounting(self)
+
+    def after_run(self) -> None:
+        stop_accounting(self)
+
+    # -- bookkeeping ------------------------------------------------------------
+
+    def _meet(self, task: Task) -> _TaskRec:
+        name = group_of(task.name)
+        g = self.groups.get(name)
+        if g is None:
+            g = self.groups[name] = _Group(name)
+        rec = self.tasks[task] = _TaskRec(task, _task_record(task).id, g)
+        g.n += 1
+        g.tasks[rec.id] = rec
+        return rec
+
+    def _forget(self, task: Task, rec: _TaskRec) -> None:
+        if rec.label is not None:
+            self._unpark(rec, time.perf_counter())
+        del self.tasks[task]
+        g = rec.group
+        g.n -= 1
+        del g.tasks[rec.id]
+        if g.n == 0:
+            del self.groups[g.name]
+
+    def _park(self, task: Task, rec: _TaskRec, t: float) -> None:
+        p = parked_on(task, self.cache)
+        rec.label = p.label
+        rec.park_t = t
+        rec.prim = p.primitive
+        rec.since = 0.0 if p.since is None else p.since
+        g = rec.group
+        g.parked += 1
+        g.parked_sum += t
+        g.labels[p.label] = g.labels.get(p.label, 0) + 1
+
+    def _unpark(self, rec: _TaskRec, t: float) -> None:
+        label = rec.label
+        assert label is not None
+        g = rec.group
+        g.parked -= 1
+        g.parked_sum -= rec.park_t
+        g.parked_total += t - rec.park_t
+        left = g.labels[label] - 1
+        if left:
+            g.labels[label] = left
+        else:
+            del g.labels[label]
+        prim = rec.prim
+        if prim is not None:
+            self._wait_done(prim, trio.current_time() - rec.since)
+            rec.prim = None
+        rec.label = None
+
+    def _wait_done(self, prim: object, seconds: float) -> None:
+        hit = self.waits.get(id(prim))
+        if hit is None or hit[0]() is not prim:
+            try:
+                ref: Any = weakref.ref(prim)
+            except TypeError:
+                return
+            hit = self.waits[id(prim)] = (ref, deque(maxlen=_WAIT_RING))
+        hit[1].append(seconds)
+
+    def seed(self) -> None:
+        """Account for the tasks that exist already (parked ones are parked now)."""
+        root = trio.lowlevel.current_root_task()
+        assert root is not None  # we run inside trio.run
+        now = time.perf_counter()
+        current = trio.lowlevel.current_task()
+        stack = [root]
+        while stack:
+            task = stack.pop()
+            for nursery in task.child_nurseries:
+                stack.extend(nursery.child_tasks)
+            if task is root or task in self.tasks:
+                continue
+            rec = self._meet(task)
+            if task is not current and task._next_send_fn is None:  # pyright: ignore[reportPrivateUsage]
+                self._park(task, rec, now)
+        self.current = current
+        self.rec = self.tasks[current]
+        self.t0 = now
+
+
+_active: _Accounting | None = None
+
+
+def start_accounting() -> _Accounting:
+    """Install the accounting instrument (once per run); call inside ``trio.run``."""
+    global _active
+    acct = _active
+    if acct is not None and acct.installed:
+        return acct
+    acct = _Accounting()
+    acct.seed()
+    trio.lowlevel.add_instrument(acct)
+    acct.installed = True
+    _active = acct
+    return acct
+
+
+def stop_accounting(acct: _Accounting) -> None:
+    """Remove it (idempotent)."""
+    global _active
+    if acct.installed:
+        acct.installed = False
+        with contextlib.suppress(KeyError, RuntimeError):  # the run is gone
+            trio.lowlevel.remove_instrument(acct)
+    if _active is acct:
+        _active = None
+
+
+# -- answering a request -----------------------------------------------------------
+
+
+def _p99(samples: deque[float]) -> float | None:
+    if not samples:
+        return None
+    s = sorted(samples)
+    return s[min(len(s) - 1, int(0.99 * len(s)))]
+
+
+def _qfloat(query: dict[str, list[str]], key: str, default: float) -> float:
+    raw = query.get(key, [""])[0]
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{key} must be a number, got {raw!r}") from None
+    if not value >= 0:
+        raise ValueError(f"{key} must be >= 0, got {raw!r}")
+    return value
+
+
+def respond(query: dict[str, list[str]]) -> bytes:
+    """The JSON body for ``/debug/top`` (in the trio thread; not a checkpoint).
+
+    Raises:
+      ValueError: for a bad query parameter, naming it.
+    """
+    since = int(_qfloat(query, "since", 0))
+    slow_ms = _qfloat(query, "slow_ms", 50.0)
+    stuck_s = _qfloat(query, "stuck_s", 10.0)
+    acct = start_accounting()
+    acct.last_request = time.perf_counter()
+    if "task" in query:
+        return json.dumps(_task_detail(query["task"][0])).encode()
+    if "group" in query:
+        return json.dumps(_group_detail(acct, query["group"][0])).encode()
+    return json.dumps(_frame(acct, since, slow_ms / 1e3, stuck_s)).encode()
+
+
+def _frame(acct: _Accounting, since: int, slow: float, stuck: float) -> dict[str, Any]:
+    acct.version += 1
+    v = acct.version
+    now = time.perf_counter()
+    rows = acct.rows
+    current: dict[str, Any] = {}
+    for g in acct.groups.values():
+        label, count = max(g.labels.items(), key=lambda kv: kv[1]) if g.labels else ("", 0)
+        # Parked time so far is parked_total + parked * time - parked_sum: the
+        # client works it out, so a group whose tasks sit parked sends nothing.
+        current["g:" + g.name] = [
+            g.name,
+            g.n,
+            g.parked,
+            g.polls,
+            round(g.busy, 6),
+            round(g.parked_total, 6),
+            g.parked_sum,
+            round(g.max_step, 6),
+            g.max_task,
+            label,
+            count,
+        ]
+    gauges, lints = _resources(acct, stuck)
+    for row in gauges:
+        current["r:" + row[0]] = row
+    # a client new, ahead of us (we restarted), or older than the removals we remember
+    full = since <= 0 or since >= v or since < acct.gone_floor
+    for key, row in current.items():
+        old = rows.get(key)
+        if old is None or old[0] != row:
+            rows[key] = (row, v)
+    for key in [k for k in rows if k not in current]:
+        del rows[key]
+        acct.gone[key] = v
+    if len(acct.gone) > 10_000:  # forget old removals; older clients get a full frame
+        for key in sorted(acct.gone, key=acct.gone.__getitem__)[:5_000]:
+            acct.gone_floor = max(acct.gone_floor, acct.gone.pop(key))
+    changed = [(k, row) for k, (row, rv) in rows.items() if full or rv > since]
+    lints += _slow_lints(acct, now, slow)
+    for check in lint_checks:
+        try:
+            lints += check()
+        except Exception as exc:  # a broken plug-in must not break top
+            lints.append(
+                {
+                    "kind": "error",
+                    "subject": repr(check),
+                    "text": f"lint check failed: {exc!r}",
+                    "task": None,
+                }
+            )
+    return {
+        "schema": SCHEMA,
+        "v": v,
+        "full": bool(full),
+        "time": now,
+        "accounting_for": round(now - acct.started, 3),
+        "tasks": len(acct.tasks),
+        "groups": [row for k, row in changed if k[0] == "g"],
+        "resources": [row for k, row in changed if k[0] == "r"],
+        "gone": []
+        if full
+        else [k[2:] for k, gv in acct.gone.items() if gv > since and k[0] == "g"],
+        "gone_resources": []
+        if full
+        else [k[2:] for k, gv in acct.gone.items() if gv > since and k[0] == "r"],
+        "lints": lints,
+    }
+
+
+def _resources(acct: _Accounting, stuck: float) -> tuple[list[list[Any]], list[Lint]]:
+    """Every primitive's row ``[label, kind, limit, in use, waiting, wait p99, waits]`` and its lints."""
+    rows: list[list[Any]] = []
+    lints: list[Lint] = []
+    seen: set[str] = set()
+    for prim in _registry.live():
+        g = read_gauge(prim)
+        if g is None:
+            continue
+        label = g.label
+        if label in seen:  # two primitives of one name: tell them apart
+            label = f"{label} <{id(prim):#x}>"
+        seen.add(label)
+        hit = acct.waits.get(id(prim))
+        ring = hit[1] if hit is not None and hit[0]() is prim else deque[float]()
+        p99 = _p99(ring)
+        rows.append(
+            [
+                label,
+                g.kind,
+                g.limit,
+                g.in_use,
+                g.waiting,
+                None if p99 is None else round(p99, 6),
+                len(ring),
+            ]
+        )
+        if g.kind == "stage":
+            lints += _stage_lint(acct, prim, label)
+            continue
+        if not g.waiting:
+            continue
+        lints += _waiter_lints(acct, prim, g.limit, label, stuck)
+    return rows, lints
+
+
+#: Seconds between two scans of a primitive's waiters (a scan is O(waiters):
+#: ~1 ms per 1,000 waiters, too much for every frame of a 10k-task service).
+_WAITER_SCAN_EVERY = 5.0
+
+
+def _waiter_lints(
+    acct: _Accounting, prim: Any, limit: float | None, label: str, stuck: float
+) -> list[Lint]:
+    """Never-fits and stuck findings from one primitive's waiters (rescanned every 5 s)."""
+    now = time.perf_counter()
+    cached = acct.waiter_scans.get(id(prim))
+    if cached is not None and cached[0]() is prim and now - cached[1] < _WAITER_SCAN_EVERY:
+        _, _, heaviest, oldest = cached
+    else:
+        try:
+            waiters = prim._trioflow_waiters()
+        except Exception:
+            return []
+        heaviest = 0
+        oldest = None
+        for w in waiters:
+            if w.weight > heaviest:
+                heaviest = w.weight
+            if oldest is None or w.since < oldest.since:
+                oldest = w
+        with contextlib.suppress(TypeError):
+            acct.waiter_scans[id(prim)] = (weakref.ref(prim), now, heaviest, oldest)
+    out: list[Lint] = []
+    if limit is not None and heaviest > limit:
+        out.append(
+            {
+                "kind": "never fits",
+                "subject": label,
+                "text": f"{label}: a waiter asks for {heaviest} tokens of {limit:g}; it can never be admitted, and every waiter behind it waits too",
+                "task": None,
+            }
+        )
+    if oldest is not None and oldest.task.custom_sleep_data is oldest:  # still parked there
+        waited = trio.current_time() - oldest.since
+        if waited >= stuck:
+            tid = _task_record(oldest.task).id
+            out.append(
+                {
+                    "kind": "stuck",
+                    "subject": label,
+                    "text": f"task {tid} {oldest.task.name!r} has waited on {label} for {waited:.1f}s",
+                    "task": tid,
+                }
+            )
+    return out
+
+
+def _stage_lint(acct: _Accounting, prim: object, label: str) -> list[Lint]:
+    roles = getattr(prim, "task_roles", None)
+    if roles is None:
+        return []
+    try:
+        tasks = list(roles())
+    except Exception:
+        return []
+    if not tasks:
+        return []
+    now = time.perf_counter()
+    longest = None
+    for task in tasks:
+        rec = acct.tasks.get(task)
+        if rec is None or rec.label is None or not rec.label.startswith("channel send"):
+            return []
+        waited = now - rec.park_t
+        longest = waited if longest is None else min(longest, waited)
+    if longest is None or longest < 1.0:
+        return []
+    return [
+        {
+            "kind": "unread outputs",
+            "subject": label,
+            "text": f"{label}: all {len(tasks)} workers have been parked sending for {longest:.1f}s: nobody reads its outputs",
+            "task": None,
+        }
+    ]
+
+
+def _slow_lints(acct: _Accounting, now: float, slow: float) -> list[Lint]:
+    out: list[Lint] = []
+    worst: dict[int, tuple[float, int, str, float]] = {}
+    for e in acct.slow:
+        if e[3] >= slow and (e[1] not in worst or e[3] > worst[e[1]][3]):
+            worst[e[1]] = e
+    for t, tid, name, dt in sorted(worst.values(), key=lambda e: -e[3])[:10]:
+        out.append(
+            {
+                "kind": "never yields",
+                "subject": f"task {tid}",
+                "text": f"task {tid} {name!r} ran {dt * 1e3:.0f} ms without a checkpoint ({now - t:.0f}s ago)",
+                "task": tid,
+            }
+        )
+    return out
+
+
+def _group_detail(acct: _Accounting, name: str) -> dict[str, Any]:
+    g = acct.groups.get(name)
+    now = time.perf_counter()
+    rows: list[list[Any]] = []
+    if g is not None:
+        recs = sorted(g.tasks.values(), key=lambda r: -r.busy)[:200]
+        for r in recs:
+            rows.append(
+                [
+                    r.id,
+                    r.name,
+                    r.polls,
+                    round(r.busy, 6),
+                    round(r.max_step, 6),
+                    r.label or "",
+                    round(now - r.park_t, 3) if r.label is not None else None,
+                ]
+            )
+    return {"schema": SCHEMA, "group": name, "tasks": rows, "count": 0 if g is None else g.n}
+
+
+def _task_detail(raw: str) -> dict[str, Any]:
+    try:
+        tid = int(raw)
+    except ValueError:
+        raise ValueError(f"task must be a task id (an int), got {raw!r}") from None
+    from ._dump import dump_tasks
+
+    for info in dump_tasks(include_system=True).tasks:
+        if info.id == tid:
+            return {"schema": SCHEMA, "task": tid, "name": info.name, "text": info.format()}
+    return {"schema": SCHEMA, "task": tid, "name": None, "text": f"task {tid} is gone\n"}
