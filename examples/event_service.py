@@ -334,7 +334,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--broker",
         metavar="URL",
-        help="read the events from a Redis stream at this redis:// URL (default: generate)",
+        help="pass the events through a Redis stream at this redis:// URL (default: off)",
     )
     p.add_argument(
         "--jaeger-file",
