@@ -334,7 +334,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--broker",
         metavar="URL",
-        help="pass the events through a Redis stream at this redis:// URL (default: off)",
+        help="read the events from a Redis stream at this redis:// URL, publishing the "
+        "generated ones to it first (default: off)",
     )
     p.add_argument(
         "--jaeger-file",
