@@ -2,29 +2,31 @@
 
 An event source feeds a pipeline that
 
-1. **enriches** each event by calling an HTTP API (a real server on
+1. enriches each event by calling an HTTP API (a real server on
    127.0.0.1, started in this program's own nursery) under a rate limit (the
    API's quota) and an adaptive concurrency limit (which shrinks when the API
    slows down or answers 503, and grows back when it recovers), with a
    per-attempt timeout, retries with backoff, and a dead-letter list for
    events that still fail;
-2. **validates** them (some are filtered out);
-3. **batches** them (200 at a time, or whatever arrived within 0.5 s);
-4. **writes** each batch to SQLite in one transaction (off the event loop,
+2. validates them (some are filtered out);
+3. batches them (200 at a time, or whatever arrived within 0.5 s);
+4. writes each batch to SQLite in one transaction (off the event loop,
    in a thread).
 
-While it runs it prints a progress line every second (items/s, the adaptive
-limit, in-flight calls, p99 latency); the API degrades a third of the way in
-and recovers later, so you can watch the limit move. At the end it prints a
-summary: counts per outcome, a conservation check (every event read is
-written, filtered, dead-lettered or unfinished — and the database agrees),
-latency percentiles and how the limit moved.
+While it runs it shows progress: on a terminal one line redrawn in place
+(events done of the total, rows written, events/s, ETA, the adaptive limit,
+calls in flight, p99 latency), otherwise one plain line a second. The API
+degrades a fifth of the way in and recovers later, so you can watch the
+limit move. At the end it prints a summary: counts per outcome, a
+conservation check (every event read is written, filtered, dead-lettered or
+unfinished — and the database agrees), latency percentiles and how the limit
+moved.
 
 Shutdown: SIGTERM or Ctrl-C stops reading events and lets what was admitted
-finish (up to ``--grace`` seconds) before anything is cancelled; nothing in
-flight is lost. ``kill -USR1 <pid>`` prints a task dump. Traces go to a
+finish (up to --grace seconds) before anything is cancelled; nothing in
+flight is lost. kill -USR1 <pid> prints a task dump. Traces go to a
 Jaeger JSON file (open it in the Jaeger UI's "Upload" tab) and, with
-``--otlp``, to a running Jaeger.
+--otlp, to a running Jaeger.
 
     python examples/event_service.py                 # defaults: done in well under a minute
     python examples/event_service.py --events 20000 --rate 800 --duration 120
@@ -49,6 +51,7 @@ import contextlib
 import json
 import math
 import random
+import shutil
 import signal
 import sqlite3
 import sys
@@ -189,30 +192,85 @@ class LimitHistory:
     points: list[tuple[float, int]] = attrs.field(factory=list)
 
 
+def _eta(seconds: float) -> str:
+    if seconds < 0.5:
+        return "<1 s"
+    seconds = round(seconds)
+    return f"{seconds} s" if seconds < 60 else f"{seconds // 60} min {seconds % 60:02d} s"
+
+
+def progress_line(
+    elapsed: float,
+    done: int,
+    total: int | None,
+    written: int,
+    per_second: float,
+    limit: int,
+    in_flight: int,
+    p99_ms: float,
+) -> str:
+    """One progress report: events that reached their end (of the total, when known)."""
+    parts = [f"done {done:,}"]
+    if total:
+        parts[0] += f"/{total:,} ({100 * done // total}%)"
+    parts += [f"written {written:,}", f"{per_second:,.0f}/s"]
+    if total and per_second > 0 and done < total and elapsed >= 2.0:  # a rate worth projecting
+        parts.append(f"ETA {_eta((total - done) / per_second)}")
+    parts += [f"limit {limit}", f"in flight {in_flight}", f"p99 {p99_ms:.0f} ms"]
+    return f"[{elapsed:5.1f}s] " + " · ".join(parts)
+
+
 async def progress(
+    run: Any,
+    total: int | None,
     limiter: tf.CapacityLimiter,
     latencies: Latencies,
     written: list[int],
     history: LimitHistory,
     quiet: bool,
 ) -> None:
+    """Progress until cancelled: on a terminal one line redrawn in place, else a line a second."""
+    live = sys.stdout.isatty()
     start = trio.current_time()
-    last_written = 0
-    while True:
-        await trio.sleep(1.0)
+    recent: deque[tuple[float, int]] = deque([(0.0, 0)], maxlen=10)  # (time, done): rate over ~5 s
+    history.points.append((0.0, int(limiter.total_tokens)))
+
+    def report_line() -> str:
         now = trio.current_time() - start
-        done = sum(written)
-        rate = done - last_written
-        last_written = done
+        report = run.report  # a snapshot while the run goes on
+        done = report.source_items - report.unfinished
+        recent.append((now, done))
+        first_time, first_done = recent[0]
+        per_second = (done - first_done) / (now - first_time) if now > first_time else 0.0
         limit = int(limiter.total_tokens)
         history.points.append((now, limit))
-        if not quiet:
-            p99 = percentile(list(latencies.recent), 0.99) * 1000
-            print(
-                f"[{now:5.1f}s] {rate:5d} items/s  written {done:6d}  "
-                f"limit {limit:3d}  in flight {limiter.borrowed_tokens:3d}  p99 {p99:6.1f} ms",
-                flush=True,
-            )
+        p99_ms = percentile(list(latencies.recent), 0.99) * 1000
+        in_flight = limiter.borrowed_tokens
+        return progress_line(now, done, total, sum(written), per_second, limit, in_flight, p99_ms)
+
+    def redraw(line: str) -> None:
+        # Cut to the terminal's width: a wrapped line cannot be redrawn.
+        width = shutil.get_terminal_size().columns - 1
+        sys.stdout.write("\r" + line[:width] + "\x1b[K")
+        sys.stdout.flush()
+
+    drawn = False
+    try:
+        while True:
+            await trio.sleep(0.5 if live else 1.0)
+            line = report_line()
+            if quiet:
+                continue
+            if live:
+                redraw(line)
+                drawn = True
+            else:
+                print(line, flush=True)
+    finally:
+        if drawn:
+            redraw(report_line())  # the final figures, then what follows goes below
+            sys.stdout.write("\n")
+            sys.stdout.flush()
 
 
 async def stop_on_signals(run: Any, grace: float, task_status: trio.TaskStatus[None]) -> None:
@@ -228,34 +286,100 @@ async def stop_on_signals(run: Any, grace: float, task_status: trio.TaskStatus[N
             return
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The description as written, and every option's default after its help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = action.default not in (None, argparse.SUPPRESS) and action.nargs != 0  # not flags
+        if shown and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=HelpFormatter, allow_abbrev=False
     )
-    p.add_argument("--events", type=int, default=6000, help="events to generate (default 6000)")
-    p.add_argument("--input", type=Path, help="read events from this JSON-lines file instead")
-    p.add_argument("--rate", type=float, default=400.0, help="API quota, calls per second")
+    p.add_argument("--events", type=int, metavar="N", default=6000, help="events to generate")
     p.add_argument(
-        "--duration", type=float, default=50.0, help="stop gracefully after this many seconds"
+        "--input",
+        type=Path,
+        metavar="FILE",
+        help="read events from this JSON-lines file instead of generating them (default: generate)",
     )
-    p.add_argument("--grace", type=float, default=10.0, help="seconds to drain on shutdown")
+    p.add_argument(
+        "--rate",
+        type=float,
+        metavar="PER_SECOND",
+        default=400.0,
+        help="the API's quota, calls per second",
+    )
+    p.add_argument(
+        "--duration",
+        type=float,
+        metavar="SECONDS",
+        default=50.0,
+        help="stop gracefully after this many seconds",
+    )
+    p.add_argument(
+        "--grace", type=float, metavar="SECONDS", default=10.0, help="seconds to drain on shutdown"
+    )
     p.add_argument(
         "--database",
+        metavar="FILE_OR_URL",
         default="events.sqlite3",
-        help="SQLite file, or a postgresql:// URL (PostgreSQL through psycopg)",
+        help="the SQLite file to write, or a postgresql:// URL (PostgreSQL through psycopg)",
     )
-    p.add_argument("--broker", help="read the events from a Redis stream at this redis:// URL")
-    p.add_argument("--jaeger-file", type=Path, default=Path("event_service.jaeger.json"))
     p.add_argument(
-        "--otlp", help="also send traces to this OTLP/HTTP endpoint, e.g. http://localhost:4318"
+        "--broker",
+        metavar="URL",
+        help="read the events from a Redis stream at this redis:// URL, publishing the "
+        "generated ones to it first (default: off)",
     )
-    p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--quiet", action="store_true", help="no progress line")
-    p.add_argument("--summary-json", type=Path, help="also write the summary here (for tests)")
     p.add_argument(
-        "--debug-port", type=int, help="serve /debug/... here (for python -m trioflow top)"
+        "--jaeger-file",
+        type=Path,
+        metavar="FILE",
+        default=Path("event_service.jaeger.json"),
+        help="the Jaeger JSON trace file to write",
     )
-    p.add_argument("--timeline", type=Path, help="record an execution timeline to this file")
+    p.add_argument(
+        "--otlp",
+        metavar="URL",
+        help="also send traces to this OTLP/HTTP endpoint, e.g. http://localhost:4318 "
+        "(default: off)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        metavar="N",
+        default=7,
+        help="seed of the events and of the API's faults",
+    )
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress (default: a live line on a terminal, a line a second otherwise)",
+    )
+    p.add_argument(
+        "--summary-json",
+        type=Path,
+        metavar="FILE",
+        help="also write the summary here, for tests (default: off)",
+    )
+    p.add_argument(
+        "--debug-port",
+        type=int,
+        metavar="PORT",
+        help="serve /debug/... on this port, for python -m trioflow top (default: off)",
+    )
+    p.add_argument(
+        "--timeline",
+        type=Path,
+        metavar="FILE",
+        help="record an execution timeline to this file (default: off)",
+    )
     return p.parse_args(argv)
 
 
@@ -355,7 +479,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             )
             async with pipe.open(source) as run:
                 await nursery.start(stop_on_signals, run, args.grace)
-                nursery.start_soon(progress, limiter, latencies, written, history, args.quiet)
+                total = None if args.input or args.broker else args.events
+                nursery.start_soon(
+                    progress, run, total, limiter, latencies, written, history, args.quiet
+                )
                 with trio.move_on_after(args.duration) as deadline:
                     async for _ in run.outputs:
                         pass
@@ -373,6 +500,20 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     db.close()
     dropped_spans = telemetry.shutdown()
     return summarize(report, rows, latencies, history, api, args, dropped_spans)
+
+
+def limit_moves(points: Sequence[tuple[float, int]]) -> str:
+    """How the adaptive limit moved: where it started, its highest and lowest
+    points after that (in the order reached), where it ended."""
+    if not points:
+        return "no samples"
+    later = points[1:] or points
+    top = max(later, key=lambda p: p[1])
+    low = min(later, key=lambda p: p[1])
+    marks = sorted(
+        [(top[0], f"max {top[1]} at {top[0]:.0f} s"), (low[0], f"min {low[1]} at {low[0]:.0f} s")]
+    )
+    return " → ".join([f"from {points[0][1]}", *(m for _, m in marks), f"final {points[-1][1]}"])
 
 
 def summarize(
@@ -432,8 +573,7 @@ def summarize(
     print(
         f"API latency        p50 {lat['p50']:.1f} ms  p99 {lat['p99']:.1f} ms  p99.9 {lat['p99.9']:.1f} ms"
     )
-    lim = summary["limit"]
-    print(f"adaptive limit     min {lim['min']}  max {lim['max']}  final {lim['final']}")
+    print(f"adaptive limit     {limit_moves(history.points)}")
     print(
         f"API saw            {api.stats.served} served, {api.stats.failed} failed (500), "
         f"{api.stats.overloaded} overloaded (503)"

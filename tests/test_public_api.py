@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import inspect
 import pathlib
 import re
@@ -60,3 +61,42 @@ def test_the_contract_names_exist() -> None:
     for name in ["dump_tasks", "find_deadlocks", "install", "serve", "TaskDump", "TaskInfo",
                  "FrameInfo", "BlockedOn", "Deadlock"]:  # fmt: skip
         assert hasattr(tf.debug, name), name
+
+
+@pytest.mark.parametrize(
+    "mod", [m for m in PUBLIC_MODULES if hasattr(m, "__all__")], ids=lambda m: m.__name__
+)
+def test_all_lists_every_public_name(mod: types.ModuleType) -> None:
+    # Test lists are derived from __all__ (the algorithms, the documented
+    # names), so a public name missing from it would go untested.
+    public = {n for n in vars(mod) if not n.startswith("_")}
+    public -= {n for n in public if isinstance(getattr(mod, n), types.ModuleType)} - set(
+        mod.__all__
+    )
+    public -= {"annotations"}  # from __future__ import annotations
+    assert sorted(mod.__all__) == sorted(set(mod.__all__)), "duplicates in __all__"
+    assert set(mod.__all__) == public
+
+
+def test_every_exported_algorithm_is_in_the_adaptive_test_lists() -> None:
+    from tests.adaptive.helpers import ALGORITHMS, NOT_ALGORITHMS
+
+    assert set(tf.adaptive.__all__) >= NOT_ALGORITHMS
+    assert set(ALGORITHMS) == set(tf.adaptive.__all__) - NOT_ALGORITHMS
+    for name, make in ALGORITHMS.items():
+        # Only algorithms: the names left out are exactly the non-algorithms.
+        assert isinstance(make(), tf.adaptive.Algorithm), name
+    for name in NOT_ALGORITHMS:
+        obj = getattr(tf.adaptive, name)
+        assert obj is tf.adaptive.Algorithm or not hasattr(obj, "update"), name
+
+
+def test_the_package_ships_its_data_files() -> None:
+    # Run against an installed wheel (CI does), these fail if packaging left them out.
+    root = pathlib.Path(tf.__file__).parent
+    assert (root / "py.typed").is_file()
+    assert (root / "debug" / "taskdump.schema.json").is_file()
+
+
+def test_version_matches_the_distribution() -> None:
+    assert tf.__version__ == importlib.metadata.version("trioflow")

@@ -55,6 +55,43 @@ from ._tasks._group import TaskHandle as TaskHandle
 from ._tasks._group import open_task_group as open_task_group
 
 # -- (later sections are added here, one block per building block) --
+
+#: The public names (``from trioflow import *``, and what the tests derive
+#: their lists from); tests/test_public_api.py checks it is complete.
+__all__ = [
+    "AmapResults",
+    "Backoff",
+    "CapacityLimiter",
+    "DeadLetter",
+    "Lane",
+    "LaneLimiter",
+    "LaneStatistics",
+    "Latency",
+    "Limiter",
+    "LimiterStatistics",
+    "Outputs",
+    "Permit",
+    "Pipeline",
+    "PipelineReport",
+    "PipelineRun",
+    "PriorityLimiter",
+    "PriorityLimiterStatistics",
+    "RateLimiter",
+    "RateLimiterStatistics",
+    "Reservation",
+    "Retry",
+    "StageReport",
+    "TaskGroup",
+    "TaskGroupStatistics",
+    "TaskHandle",
+    "adaptive",
+    "amap",
+    "debug",
+    "open_task_group",
+    "run_all",
+    "telemetry",
+    "testing",
+]
 from ._util import fixup_module_metadata as _fixup_module_metadata
 
 __version__ = "0.1.0.dev0"

@@ -1012,15 +1012,18 @@ def test_limiter_survives_more_than_one_trio_run() -> None:
 # -- the real clock ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_real_clock_1000_per_second() -> None:
     """1000/s for 1 s on the real clock: 1000 + burst grants (± 3%), no initial burst.
 
     The one real-clock test, and a test of the rate, not of speed. Grants are
     stamped when acquire() returns, which is never before the bucket's own
     grant time, so a loaded machine can only make grants look *later*: the
-    initial-burst check cannot be fooled, and the count can fall short only
-    if the loop was blocked for tens of milliseconds. In that case (and only
-    then, measured by a lag probe) the run is repeated once, same bound.
+    initial-burst check and the upper bound cannot be fooled, and the count
+    can fall short only when the loop was blocked near the window's end. A
+    lag probe measures that: a shortfall of up to rate × lag is the machine's,
+    and a loop blocked for more than 20 ms gets the run repeated (three runs
+    at most). Marked slow: it takes real seconds.
     """
     rate, burst, window = 1000.0, 1, 1.0
 
@@ -1054,13 +1057,18 @@ def test_real_clock_1000_per_second() -> None:
         return in_window, first_10ms, lag
 
     ideal = rate * window + burst
-    for attempt in range(2):
+    for attempt in range(3):
         in_window, first_10ms, lag = trio.run(once)
         # Never an initial burst beyond `burst`: at most b + r*w in any first w.
         assert first_10ms <= burst + rate * 0.010 + 1
-        if abs(in_window - ideal) <= 0.03 * ideal:
+        # Never more than the rate, however loaded the machine: a stall only
+        # delays grants.
+        assert in_window <= 1.03 * ideal, f"{in_window} grants in 1 s at 1000/s"
+        # Fewer only by what a stall at the window's end pushed past it (a
+        # stall earlier is repaid to the waiters in line): at most rate × lag.
+        if in_window >= 0.97 * ideal - rate * lag:
             return
-        if attempt == 0 and lag > 0.020:
+        if attempt < 2 and lag > 0.020:
             continue  # the machine stalled the loop for > 20 ms: measure again
         pytest.fail(
             f"{in_window} grants in 1 s at 1000/s (ideal {ideal:.0f}); loop lag {lag * 1e3:.1f} ms"

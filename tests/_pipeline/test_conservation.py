@@ -487,6 +487,7 @@ async def _run_scenario(sc: Scenario) -> None:
     suppress_health_check=[HealthCheck.too_slow],
 )
 @given(scenarios)
+@pytest.mark.slow
 def test_every_source_item_is_accounted_for_exactly_once(sc: Scenario) -> None:
     trio.run(run_scenario, sc, clock=trio.testing.MockClock(autojump_threshold=0))
 

@@ -612,6 +612,7 @@ async def test_thread_executor_runs_in_a_thread() -> None:
     assert got == [(x * x, False) for x in range(6)]
 
 
+@pytest.mark.slow
 def test_process_executor_runs_in_worker_processes() -> None:
     # Real time: worker processes need the real clock to start.
     async def main() -> list[tuple[int, int]]:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
+from typing import cast
 
+from trioflow import adaptive
 from trioflow.adaptive import Algorithm, Sample
 
 
@@ -39,3 +42,29 @@ def busy(algorithm: Algorithm, *, rtt: float, n: int, start: float = 0.0) -> lis
         s = Sample(start=start + i * 0.001, rtt=rtt, inflight=algorithm.limit, dropped=False)
         out.append(algorithm.update(s))
     return out
+
+
+# -- every algorithm, from trioflow.adaptive.__all__ ---------------------------
+
+#: Names in ``trioflow.adaptive.__all__`` that are not algorithms.
+NOT_ALGORITHMS = frozenset({"Algorithm", "Sample"})
+
+
+def _constructor(name: str) -> Callable[..., Algorithm]:
+    cls = getattr(adaptive, name)
+    if cls is adaptive.LoadFeedback:
+        # Its one required argument: a load between its thresholds (no change by itself).
+        return functools.partial(adaptive.LoadFeedback, lambda: 0.6)
+    return cast("Callable[..., Algorithm]", cls)
+
+
+#: Every algorithm that ``trioflow.adaptive`` exports, by name, as a constructor
+#: taking only keyword options: a new algorithm joins every test that uses this.
+ALGORITHMS: dict[str, Callable[..., Algorithm]] = {
+    name: _constructor(name) for name in adaptive.__all__ if name not in NOT_ALGORITHMS
+}
+
+#: Options that keep each algorithm from ever deciding within a test.
+NEVER_DECIDES: dict[str, dict[str, float]] = {
+    name: {"interval": 1e9} if name == "LoadFeedback" else {"window": 1e9} for name in ALGORITHMS
+}

@@ -11,11 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import trioflow
-from trioflow.adaptive import AIMD, Algorithm, Cruise, Gradient2, LoadFeedback, Sample, Vegas
+from trioflow.adaptive import AIMD, Algorithm, Cruise, Gradient2, Sample, Vegas
 
-from .helpers import busy, feed, stream
+from .helpers import ALGORITHMS, busy, feed, stream
 
-ALL = [AIMD, Vegas, Gradient2, Cruise]
+ALL = list(ALGORITHMS.values())
 
 
 def test_no_trio_import_in_adaptive() -> None:
@@ -31,7 +31,7 @@ def test_no_trio_import_in_adaptive() -> None:
             assert not any(n.split(".")[0] == "trio" for n in names), path
 
 
-@pytest.mark.parametrize("cls", [*ALL, lambda **kw: LoadFeedback(lambda: 0.5, **kw)])  # pyright: ignore[reportUnknownLambdaType]
+@pytest.mark.parametrize("cls", ALL, ids=list(ALGORITHMS))
 def test_protocol_and_bounds_validation(cls: type) -> None:
     algo = cls()
     assert isinstance(algo, Algorithm)

@@ -8,6 +8,7 @@ fed to the algorithm on exit, tokens returned even so).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +17,9 @@ import pytest
 import trioflow as tf
 from tests.limiter_conformance import *  # noqa: F403
 from tests.limiter_conformance import Subject
-from trioflow.adaptive import AIMD, Algorithm, Cruise, LoadFeedback, Vegas
+from trioflow.adaptive import Algorithm
+
+from .helpers import ALGORITHMS, NEVER_DECIDES
 
 
 def _resize(limiter: Any, n: int | float) -> None:
@@ -24,10 +27,8 @@ def _resize(limiter: Any, n: int | float) -> None:
 
 
 MAKERS: dict[str, Callable[[], Algorithm]] = {
-    "Cruise": lambda: Cruise(window=1e9, max_limit=100),
-    "Vegas": lambda: Vegas(window=1e9, max_limit=100),
-    "AIMD": lambda: AIMD(window=1e9, max_limit=100),
-    "LoadFeedback": lambda: LoadFeedback(lambda: 0.6, interval=1e9, max_limit=100),
+    name: functools.partial(make, max_limit=100, **NEVER_DECIDES[name])
+    for name, make in ALGORITHMS.items()
 }
 
 

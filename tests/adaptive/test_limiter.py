@@ -12,7 +12,9 @@ import trio
 import trio.testing
 
 import trioflow as tf
-from trioflow.adaptive import AIMD, Cruise, Gradient2, LoadFeedback, Sample, Vegas
+from trioflow.adaptive import AIMD, Cruise, Gradient2, LoadFeedback, Sample
+
+from .helpers import ALGORITHMS
 
 
 @attrs.define(eq=False)
@@ -288,11 +290,11 @@ async def test_load_feedback_reads_on_limiter_activity_only(
     assert limiter.total_tokens == 6  # 10 -> 8 -> 6
 
 
-@pytest.mark.parametrize("cls", [AIMD, Vegas, Gradient2, Cruise])
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
 async def test_every_algorithm_runs_behind_a_limiter(
-    cls: type, autojump_clock: trio.testing.MockClock
+    name: str, autojump_clock: trio.testing.MockClock
 ) -> None:
-    algo = cls()
+    algo = ALGORITHMS[name]()
     limiter = tf.CapacityLimiter(algorithm=algo)
     peak = 0
 
@@ -310,7 +312,7 @@ async def test_every_algorithm_runs_behind_a_limiter(
     assert algo.min_limit <= limiter.total_tokens <= algo.max_limit
     assert limiter.total_tokens == algo.limit
     assert peak <= algo.max_limit
-    assert repr(limiter).endswith(f", {cls.__name__}>")
+    assert repr(limiter).endswith(f", {name}>")
 
 
 async def test_priority_limiter_lanes_feed_one_algorithm(

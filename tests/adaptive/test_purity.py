@@ -8,7 +8,11 @@ import sys
 
 import pytest
 
-ADAPTIVE = pathlib.Path(__file__).resolve().parents[2] / "trioflow" / "adaptive"
+import trioflow.adaptive
+
+# The package as imported (an installed wheel in CI's wheel job), not a path
+# beside the tests: with no source tree there the list would be empty.
+ADAPTIVE = pathlib.Path(trioflow.adaptive.__file__).parent
 ALLOWED_THIRD_PARTY = {"attrs"}
 
 

@@ -58,6 +58,7 @@ async def run_overload(limiter: tf.CapacityLimiter, seconds: float, seed: int) -
 
 
 @pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.slow
 async def test_cruise_converges_under_2x_overload(
     seed: int, autojump_clock: trio.testing.MockClock
 ) -> None:

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import trio
 import trio.testing
 
@@ -195,6 +196,7 @@ def test_global_deadlock_all_tasks_asleep() -> None:
     assert "[waiting on event 'done'" in err
 
 
+@pytest.mark.slow
 def test_no_false_positive_for_timers_sockets_and_threads() -> None:
     """Waiting on a timer, a socket fed by another process, or a thread is
     not a deadlock: the program finishes and nothing is reported."""
@@ -260,6 +262,7 @@ def test_a_signal_handler_that_could_wake_a_task_suppresses_the_report() -> None
     assert "deadlock" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_the_example_reports_both_deadlocks() -> None:
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "examples", "deadlock.py")],

@@ -101,6 +101,7 @@ async def test_serve_refuses_remote_addresses_unless_asked() -> None:
         await tf.debug.serve("80")  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 async def test_command_line_dump() -> None:
     env = dict(os.environ, PYTHONPATH=ROOT)
 

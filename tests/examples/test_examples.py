@@ -20,6 +20,9 @@ import pytest
 
 from tests.examples._process import interrupt_when
 
+# Real processes: skipped by the inner loop (pytest -m "not slow").
+pytestmark = pytest.mark.slow
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 # replicas.py and event_backends.py (the flagship's Redis/PostgreSQL mode)

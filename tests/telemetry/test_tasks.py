@@ -347,15 +347,19 @@ def rate_key(name: str) -> tuple[tuple[str, Any], ...]:
 async def test_rate_tokens_from_a_real_rate_limiter(
     otel: Otel, autojump_clock: trio.testing.MockClock
 ) -> None:
-    rate = tf.RateLimiter(10, burst=5, name="api")
-    assert points(otel, "trioflow.rate_limiter.tokens")[rate_key("api")] == 5  # full before any use
+    rate = tf.RateLimiter(10, burst=5, name="api-tokens")  # a name no other test leaves alive
+    assert (
+        points(otel, "trioflow.rate_limiter.tokens")[rate_key("api-tokens")] == 5
+    )  # full before any use
     for _ in range(3):
         await rate.acquire()
-    assert points(otel, "trioflow.rate_limiter.tokens")[rate_key("api")] == 2
+    assert points(otel, "trioflow.rate_limiter.tokens")[rate_key("api-tokens")] == 2
     await trio.sleep(0.2)  # 2 tokens accrue; a reading inside trio brings the bucket up to date
-    assert points(otel, "trioflow.rate_limiter.tokens")[rate_key("api")] == pytest.approx(4)
+    assert points(otel, "trioflow.rate_limiter.tokens")[rate_key("api-tokens")] == pytest.approx(4)
     await trio.sleep(10)
-    assert points(otel, "trioflow.rate_limiter.tokens")[rate_key("api")] == 5  # capped at burst
+    assert (
+        points(otel, "trioflow.rate_limiter.tokens")[rate_key("api-tokens")] == 5
+    )  # capped at burst
     assert otel.metrics()["trioflow.rate_limiter.tokens"].unit == "{token}"
 
 

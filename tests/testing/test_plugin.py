@@ -9,6 +9,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SCRATCH = """
@@ -143,6 +145,7 @@ def outcomes(stdout: str) -> dict[str, str]:
     return dict(re.findall(r"test_scratch\.py::(\w+) (PASSED|FAILED|ERROR)", stdout))
 
 
+@pytest.mark.slow
 def test_plugin_on_a_scratch_file(tmp_path: pathlib.Path) -> None:
     proc = run_pytest(tmp_path, SCRATCH, "trioflow_check = true\n")
     got = outcomes(proc.stdout)
@@ -190,6 +193,7 @@ def test_plugin_on_a_scratch_file(tmp_path: pathlib.Path) -> None:
     assert "test exceeded trioflow_timeout=0.2s; every task at that moment:" in blocked
 
 
+@pytest.mark.slow
 def test_ini_options(tmp_path: pathlib.Path) -> None:
     body = textwrap.dedent(
         """
