@@ -100,7 +100,8 @@ class EnvoyGradient:
             self._next_min_rtt = now  # Envoy: enableTimer(0)
 
     def _enter_min_rtt(self, now: float) -> None:
-        if self._deferred > 0:
+        if self._deferred > 0:  # already measuring: the timer's firing is spent
+            self._next_min_rtt = None
             return
         self._measurements += 1
         self._deferred = self.limit

@@ -80,6 +80,10 @@ def make_algorithm(name: str, seed: int, server: Callable[[], Any]) -> Any:
         return EnvoyGradient(seed)
     if name == "Cruise":
         return adaptive.Cruise()
+    if name.startswith("Cruise:"):
+        # a variant for exploring, e.g. "Cruise:tolerance=1.2;climb=0.2" (never in the table)
+        kwargs = {k: json.loads(v) for k, v in (kv.split("=") for kv in name[7:].split(";"))}
+        return adaptive.Cruise(**kwargs)
     if name == "LoadFeedback":
         # the load a service would export: busy servers / servers (model A),
         # in service / throughput-optimal count (model B)
@@ -479,6 +483,11 @@ def main() -> None:
         help="suffix for the result files; finished runs are kept in runs<tag>.jsonl "
         "and not run again (delete it, or use another tag, after changing an algorithm)",
     )
+    ap.add_argument(
+        "--summarize-only",
+        action="store_true",
+        help="run nothing: summarize the runs already in runs<tag>.jsonl (whatever seeds are there)",
+    )
     args = ap.parse_args()
     seeds = args.seeds if args.seeds is not None else (2 if args.quick else 5)
     scs = scenarios(args.quick)
@@ -504,18 +513,22 @@ def main() -> None:
     done = {run_key(r) for r in runs}
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        known = len(cache)
         compute_oracles([(sc, p) for sc in chosen for p in sc.phases], cache, pool, args.quick)
-        with open(cache_path, "w") as f:
-            json.dump(cache, f)
+        if len(cache) > known:  # write only what is new (runs in parallel read this file)
+            tmp = cache_path + f".{os.getpid()}"
+            with open(tmp, "w") as f:
+                json.dump(cache, f)
+            os.replace(tmp, cache_path)
         jobs = [
             (sc, a, seed, {phase_key(sc, p): cache[phase_key(sc, p)] for p in sc.phases})
             for sc in chosen
             for a in algos
             for seed in range(1, seeds + 1)
-            if f"{sc.key}/{a}/{seed}" not in done
+            if f"{sc.key}/{a}/{seed}" not in done and not args.summarize_only
         ]
-        # longest first, so two workers finish together
-        jobs.sort(key=lambda j: -sum(p.duration * p.rate for p in j[0].phases))
+        # shortest first: if a run is cut short, most scenarios are complete
+        jobs.sort(key=lambda j: sum(p.duration * min(p.rate, 50 * p.servers) for p in j[0].phases))
         print(f"{len(jobs)} runs ({len(done)} already in {runs_path})", flush=True)
         futures = [pool.submit(_run_job, j) for j in jobs]
         with open(runs_path, "a") as out:
