@@ -380,55 +380,6 @@ def median_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def fmt(x: float, digits: int = 2) -> str:
-    if isinstance(x, float) and math.isinf(x):
-        return "never"
-    if isinstance(x, float) and math.isnan(x):
-        return "-"
-    return f"{x:.{digits}f}"
-
-
-def write_table(
-    summary: dict[str, Any], oracles_used: dict[str, Any], path: str, meta: dict[str, Any]
-) -> None:
-    lines = []
-    for key, sc_sum in summary.items():
-        lines.append(f"#### {key}: {sc_sum['title']}\n")
-        for pi, pname in enumerate(sc_sum["phase_names"]):
-            orc = oracles_used[key][pi]
-            lines.append(
-                f"*{pname}* — oracle: limit {orc['limit']}, goodput {orc['goodput']:.0f}/s, "
-                f"p50 {1000 * orc['p50']:.1f} ms, p99 {1000 * orc['p99']:.1f} ms, p99.9 {1000 * orc['p999']:.1f} ms\n"
-            )
-            extra_cols = [
-                c
-                for c in ("first_second_p99_x", "live_served_pct", "batch_served_pct")
-                if c in next(iter(sc_sum["algorithms"].values()))[pi]
-            ]
-            head = "| algorithm | goodput % | p50 × | p99 × | p99.9 × | conv s | osc % | limit (median) | rejected % | timeouts % |"
-            sep = "|---|---|---|---|---|---|---|---|---|---|"
-            for c in extra_cols:
-                head += f" {c} |"
-                sep += "---|"
-            lines.append(head)
-            lines.append(sep)
-            for algo, rows in sc_sum["algorithms"].items():
-                r = rows[pi]
-                gr = r["goodput_pct_range"]
-                line = (
-                    f"| {algo} | {fmt(r['goodput_pct'], 1)} ({fmt(gr[0], 1)}–{fmt(gr[1], 1)}) | {fmt(r['p50_x'])} | "
-                    f"{fmt(r['p99_x'])} | {fmt(r['p999_x'])} | {fmt(r['conv'], 0)} | {fmt(r['osc_pct'], 0)} | "
-                    f"{fmt(r['limit_median'], 0)} | {fmt(r['rejected_pct'], 2)} | {fmt(r['timeouts_pct'], 2)} |"
-                )
-                for c in extra_cols:
-                    line += f" {fmt(r[c])} |"
-                lines.append(line)
-            lines.append("")
-    lines.append(f"Run: {json.dumps(meta)}\n")
-    with open(path, "w") as f:
-        f.write("\n".join(lines))
-
-
 def run_key(r: dict[str, Any]) -> str:
     return f"{r['scenario']}/{r['algorithm']}/{r['seed']}"
 
@@ -566,9 +517,17 @@ def main() -> None:
         json.dump(
             {"meta": meta, "oracles": oracles_used, "summary": summary}, f, indent=1, default=str
         )
-    write_table(summary, oracles_used, os.path.join(RESULTS, f"table{tag}.md"), meta)
-    with open(os.path.join(RESULTS, f"table{tag}.md")) as f:
-        print(f.read())
+    from targets import scenario_tables, targets_table
+
+    table = [
+        *targets_table(summary),
+        "",
+        *scenario_tables(summary, oracles_used),
+        f"Run: {json.dumps(meta)}",
+    ]
+    with open(os.path.join(RESULTS, f"table{tag}.md"), "w") as f:
+        f.write("\n".join(table) + "\n")
+    print("\n".join(table))
 
 
 if __name__ == "__main__":

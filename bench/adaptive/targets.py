@@ -16,14 +16,19 @@ import argparse
 import json
 import math
 import os
-import sys
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 IMG = os.path.join(os.path.dirname(os.path.dirname(HERE)), "docs", "img", "adaptive")
-sys.path.insert(0, HERE)
 
-from run import fmt  # noqa: E402
+
+def fmt(x: float, digits: int = 2) -> str:
+    if isinstance(x, float) and math.isinf(x):
+        return "never"
+    if isinstance(x, float) and math.isnan(x):
+        return "-"
+    return f"{x:.{digits}f}"
+
 
 # (target, scenario, phase name or "*" for the whole scenario, metric, bound, "min"/"max")
 # "min": the figure must be >= bound; "max": <= bound; "info": shown, not judged.
@@ -132,6 +137,8 @@ def scenario_tables(summary: dict[str, Any], oracles: dict[str, Any]) -> list[st
     algos = algorithms_in(summary)
     lines: list[str] = []
     for key, sc in summary.items():
+        if not sc["algorithms"]:
+            continue
         lines.append(f"### {key}: {sc['title']}\n")
         if len(sc["phase_names"]) > 1:
             lines.append(

@@ -21,7 +21,7 @@ _HELPED = 0.8
 #: a baseline is the median of this many windows' worth of samples (min_samples each)
 _BASELINE_WINDOWS = 4
 #: the throughput history kept for the hill-climb (windows)
-_HISTORY = 16
+_HISTORY = 48
 
 
 def _significant(ordered: list[float]) -> float:
@@ -152,7 +152,7 @@ class Cruise:
     cap_factor: float = 2.0
     growth: float = 1.5
     fast_drop: float = 0.5
-    climb: float = 0.3
+    climb: float = 0.0
     limit: int = attrs.field(init=False)
     """The current limit."""
     _estimate: float = attrs.field(init=False, repr=False)
@@ -176,6 +176,10 @@ class Cruise:
     _rtts: list[float] = attrs.field(init=False, factory=list[float], repr=False)
     _peak: int = attrs.field(init=False, default=0, repr=False)
     _drops: int = attrs.field(init=False, default=0, repr=False)
+    #: successes that finished since the window opened (the delivered rate)
+    _done: int = attrs.field(init=False, default=0, repr=False)
+    #: consecutive windows with no queue at all (median at or under the baseline)
+    _clear: int = attrs.field(init=False, default=0, repr=False)
     #: drops of requests admitted before this (the last cut) are not counted again
     _drop_epoch: float = attrs.field(init=False, default=-math.inf, repr=False)
     #: (log limit, log delivered rate) of recent busy windows, for the hill-climb
@@ -184,6 +188,8 @@ class Cruise:
     )
     _elasticity: float = attrs.field(init=False, default=math.nan, repr=False)
     _windows: int = attrs.field(init=False, default=0, repr=False)
+    #: windows to leave out of the hill-climb's fit (after a probe or a deep cut)
+    _settle: int = attrs.field(init=False, default=0, repr=False)
     #: samples of the first windows from cold, for the first baseline
     _pool: list[float] = attrs.field(init=False, factory=list[float], repr=False)
 
@@ -224,6 +230,7 @@ class Cruise:
         self._rtts = []
         self._peak = 0
         self._drops = 0
+        self._done = 0
 
     def update(self, sample: Sample) -> int:
         """Take one sample; return the new limit (pure arithmetic, no I/O)."""
@@ -241,7 +248,9 @@ class Cruise:
             fast = sample.rtt < self.fast_drop * self._baseline  # False while no baseline
             if not fast and sample.start >= self._drop_epoch:
                 self._drops += 1
-        elif sample.start >= opened:
+        else:
+            self._done += 1
+        if not sample.dropped and sample.start >= opened:
             self._starts.append(sample.start)
             self._rtts.append(sample.rtt)
             if sample.inflight > self._peak:
@@ -263,16 +272,14 @@ class Cruise:
         needed = self.min_samples * (_BASELINE_WINDOWS if self._probing else 1)
         if not self._drops and len(counted) < needed:
             return self.limit
-        span = max(cut - opened, 1e-9)
-        return self._decide(now, counted, span)
+        return self._decide(now, counted, self._done / max(now - opened, 1e-9))
 
-    def _decide(self, now: float, counted: list[float], span: float) -> int:
+    def _decide(self, now: float, counted: list[float], rate: float) -> int:
         drops, peak = self._drops, self._peak
         self._reopen(now)
         self._windows += 1
         counted.sort()
         p50 = counted[len(counted) // 2] if counted else math.nan
-        rate = len(counted) / span
         if not math.isnan(p50):
             self._last_p50 = p50
         if self._probing:
@@ -281,6 +288,7 @@ class Cruise:
             if not math.isnan(p50):
                 self._baseline = p50
             self._history.clear()  # the fit is against this baseline's windows
+            self._settle = 2
             self._set(self._saved)
             return self.limit
 
@@ -309,6 +317,7 @@ class Cruise:
         floored = raw_gradient <= 0.5
         if floored:
             self._history.clear()  # a deep queue, or the downstream changed: start the fit afresh
+            self._settle = 2
             if self._floored and p50 >= _HELPED * self._floor_p50:
                 # Cutting the limit did not bring the median down: the queue
                 # is not ours, the downstream itself got slower. Its median
@@ -324,6 +333,7 @@ class Cruise:
             self._floor_p50 = p50
         else:
             self._floored = 0
+        self._clear = self._clear + 1 if p50 <= baseline else 0
         climbing = self._climb(saturated and not floored, rate)
         if self._slow_start:
             if raw_gradient < 1.0:
@@ -336,8 +346,8 @@ class Cruise:
                 target = max(estimate, min(estimate * self.growth, self.growth * little))
             else:
                 target = estimate
-        elif saturated and p50 <= baseline * math.sqrt(self.tolerance):
-            target = estimate * self.growth  # no queue to speak of: recover fast
+        elif saturated and self._clear >= 2:
+            target = estimate * self.growth  # twice no queue at all: recover fast
         else:
             gradient = min(max(raw_gradient, 0.5), self.growth)
             if gradient > 1 and not saturated:
@@ -365,7 +375,15 @@ class Cruise:
         return limit
 
     def _climb(self, saturated: bool, rate: float) -> bool:
-        """Record a busy window; True while more concurrency still buys throughput."""
+        """Record a busy window; True while more concurrency still buys throughput.
+
+        The elasticity is the least-squares slope of ``log X`` on ``log L``
+        over the last ``_HISTORY`` busy windows; it counts only when it is
+        above ``climb`` by two standard errors (noise alone must not climb).
+        """
+        if self._settle > 0:  # the windows right after a probe or a deep cut are transients
+            self._settle -= 1
+            return False
         if not saturated or rate <= 0:
             return False
         history = self._history
@@ -373,7 +391,7 @@ class Cruise:
         if len(history) > _HISTORY:
             del history[0]
         n = len(history)
-        if n < 4:
+        if n < 8:
             return False
         mx = math.fsum(x for x, _ in history) / n
         my = math.fsum(y for _, y in history) / n
@@ -381,8 +399,11 @@ class Cruise:
         if sxx < 1e-6:
             self._elasticity = math.nan
             return False
-        self._elasticity = math.fsum((x - mx) * (y - my) for x, y in history) / sxx
-        return self._elasticity > self.climb
+        slope = math.fsum((x - mx) * (y - my) for x, y in history) / sxx
+        residual = math.fsum((y - my - slope * (x - mx)) ** 2 for x, y in history)
+        se = math.sqrt(residual / (n - 2) / sxx)
+        self._elasticity = slope
+        return slope - 2 * se > self.climb
 
     def state(self) -> Mapping[str, float]:
         """``limit``, ``estimate``, ``baseline_rtt``, ``p50_rtt`` (last window),
