@@ -76,24 +76,21 @@ def scenarios(quick: bool = False) -> dict[str, Scenario]:
                 for i in range(6)
             ],
         ),
-        Scenario(
-            "S5",
-            "50% fast errors for 10 s (2000 req/s)",
-            [
-                ph(20, 2000, "before"),
-                ph(10, 2000, "errors", error_fraction=0.5),
-                ph(10, 2000, "after"),
-            ],
-        ),
-        Scenario(
-            "S5d",
-            "50% fast errors for 10 s, fed as drops (2000 req/s)",
-            [
-                ph(20, 2000, "before"),
-                ph(10, 2000, "errors", error_fraction=0.5),
-                ph(30, 2000, "after"),
-            ],
-            errors_as_drops=True,
+        *(
+            Scenario(
+                key,
+                f"50% fast errors for 10 s{title} (2000 req/s)",
+                [
+                    ph(20, 2000, "before"),
+                    ph(10, 2000, "errors", error_fraction=0.5),
+                    ph(after, 2000, "after"),
+                ],
+                errors_as_drops=as_drops,
+            )
+            for key, title, after, as_drops in (
+                ("S5", "", 10, False),
+                ("S5d", ", fed as drops", 30, True),
+            )
         ),
         Scenario(
             "S6",

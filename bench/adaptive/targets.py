@@ -121,11 +121,14 @@ def targets_table(summary: dict[str, Any]) -> list[str]:
                 continue
             text = UNITS.get(metric, "{:.2f}x").format(v) if math.isfinite(v) else "never"
             if kind == "info":
-                cells.append(text)
+                n = len(summary[key]["aggregate"][a]["seeds"])
+                cells.append(text if n >= 5 else f"{text} ({n} seed{'s' if n > 1 else ''})")
                 continue
             ok = v >= bound if kind == "min" else v <= bound
             met[a] += ok
-            cells.append(f"{text} {'✅' if ok else '❌ missed'}")
+            n = len(summary[key]["aggregate"][a]["seeds"])
+            few = "" if n >= 5 else f" ({n} seed{'s' if n > 1 else ''})"
+            cells.append(f"{text} {'✅' if ok else '❌ missed'}{few}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append(
         f"| **targets met (of {judged})** | " + " | ".join(f"**{met[a]}**" for a in algos) + " |"
@@ -186,8 +189,10 @@ def scenario_tables(summary: dict[str, Any], oracles: dict[str, Any]) -> list[st
                     continue
                 r = sc["algorithms"][a][pi]
                 lo, hi = r["goodput_pct_range"]
+                n = len(sc["aggregate"][a]["seeds"])
+                name = a if n >= 5 else f"{a} ({n} seed{'s' if n > 1 else ''})"
                 line = (
-                    f"| {a} | {fmt(r['goodput_pct'], 1)} ({fmt(lo, 1)}–{fmt(hi, 1)}) "
+                    f"| {name} | {fmt(r['goodput_pct'], 1)} ({fmt(lo, 1)}–{fmt(hi, 1)}) "
                     f"| {fmt(r['p50_x'])} | {fmt(r['p99_x'])} | {fmt(r['p999_x'])} "
                     f"| {fmt(r['conv'], 0)} | {fmt(r['osc_pct'], 0)} | {fmt(r['limit_median'], 0)} "
                     f"| {fmt(r['peak_x'])} | {fmt(r['rejected_pct'], 2)} "

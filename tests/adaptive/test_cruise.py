@@ -23,6 +23,8 @@ import trio.testing
 import trioflow as tf
 from trioflow.adaptive import Cruise, Sample
 
+from .downstream import downstream, goodput, limits
+
 # -- pure update() ------------------------------------------------------------
 
 
@@ -231,83 +233,7 @@ def test_new_parameters_are_checked() -> None:
 
 
 # -- through a real CapacityLimiter under MockClock -----------------------------
-
-
-async def downstream(
-    limiter: tf.CapacityLimiter,
-    *,
-    seconds: float,
-    rate: float,
-    servers: int,
-    mean: float,
-    seed: int,
-    hang: tuple[float, float] | None = None,
-    usl: tuple[float, float] | None = None,
-) -> dict[str, list[float]]:
-    """Poisson clients at ``rate`` against an M/G/c FIFO (or contention) downstream.
-
-    ``hang=(from, to)``: the downstream answers nothing in that span (every
-    request admitted then times out after 1 s, a drop). ``usl=(sigma, kappa)``:
-    every admitted request runs at once with service ``S * (1 + sigma*(n-1) +
-    kappa*n*(n-1))``. Returns completion times of successes and the limit
-    every 100 ms.
-    """
-    rng = random.Random(seed)
-    mu = math.log(mean) - 0.5**2 / 2
-    free = [0.0] * servers
-    running: list[float] = []
-    t0 = trio.current_time()
-    ok: list[float] = []
-    limit_t: list[float] = []
-    limit_v: list[float] = []
-
-    async def request(arrived: float) -> None:
-        try:
-            async with limiter.hold():  # the caller's deadline inside: a timeout is a drop
-                now = trio.current_time()
-                service = rng.lognormvariate(mu, 0.5)
-                if hang is not None and hang[0] <= now - t0 < hang[1]:
-                    service = 10.0
-                if usl is not None:
-                    while running and running[0] <= now:
-                        heapq.heappop(running)
-                    n = len(running) + 1
-                    finish = now + service * (1 + usl[0] * (n - 1) + usl[1] * n * (n - 1))
-                    heapq.heappush(running, finish)
-                else:
-                    finish = max(now, free[0]) + service
-                    heapq.heapreplace(free, finish)
-                with trio.fail_at(arrived + 1.0):
-                    await trio.sleep_until(finish)
-            ok.append(trio.current_time() - t0)
-        except trio.TooSlowError:
-            pass
-
-    async def sample_limit() -> None:
-        while True:
-            limit_t.append(trio.current_time() - t0)
-            limit_v.append(float(limiter.total_tokens))
-            await trio.sleep(0.1)
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(sample_limit)
-        while True:
-            await trio.sleep(rng.expovariate(rate))
-            arrived = trio.current_time()
-            if arrived - t0 >= seconds:
-                break
-            if limiter.available_tokens >= 1:
-                nursery.start_soon(request, arrived)
-        nursery.cancel_scope.cancel()
-    return {"ok": ok, "limit_t": limit_t, "limit_v": limit_v}
-
-
-def goodput(run: dict[str, list[float]], lo: float, hi: float) -> float:
-    return sum(1 for t in run["ok"] if lo <= t < hi) / (hi - lo)
-
-
-def limits(run: dict[str, list[float]], lo: float, hi: float) -> list[float]:
-    return [v for t, v in zip(run["limit_t"], run["limit_v"], strict=True) if lo <= t < hi]
+# (the downstream: tests/adaptive/downstream.py)
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -322,24 +248,26 @@ async def test_100ms_downstream_converges_from_cold(
     assert goodput(run, 3.0, 8.0) >= 900
     late = limits(run, 3.0, 8.0)
     assert 95 <= statistics.median(late) <= 160, late
-    assert max(limits(run, 0.0, 8.0)) <= 160  # no runaway on the way up
+    # no runaway on the way up: slow start overshoots by at most one
+    # growth step past the Little's-law cap (the benchmark's peak figure)
+    assert max(limits(run, 0.0, 8.0)) <= 200
     assert algo.state()["baseline_rtt"] == pytest.approx(0.1 * math.exp(-0.125), rel=0.1)
 
 
 async def test_collapse_then_recovery_behind_a_limiter(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    # The downstream hangs for 3 s: every request then times out (a drop)
-    # and the limit collapses; once it answers again the limit and goodput
-    # come back within about 2 s (the old Cruise stayed at 1 for good).
+    # The downstream sheds everything for 3 s (a 503 after 15 ms, a drop):
+    # the limit collapses; once it answers again the limit and goodput come
+    # back within about 2 s (the old Cruise could stay at 1 for good).
     algo = Cruise()
     limiter = tf.CapacityLimiter(algorithm=algo)
     run = await downstream(
-        limiter, seconds=12.0, rate=2000, servers=20, mean=0.02, seed=3, hang=(3.0, 6.0)
+        limiter, seconds=12.0, rate=2000, servers=20, mean=0.02, seed=3, shed=(3.0, 6.0)
     )
-    assert min(limits(run, 6.0, 8.0)) <= 3  # collapsed
-    assert statistics.median(limits(run, 9.5, 12.0)) >= 18
-    assert goodput(run, 9.5, 12.0) >= 900  # capacity ~1000/s
+    assert min(limits(run, 5.0, 6.5)) <= 3  # collapsed
+    assert statistics.median(limits(run, 8.5, 12.0)) >= 18
+    assert goodput(run, 8.5, 12.0) >= 900  # capacity ~1000/s
 
 
 @pytest.mark.parametrize("seed", [5])
