@@ -60,46 +60,50 @@ class Cruise:
     downstream was not queueing. With ``L`` the limit:
 
     * **Slow start.** From cold, while ``p50 <= tolerance * B`` and the
-      window was busy, ``L = min(growth * L, growth * X * B)``, with ``X``
-      the window's delivered rate (successes per second): the second term,
-      Little's law's concurrency at the no-queue latency, stops the growth
-      once throughput stops following the limit, so the limit does not
-      overshoot the best one by more than ``growth``'s step. The first
-      window with ``p50 > tolerance * B`` (or a drop) ends slow start at
-      ``L * g`` (below).
-    * **Gradient.** Afterwards ``g = clamp(tolerance * B / p50, 0.5, 1)``
-      and the target is ``L * g + sqrt(L * g)`` (Envoy's rule), smoothed:
-      ``L = (1 - smoothing) * L + smoothing * target`` (not smoothed when
-      ``g`` is at its floor: a deep queue is cut at once). At equilibrium
-      about ``sqrt(L)`` requests queue at the downstream: enough to keep it
-      busy, few enough to keep the tail short. With no queue to speak of
-      (``p50 <= sqrt(tolerance) * B``) the limit grows by ``growth`` per
-      busy window instead of ``sqrt(L)``, so it recovers from a collapse
-      (even from 1) or follows a capacity step up in a few windows.
+      window was busy, ``L = min(growth * L, growth * X * B * L / ⌊L⌋)``,
+      with ``X`` the window's delivered rate (successes that finished, per
+      second): the second term, Little's law's concurrency at the no-queue
+      latency, stops the growth once throughput stops following the limit.
+      The first window with ``p50 > tolerance * B`` (or a counted drop) ends
+      slow start at ``L * max(g, 0.5)`` (below). From cold the baseline is
+      the pooled median of the first ``4 * min_samples`` samples of windows
+      no slower than it beyond noise.
+    * **Gradient.** Afterwards ``g = clamp(tolerance * B / p50, 0.5,
+      growth)`` (no more than 1 unless the window was busy) and
+      ``L = (1 - smoothing) * L + smoothing * L * g``: the median is held at
+      ``tolerance`` times the baseline, a queue of about a quarter of a
+      service time. At the floor (``p50 >= 2 * tolerance * B``, a deep
+      queue) the cut ``L * 0.5`` is not smoothed. After two busy windows in
+      a row at or under the baseline (no queue at all) the limit grows by
+      ``growth`` unsmoothed, so it recovers from a collapse (even from 1) or
+      follows a capacity step up in a few windows.
     * **Throughput hill-climb.** On a downstream whose service time grows
       with concurrency (contention), latency rises long before throughput
-      peaks. Over the last windows Cruise fits ``log X`` against ``log L``;
-      while that elasticity is above ``climb`` (more concurrency still buys
-      throughput), latency alone does not shrink the limit and a busy
-      window grows it by ``sqrt(L)``.
-    * **Drops shrink, fast drops do not.** A window with a drop
+      peaks. Over the last 48 busy windows (leaving out the two after a
+      probe or a deep cut) Cruise fits ``log X`` against ``log L``; while
+      that elasticity exceeds ``climb`` by two standard errors (more
+      concurrency still buys throughput, beyond noise), latency alone does
+      not shrink the limit: the target is at least ``L + sqrt(L)``.
+    * **Drops shrink, fast drops do not.** A window with a counted drop
       (``permit.drop()``, an overload exception, a timeout) multiplies the
-      limit by ``backoff``, once per window, and only drops of requests
-      admitted after the last cut count (one cut per round trip, not one
-      per late drop). A drop that came back in under ``fast_drop * B`` is
-      not evidence of queueing (a fast 503 or an error reported as a drop)
-      and is not counted. Drops never enter the RTT figures.
+      limit by ``backoff``; a drop closes the window after one median RTT,
+      and only drops of requests admitted after the last cut count (one cut
+      per round trip, not one per late drop). A drop that came back in under
+      ``fast_drop * B`` is not evidence of queueing (a fast error reported
+      as a drop) and is not counted. Drops never enter the RTT figures.
     * **A baseline that cannot drift up.** Between re-measurements the
       baseline only falls: a window whose median is three standard errors
-      under it (so noise does not ratchet it down) becomes the baseline. Every
-      ``probe_interval`` it is re-measured: if the limiter is busy, one
-      window runs at ``probe_factor * L`` (as BBRv2's ProbeRTT), its median
-      becomes the baseline and the limit is restored; if not, the current
-      window's median is the baseline. Five windows in a row with
-      ``p50 >= 2 * tolerance * B`` trigger the re-measurement early, so a
-      sudden real slowdown does not collapse the limit (Envoy #10647). A
-      queue the limiter itself builds cannot raise it (the drift of Netflix
-      #134/#137, #165).
+      under it (so noise does not ratchet it down) becomes the baseline.
+      Every ``probe_interval`` it is re-measured: if the limiter is busy,
+      one window of ``4 * min_samples`` samples runs at ``probe_factor * L``
+      (as BBRv2's ProbeRTT), its median becomes the baseline and the limit
+      is restored; if not, the current window's median is the baseline. When
+      the gradient is at its floor and the cut it made did not bring the
+      median down (by 20%), the queue is not the limiter's own: the
+      downstream got slower, so that median becomes the baseline and the
+      limit goes back to where it was before the cuts (Envoy #10647). A
+      queue the limiter itself builds cannot raise the baseline (the drift
+      of Netflix #134/#137, #165).
     * **No growth without demand, and a cap.** The limit grows only when the
       window's peak in flight reached ``ceil(saturation * limit)`` (an
       integer test, so a limit of 1 that is full can grow), and never exceeds
