@@ -1,19 +1,24 @@
 """Adaptive concurrency under simulated load: each algorithm vs. the best static limit.
 
-Runs scenarios S1-S10 (see ``scenarios.py``) for AIMD, Vegas, Gradient2,
-Cruise and LoadFeedback (each with its defaults, started at its own
-``initial_limit``), >= 5 seeds each, in virtual time (MockClock), and
-compares each phase with its *oracle*: the smallest static limit whose
-goodput is within 1% of the best static goodput, found by a sweep of static
-limits over the same phase conditions (seed 0, phase run on its own).
+Runs the scenarios of ``scenarios.py`` for AIMD, Vegas, Gradient2, Envoy's
+gradient controller (``envoy.py``, a port for comparison), Cruise and
+LoadFeedback (each with its defaults, started at its own ``initial_limit``),
+>= 5 seeds each, in virtual time (MockClock), and compares each phase with
+its *oracle*: the smallest static limit whose mean goodput over the oracle
+seeds is within 1% of the best static mean goodput, found by a sweep of
+static limits over the same phase conditions (the phase run on its own,
+10 s per steady phase, seeds 101-103; the oracle's figures are the means
+over those seeds).
 
     python bench/adaptive/run.py                  # everything, 5 seeds (long: see docs)
     python bench/adaptive/run.py --quick          # half durations, 2 seeds: a smoke run
     python bench/adaptive/run.py --scenarios S1,S7 --algorithms Cruise,Vegas --jobs 2
 
-Writes ``bench/adaptive/results/results.json``, ``table.md`` (pasted into
-docs/benchmarks/adaptive.md) and, with --plots, one PNG per scenario under
-``docs/img/adaptive/``.
+Writes ``bench/adaptive/results/summary<tag>.json`` and ``table<tag>.md``;
+``targets.py`` merges summaries (per scenario and algorithm, so algorithms
+can run separately), prints the targets and the per-scenario tables for
+docs/benchmarks/adaptive.md and, with --plots, draws one PNG per scenario
+under ``docs/img/adaptive/``.
 
 Metrics per phase (and per algorithm, median over seeds):
 
@@ -40,7 +45,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from typing import Any
 
@@ -48,8 +53,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import trio
+from envoy import EnvoyGradient
 from scenarios import Scenario, scenarios
-from sim import OK, REJECTED, TIMEOUT, Lane, Phase, Result, simulate
+from sim import CANCELLED, OK, REJECTED, TIMEOUT, Lane, Phase, Result, simulate
 
 import trioflow as tf
 from trioflow import adaptive
@@ -58,7 +64,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 IMG = os.path.join(os.path.dirname(os.path.dirname(HERE)), "docs", "img", "adaptive")
 SETTLE = 2.0
-ALGORITHMS = ["AIMD", "Vegas", "Gradient2", "Cruise", "LoadFeedback"]
+ALGORITHMS = ["AIMD", "Vegas", "Gradient2", "Envoy", "Cruise", "LoadFeedback"]
+ORACLE_SEEDS = (101, 102, 103)  # not the runs' seeds (1-5): the oracle is not fitted to them
+ORACLE_STEADY = 10.0  # seconds per static run of a steady phase (8 with --quick)
 
 
 def make_algorithm(name: str, seed: int, server: Callable[[], Any]) -> Any:
@@ -68,8 +76,14 @@ def make_algorithm(name: str, seed: int, server: Callable[[], Any]) -> Any:
         return adaptive.Vegas(seed=seed)
     if name == "Gradient2":
         return adaptive.Gradient2()
+    if name == "Envoy":
+        return EnvoyGradient(seed)
     if name == "Cruise":
         return adaptive.Cruise()
+    if name.startswith("Cruise:"):
+        # a variant for exploring, e.g. "Cruise:tolerance=1.2;climb=0.2" (never in the table)
+        kwargs = {k: json.loads(v) for k, v in (kv.split("=") for kv in name[7:].split(";"))}
+        return adaptive.Cruise(**kwargs)
     if name == "LoadFeedback":
         # the load a service would export: busy servers / servers (model A),
         # in service / throughput-optimal count (model B)
@@ -121,7 +135,7 @@ def phase_bounds(phases: list[Phase]) -> list[tuple[float, float]]:
 def summarize(res: Result, lo: float, hi: float, lane: int | None = None) -> dict[str, float]:
     """Goodput (per second), latency percentiles, rejections, timeouts over [lo, hi)."""
     lats: list[float] = []
-    arrivals = rejected = timeouts = 0
+    arrivals = rejected = timeouts = cancelled = 0
     for a, d, lat, c, ln in zip(
         res.arrival, res.done, res.latency, res.code, res.lane, strict=True
     ):
@@ -133,6 +147,8 @@ def summarize(res: Result, lo: float, hi: float, lane: int | None = None) -> dic
                 rejected += 1
             elif c == TIMEOUT:
                 timeouts += 1
+            elif c == CANCELLED:
+                cancelled += 1
         if c == OK and lo <= d < hi:
             lats.append(lat)
     lats.sort()
@@ -144,6 +160,7 @@ def summarize(res: Result, lo: float, hi: float, lane: int | None = None) -> dic
         "p999": _pct(lats, 0.999),
         "rejected": rejected / arrivals if arrivals else 0.0,
         "timeouts": timeouts / arrivals if arrivals else 0.0,
+        "cancelled": cancelled / arrivals if arrivals else 0.0,
         "arrivals": float(arrivals),
     }
 
@@ -189,28 +206,51 @@ def limit_stats(res: Result, lo: float, hi: float) -> dict[str, float]:
 def oracle_grid(sc: Scenario, phase: Phase) -> list[int]:
     if sc.model.kind == "B":
         return list(range(20, 71, 5))
-    fs = [0.6, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.5, 2.0, 3.0]
+    fs = [0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.5, 2.0]
     return sorted({max(1, round(phase.servers * f)) for f in fs})
 
 
+def steady(p: Phase) -> bool:
+    return p.scale_end is None
+
+
 def phase_key(sc: Scenario, p: Phase) -> str:
+    # A steady phase's oracle does not depend on how long the phase lasts
+    # (the random walk's segments share one per server count); a ramp's does.
     return json.dumps(
-        [asdict(sc.model), p.rate, p.servers, p.scale, p.scale_end, p.error_fraction, p.duration]
+        [asdict(sc.model), p.rate, p.servers, p.scale, p.scale_end, p.error_fraction]
+        + [p.cancel_fraction, None if steady(p) else p.duration]
         + ([list(sc.lanes)] if len(sc.lanes) > 1 else [])
     )
 
 
-def _oracle_job(args: tuple[Scenario, Phase, int, float]) -> tuple[int, dict[str, float]]:
-    sc, p, limit, duration = args
-    steady = Phase(duration, p.rate, p.servers, p.scale, p.scale_end, p.error_fraction, p.name)
-    # a ramping phase is judged at its own conditions, so the oracle runs the same ramp
-    res = simulate(
-        [steady],
+def _sim(sc: Scenario, phases: list[Phase], who: str | int, seed: int) -> Result:
+    one = Scenario(sc.key, sc.title, phases, sc.model, sc.lanes)
+    return simulate(
+        phases,
         sc.model,
-        lanes_factory(Scenario(sc.key, sc.title, [steady], sc.model, sc.lanes), limit, 0),
-        0,
+        lanes_factory(one, who, seed),
+        seed,
         queueing=len(sc.lanes) > 1,
+        errors_as_drops=sc.errors_as_drops,
+        cancels_as_drops=sc.cancels_as_drops,
     )
+
+
+def _oracle_job(args: tuple[Scenario, Phase, int, float, int]) -> tuple[int, dict[str, float]]:
+    sc, p, limit, duration, seed = args
+    alone = Phase(
+        duration,
+        p.rate,
+        p.servers,
+        p.scale,
+        p.scale_end,
+        p.error_fraction,
+        p.cancel_fraction,
+        p.name,
+    )
+    # a ramping phase is judged at its own conditions, so the oracle runs the same ramp
+    res = _sim(sc, [alone], limit, seed)
     return limit, summarize(res, min(SETTLE, duration / 4), duration)
 
 
@@ -221,57 +261,65 @@ def compute_oracles(
     quick: bool,
 ) -> None:
     jobs = []
+    seen: set[str] = set()
     for sc, p in todo:
         key = phase_key(sc, p)
-        if key in cache:
+        if key in cache or key in seen:
             continue
-        duration = p.duration if p.scale_end is not None else (5.0 if quick else 8.0)
+        seen.add(key)
+        duration = (8.0 if quick else ORACLE_STEADY) if steady(p) else p.duration
         for limit in oracle_grid(sc, p):
-            jobs.append((key, (sc, p, limit, duration)))
+            for seed in ORACLE_SEEDS:
+                jobs.append((key, (sc, p, limit, duration, seed)))
     if not jobs:
         return
     print(f"oracle sweep: {len(jobs)} static runs", flush=True)
     results = list(pool.map(_oracle_job, [j for _, j in jobs]))
-    by_key: dict[str, list[tuple[int, dict[str, float]]]] = {}
-    for (key, _), r in zip(jobs, results, strict=True):
-        by_key.setdefault(key, []).append(r)
-    for key, rows in by_key.items():
-        best = max(r["goodput"] for _, r in rows)
-        limit, stats = min(
-            (lr for lr in rows if lr[1]["goodput"] >= 0.99 * best), key=lambda lr: lr[0]
-        )
-        cache[key] = {"limit": limit, **stats, "sweep": {str(lim): r["goodput"] for lim, r in rows}}
+    by_key: dict[str, dict[int, list[dict[str, float]]]] = {}
+    for (key, _), (limit, stats) in zip(jobs, results, strict=True):
+        by_key.setdefault(key, {}).setdefault(limit, []).append(stats)
+    for key, per_limit in by_key.items():
+        means = {
+            lim: {k: statistics.fmean(r[k] for r in runs) for k in runs[0]}
+            for lim, runs in per_limit.items()
+        }
+        best = max(m["goodput"] for m in means.values())
+        limit = min(lim for lim, m in means.items() if m["goodput"] >= 0.99 * best)
+        cache[key] = {
+            "limit": limit,
+            **means[limit],
+            "seeds": list(ORACLE_SEEDS),
+            "sweep": {str(lim): m["goodput"] for lim, m in sorted(means.items())},
+        }
 
 
 # -- runs ----------------------------------------------------------------------
 
 
-def _run_job(args: tuple[Scenario, str, int]) -> dict[str, Any]:
-    sc, algo, seed = args
-    t = time.perf_counter()
-    res = simulate(
-        sc.phases, sc.model, lanes_factory(sc, algo, seed), seed, queueing=len(sc.lanes) > 1
-    )
+def _run_job(args: tuple[Scenario, str, int, dict[str, Any]]) -> dict[str, Any]:
+    """One run, evaluated in the worker (a 300 s run's raw records stay there)."""
+    sc, algo, seed, oracles = args
+    t = time.process_time()
+    res = _sim(sc, sc.phases, algo, seed)
+    ws = windows(res, 0.0, sum(p.duration for p in sc.phases))
     return {
         "scenario": sc.key,
         "algorithm": algo,
         "seed": seed,
-        "cpu": time.perf_counter() - t,
-        "result": {
-            "arrival": res.arrival,
-            "done": res.done,
-            "latency": res.latency,
-            "code": res.code,
-            "lane": res.lane,
+        "cpu": time.process_time() - t,
+        "eval": evaluate(sc, res, oracles),
+        # what the plots draw: the limit every 100 ms, p99 per 1 s window
+        "trace": {
             "limit_t": res.limit_t,
             "limit_v": res.limit_v,
+            "p99_ms": [round(1000 * p, 2) if math.isfinite(p) else None for _, p in ws],
         },
     }
 
 
-def evaluate(sc: Scenario, run: dict[str, Any], oracles: dict[str, Any]) -> dict[str, Any]:
-    res = Result(**run["result"])
+def evaluate(sc: Scenario, res: Result, oracles: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"phases": []}
+    good = oracle_good = 0.0
     for p, (lo, hi) in zip(sc.phases, phase_bounds(sc.phases), strict=True):
         orc = oracles[phase_key(sc, p)]
         settle = min(SETTLE, (hi - lo) / 4)
@@ -287,8 +335,10 @@ def evaluate(sc: Scenario, run: dict[str, Any], oracles: dict[str, Any]) -> dict
             "osc_pct": 100 * (lim["p95"] - lim["p5"]) / orc["limit"],
             "limit_median": lim["median"],
             "limit_max": limit_stats(res, lo, hi)["max"],
+            "peak_x": limit_stats(res, lo, hi)["max"] / orc["limit"],
             "rejected_pct": 100 * s["rejected"],
             "timeouts_pct": 100 * s["timeouts"],
+            "cancelled_pct": 100 * s["cancelled"],
         }
         if sc.key == "S3" and p.name == "spike":
             first = summarize(res, lo, lo + 1.0)
@@ -301,6 +351,22 @@ def evaluate(sc: Scenario, run: dict[str, Any], oracles: dict[str, Any]) -> dict
                 demand = min(p.rate * share, orc["goodput"])
                 row[f"{name}_served_pct"] = 100 * ls["goodput"] / demand
         out["phases"].append(row)
+        good += s["goodput"] * (hi - lo - settle)
+        oracle_good += orc["goodput"] * (hi - lo - settle)
+    rows = out["phases"]
+    # the whole scenario against the per-phase oracle (the random walk's target),
+    # and the share of changes (phases after the first) settled within 5 s
+    out["aggregate"] = {
+        "goodput_pct": 100 * good / oracle_good if oracle_good else math.nan,
+        "settled_5s_pct": (
+            100 * sum(1 for r in rows[1:] if r["conv"] <= 5) / (len(rows) - 1)
+            if len(rows) > 1
+            else math.nan
+        ),
+        "worst_goodput_pct": min(r["goodput_pct"] for r in rows),
+        "worst_p99_x": max(r["p99_x"] for r in rows),
+        "median_p99_x": statistics.median(r["p99_x"] for r in rows),
+    }
     return out
 
 
@@ -314,91 +380,41 @@ def median_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def fmt(x: float, digits: int = 2) -> str:
-    if isinstance(x, float) and math.isinf(x):
-        return "never"
-    if isinstance(x, float) and math.isnan(x):
-        return "-"
-    return f"{x:.{digits}f}"
+def run_key(r: dict[str, Any]) -> str:
+    return f"{r['scenario']}/{r['algorithm']}/{r['seed']}"
 
 
-def write_table(
-    summary: dict[str, Any], oracles_used: dict[str, Any], path: str, meta: dict[str, Any]
-) -> None:
-    lines = []
-    for key, sc_sum in summary.items():
-        lines.append(f"#### {key}: {sc_sum['title']}\n")
-        for pi, pname in enumerate(sc_sum["phase_names"]):
-            orc = oracles_used[key][pi]
-            lines.append(
-                f"*{pname}* — oracle: limit {orc['limit']}, goodput {orc['goodput']:.0f}/s, "
-                f"p50 {1000 * orc['p50']:.1f} ms, p99 {1000 * orc['p99']:.1f} ms, p99.9 {1000 * orc['p999']:.1f} ms\n"
+def summarize_runs(
+    chosen: list[Scenario], algos: list[str], runs: list[dict[str, Any]]
+) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for sc in chosen:
+        per_algo: dict[str, Any] = {}
+        aggregate: dict[str, Any] = {}
+        traces: dict[str, Any] = {}
+        for a in algos:
+            mine = sorted(
+                (r for r in runs if r["scenario"] == sc.key and r["algorithm"] == a),
+                key=lambda r: r["seed"],
             )
-            extra_cols = [
-                c
-                for c in ("first_second_p99_x", "live_served_pct", "batch_served_pct")
-                if c in next(iter(sc_sum["algorithms"].values()))[pi]
+            if not mine:
+                continue
+            evs = [r["eval"] for r in mine]
+            per_algo[a] = [
+                median_rows([e["phases"][i] for e in evs]) for i in range(len(sc.phases))
             ]
-            head = "| algorithm | goodput % | p50 × | p99 × | p99.9 × | conv s | osc % | limit (median) | rejected % | timeouts % |"
-            sep = "|---|---|---|---|---|---|---|---|---|---|"
-            for c in extra_cols:
-                head += f" {c} |"
-                sep += "---|"
-            lines.append(head)
-            lines.append(sep)
-            for algo, rows in sc_sum["algorithms"].items():
-                r = rows[pi]
-                gr = r["goodput_pct_range"]
-                line = (
-                    f"| {algo} | {fmt(r['goodput_pct'], 1)} ({fmt(gr[0], 1)}–{fmt(gr[1], 1)}) | {fmt(r['p50_x'])} | "
-                    f"{fmt(r['p99_x'])} | {fmt(r['p999_x'])} | {fmt(r['conv'], 0)} | {fmt(r['osc_pct'], 0)} | "
-                    f"{fmt(r['limit_median'], 0)} | {fmt(r['rejected_pct'], 2)} | {fmt(r['timeouts_pct'], 2)} |"
-                )
-                for c in extra_cols:
-                    line += f" {fmt(r[c])} |"
-                lines.append(line)
-            lines.append("")
-    lines.append(f"Run: {json.dumps(meta)}\n")
-    with open(path, "w") as f:
-        f.write("\n".join(lines))
-
-
-def plot(
-    sc: Scenario, runs: list[dict[str, Any]], oracles: list[dict[str, Any]], path: str
-) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
-    bounds = phase_bounds(sc.phases)
-    seed = min(r["seed"] for r in runs)
-    for run in runs:
-        if run["seed"] != seed:
-            continue
-        res = run["result"]
-        ax1.plot(res["limit_t"], res["limit_v"], label=run["algorithm"], lw=1)
-        res_obj = Result(**res)
-        ws = windows(res_obj, 0.0, bounds[-1][1])
-        ax2.plot(
-            [i + 0.5 for i in range(len(ws))],
-            [1000 * p if math.isfinite(p) else math.nan for _, p in ws],
-            lw=1,
-        )
-    for (lo, hi), orc in zip(bounds, oracles, strict=True):
-        ax1.hlines(orc["limit"], lo, hi, colors="k", linestyles="dashed", lw=1)
-        ax2.hlines(1000 * orc["p99"], lo, hi, colors="k", linestyles="dashed", lw=1)
-    ax1.set_ylabel("limit")
-    ax1.set_yscale("log")
-    ax2.set_ylabel("p99 per 1 s window (ms)")
-    ax2.set_yscale("log")
-    ax2.set_xlabel("seconds (dashed: oracle)")
-    ax1.legend(fontsize=8, ncol=5)
-    ax1.set_title(f"{sc.key}: {sc.title} (seed {seed})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+            aggregate[a] = median_rows([{"phase": "all", **e["aggregate"]} for e in evs])
+            aggregate[a]["seeds"] = [r["seed"] for r in mine]
+            traces[a] = {"seed": mine[0]["seed"], **mine[0]["trace"]}
+        summary[sc.key] = {
+            "title": sc.title,
+            "phase_names": [p.name for p in sc.phases],
+            "phase_bounds": phase_bounds(sc.phases),
+            "algorithms": per_algo,
+            "aggregate": aggregate,
+            "traces": traces,
+        }
+    return summary
 
 
 def main() -> None:
@@ -407,13 +423,22 @@ def main() -> None:
     ap.add_argument(
         "--seeds", type=int, default=None, help="seeds per scenario (default 5; 2 with --quick)"
     )
-    ap.add_argument("--scenarios", default="S1,S2,S3,S4,S5,S6,S7,S8,S9,S10")
+    ap.add_argument("--scenarios", default=",".join(scenarios()))
     ap.add_argument("--algorithms", default=",".join(ALGORITHMS))
     ap.add_argument(
         "--jobs", type=int, default=1, help="worker processes (the machine is shared: 1-2)"
     )
-    ap.add_argument("--plots", action="store_true", help="write PNGs to docs/img/adaptive/")
-    ap.add_argument("--tag", default="", help="suffix for the result files")
+    ap.add_argument(
+        "--tag",
+        default="",
+        help="suffix for the result files; finished runs are kept in runs<tag>.jsonl "
+        "and not run again (delete it, or use another tag, after changing an algorithm)",
+    )
+    ap.add_argument(
+        "--summarize-only",
+        action="store_true",
+        help="run nothing: summarize the runs already in runs<tag>.jsonl (whatever seeds are there)",
+    )
     args = ap.parse_args()
     seeds = args.seeds if args.seeds is not None else (2 if args.quick else 5)
     scs = scenarios(args.quick)
@@ -430,57 +455,79 @@ def main() -> None:
     if os.path.exists(cache_path):
         with open(cache_path) as f:
             cache = json.load(f)
+    tag = args.tag or ("-quick" if args.quick else "")
+    runs_path = os.path.join(RESULTS, f"runs{tag}.jsonl")
+    runs: list[dict[str, Any]] = []
+    if os.path.exists(runs_path):
+        with open(runs_path) as f:
+            runs = [json.loads(line) for line in f if line.strip()]
+    done = {run_key(r) for r in runs}
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        known = len(cache)
         compute_oracles([(sc, p) for sc in chosen for p in sc.phases], cache, pool, args.quick)
-        with open(cache_path, "w") as f:
-            json.dump(cache, f)
-        jobs = [(sc, a, seed) for sc in chosen for a in algos for seed in range(1, seeds + 1)]
-        print(f"{len(jobs)} runs", flush=True)
-        runs: list[dict[str, Any]] = []
-        for i, r in enumerate(pool.map(_run_job, jobs)):
-            runs.append(r)
-            if i % 10 == 0:
-                print(f"  {i + 1}/{len(jobs)} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    summary: dict[str, Any] = {}
-    oracles_used: dict[str, Any] = {}
-    for sc in chosen:
-        orcs = [cache[phase_key(sc, p)] for p in sc.phases]
-        oracles_used[sc.key] = [{k: v for k, v in o.items() if k != "sweep"} for o in orcs]
-        sc_runs = [r for r in runs if r["scenario"] == sc.key]
-        per_algo: dict[str, Any] = {}
-        for a in algos:
-            evs = [evaluate(sc, r, cache) for r in sc_runs if r["algorithm"] == a]
-            per_algo[a] = [
-                median_rows([e["phases"][i] for e in evs]) for i in range(len(sc.phases))
-            ]
-        summary[sc.key] = {
-            "title": sc.title,
-            "phase_names": [p.name for p in sc.phases],
-            "algorithms": per_algo,
-        }
-        if args.plots:
-            os.makedirs(IMG, exist_ok=True)
-            plot(sc, sc_runs, orcs, os.path.join(IMG, f"{sc.key}{args.tag}.png"))
+        if len(cache) > known:  # write only what is new (runs in parallel read this file)
+            tmp = cache_path + f".{os.getpid()}"
+            with open(tmp, "w") as f:
+                json.dump(cache, f)
+            os.replace(tmp, cache_path)
+        jobs = [
+            (sc, a, seed, {phase_key(sc, p): cache[phase_key(sc, p)] for p in sc.phases})
+            for sc in chosen
+            for a in algos
+            for seed in range(1, seeds + 1)
+            if f"{sc.key}/{a}/{seed}" not in done and not args.summarize_only
+        ]
+        # shortest first: if a run is cut short, most scenarios are complete
+        jobs.sort(key=lambda j: sum(p.duration * min(p.rate, 50 * p.servers) for p in j[0].phases))
+        print(f"{len(jobs)} runs ({len(done)} already in {runs_path})", flush=True)
+        futures = [pool.submit(_run_job, j) for j in jobs]
+        with open(runs_path, "a") as out:
+            for i, fut in enumerate(as_completed(futures)):
+                r = fut.result()
+                runs.append(r)
+                out.write(json.dumps(r) + "\n")
+                out.flush()
+                print(
+                    f"  {i + 1}/{len(jobs)} {run_key(r)} cpu {r['cpu']:.0f} s "
+                    f"({time.perf_counter() - t0:.0f} s)",
+                    flush=True,
+                )
+    summary = summarize_runs(chosen, algos, runs)
+    oracles_used = {
+        sc.key: [
+            {k: v for k, v in cache[phase_key(sc, p)].items() if k != "sweep"} for p in sc.phases
+        ]
+        for sc in chosen
+    }
+    mine = [r for r in runs if r["scenario"] in {sc.key for sc in chosen}]
     meta = {
         "quick": args.quick,
         "seeds": list(range(1, seeds + 1)),
-        "oracle_seed": 0,
-        "durations_s": {sc.key: [p.duration for p in sc.phases] for sc in chosen},
+        "oracle_seeds": list(ORACLE_SEEDS),
+        "oracle_steady_s": 8.0 if args.quick else ORACLE_STEADY,
+        "durations_s": {sc.key: [round(p.duration, 2) for p in sc.phases] for sc in chosen},
         "algorithms": algos,
         "wall_s": round(time.perf_counter() - t0),
-        "cpu_s": round(sum(r["cpu"] for r in runs)),
+        "cpu_s": round(sum(r["cpu"] for r in mine)),
         "python": sys.version.split()[0],
         "trio": trio.__version__,
     }
-    tag = args.tag or ("-quick" if args.quick else "")
     with open(os.path.join(RESULTS, f"summary{tag}.json"), "w") as f:
         json.dump(
             {"meta": meta, "oracles": oracles_used, "summary": summary}, f, indent=1, default=str
         )
-    write_table(summary, oracles_used, os.path.join(RESULTS, f"table{tag}.md"), meta)
-    with open(os.path.join(RESULTS, f"table{tag}.md")) as f:
-        print(f.read())
+    from targets import scenario_tables, targets_table
+
+    table = [
+        *targets_table(summary),
+        "",
+        *scenario_tables(summary, oracles_used),
+        f"Run: {json.dumps(meta)}",
+    ]
+    with open(os.path.join(RESULTS, f"table{tag}.md"), "w") as f:
+        f.write("\n".join(table) + "\n")
+    print("\n".join(table))
 
 
 if __name__ == "__main__":

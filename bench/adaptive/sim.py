@@ -16,6 +16,16 @@ kappa*n*(n-1))`` with ``n`` the requests in service when it starts
 task per traffic source, one task per admitted request (it holds its
 limiter token and sleeps until its response or its deadline), and one task
 recording the limit every 100 ms.
+
+Service times are lognormal, bimodal or Pareto (``Model``). A phase may make
+a share of requests fail fast (``error_fraction``: an application error, or
+with ``errors_as_drops`` one the application reports as overload through
+``permit.drop()``) or have a share of callers give up early
+(``cancel_fraction``: the caller's cancel scope fires within
+``CANCEL_AFTER``; the limiter does not sample a cancelled block, unless
+``cancels_as_drops`` makes the application call ``permit.drop()`` on the way
+out, the mistake the docs warn against). A cancelled caller's work still
+runs to the end on the server.
 """
 
 from __future__ import annotations
@@ -34,8 +44,9 @@ import trio.testing
 DEADLINE = 1.0  # seconds: a client gives up (trio.TooSlowError, an overload drop) after this
 FAST_ERROR_TIME = 0.001  # seconds a fast failure takes (a 500 that did no real work)
 QUEUE_WAIT = 0.050  # with queueing=True (S8): how long a request may wait for a token
+CANCEL_AFTER = (0.002, 0.040)  # a cancelling caller gives up uniformly within this (seconds)
 
-OK, TIMEOUT, REJECTED, ERROR = 0, 1, 2, 3
+OK, TIMEOUT, REJECTED, ERROR, CANCELLED = 0, 1, 2, 3, 4
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,7 @@ class Phase:
     scale: float = 1.0  # service-time multiplier (model A and B)
     scale_end: float | None = None  # if set, the scale ramps linearly to this over the phase
     error_fraction: float = 0.0  # requests that fail fast (not overload)
+    cancel_fraction: float = 0.0  # callers that give up early (cancel), see CANCEL_AFTER
     name: str = ""
 
     def scale_at(self, into: float) -> float:
@@ -62,6 +74,7 @@ class Model:
     mean: float = 0.020  # mean service time, seconds (lognormal)
     sigma: float = 0.5  # lognormal shape
     bimodal: tuple[float, float, float] | None = None  # (p_fast, fast, slow) fixed service times
+    pareto_alpha: float | None = None  # Pareto service with this shape and mean ``mean``
     usl_sigma: float = 0.02
     usl_kappa: float = 5e-4
 
@@ -157,6 +170,14 @@ def _service_sampler(model: Model, rng: random.Random) -> Callable[[], float]:
             return fast if rng.random() < p_fast else slow
 
         return bimodal
+    if model.pareto_alpha is not None:
+        alpha = model.pareto_alpha
+        scale = model.mean * (alpha - 1) / alpha  # x_m, so that the mean is model.mean
+
+        def pareto() -> float:
+            return scale * rng.paretovariate(alpha)
+
+        return pareto
     mu = math.log(model.mean) - model.sigma**2 / 2  # lognormal with the given mean
 
     def lognormal() -> float:
@@ -173,6 +194,8 @@ async def _run(
     sample_limit: Callable[[], float],
     on_server: Callable[[Any], None] | None,
     queueing: bool = False,
+    errors_as_drops: bool = False,
+    cancels_as_drops: bool = False,
 ) -> Result:
     res = Result()
     t0 = trio.current_time()
@@ -188,6 +211,7 @@ async def _run(
         on_server(server)
     service = _service_sampler(model, random.Random(seed * 7919 + 1))
     coin = random.Random(seed * 7919 + 2)
+    impatience = random.Random(seed * 7919 + 3)
     state = {"phase": 0}
 
     def phase_at(now: float) -> Phase:
@@ -230,11 +254,12 @@ async def _run(
         code = REJECTED
         try:
             async with contextlib.AsyncExitStack() as stack:
+                permit = None
                 with trio.move_on_after(QUEUE_WAIT):
-                    await stack.enter_async_context(limiter.hold())
+                    permit = await stack.enter_async_context(limiter.hold())
                     code = OK
-                if code == OK:
-                    await body(arrived)
+                if permit is not None:
+                    await body(arrived, permit)
         except trio.TooSlowError:
             code = TIMEOUT
         except _AppError:
@@ -242,39 +267,46 @@ async def _run(
         record(arrived, trio.current_time(), code, lane)
         wake_arrivals()
 
-    async def body(arrived: float) -> None:
+    async def body(arrived: float, permit: Any) -> None:
         now = trio.current_time()
         phase = phase_at(now)
         if phase.error_fraction and coin.random() < phase.error_fraction:
             await trio.sleep(FAST_ERROR_TIME)
+            if errors_as_drops:
+                permit.drop()  # a fast 500 reported as overload (the mistake S5d shows)
             raise _AppError
         finish = server.submit(now, service() * phase.scale_at(now - t0 - _start(phase)))
         remaining = DEADLINE - (now - arrived)
         if finish - now > remaining:
             await trio.sleep(max(remaining, 0.0))
             raise trio.TooSlowError
-        await trio.sleep(finish - now)
+        try:
+            await trio.sleep(finish - now)
+        except trio.Cancelled:
+            # The caller gave up (its server-side work still runs to the end).
+            if cancels_as_drops:
+                permit.drop()  # the mistake S13d shows: a cancellation is not overload
+            raise
+
+    async def attempt(limiter: Any, arrived: float) -> int:
+        try:
+            async with limiter.hold() as permit:
+                await body(arrived, permit)
+        except trio.TooSlowError:
+            return TIMEOUT
+        except _AppError:
+            return ERROR
+        return OK
 
     async def request(limiter: Any, arrived: float, lane: int) -> None:
-        try:
-            async with limiter.hold():
-                now = trio.current_time()
-                phase = phase_at(now)
-                if phase.error_fraction and coin.random() < phase.error_fraction:
-                    await trio.sleep(FAST_ERROR_TIME)
-                    raise _AppError
-                finish = server.submit(now, service() * phase.scale_at(now - t0 - _start(phase)))
-                remaining = DEADLINE - (now - arrived)
-                if finish - now > remaining:
-                    await trio.sleep(max(remaining, 0.0))
-                    raise trio.TooSlowError
-                await trio.sleep(finish - now)
-        except trio.TooSlowError:
-            record(arrived, trio.current_time(), TIMEOUT, lane)
-        except _AppError:
-            record(arrived, trio.current_time(), ERROR, lane)
+        phase = phase_at(arrived)
+        if phase.cancel_fraction and impatience.random() < phase.cancel_fraction:
+            code = CANCELLED
+            with trio.move_on_at(arrived + impatience.uniform(*CANCEL_AFTER)):
+                code = await attempt(limiter, arrived)
         else:
-            record(arrived, trio.current_time(), OK, lane)
+            code = await attempt(limiter, arrived)
+        record(arrived, trio.current_time(), code, lane)
         wake_arrivals()
 
     starts: dict[int, float] = {}
@@ -337,6 +369,8 @@ def simulate(
     make_lanes: Callable[[Callable[[], Any]], tuple[list[Lane], Callable[[], float]]],
     seed: int,
     queueing: bool = False,
+    errors_as_drops: bool = False,
+    cancels_as_drops: bool = False,
 ) -> Result:
     """Run one scenario with one limiter configuration and one seed.
 
@@ -354,6 +388,16 @@ def simulate(
         def on_server(server: Any) -> None:
             box["server"] = server
 
-        return await _run(phases, model, lanes, seed, sample_limit, on_server, queueing)
+        return await _run(
+            phases,
+            model,
+            lanes,
+            seed,
+            sample_limit,
+            on_server,
+            queueing,
+            errors_as_drops,
+            cancels_as_drops,
+        )
 
     return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

@@ -1,4 +1,4 @@
-"""Cruise: trioflow's own algorithm (windowed gradient, slow start, re-measured baseline)."""
+"""Cruise: trioflow's own algorithm (RTT-scaled cohort windows, slow start, re-measured baseline)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,35 @@ import attrs
 
 from ._base import Sample
 from ._checks import check_fraction, check_positive_number
-from ._common import Window, check_bounds, check_count, check_open_fraction, clamp
+from ._common import check_bounds, check_count, check_open_fraction, clamp
 
 __all__ = ["Cruise"]
+
+#: a window waits this many median RTTs past its last counted start, so the
+#: slow requests it admitted have come back (leaving them out biases it fast)
+_GRACE_RTTS = 2.0
+#: a cut at the gradient's floor "helped" if the next median fell below this fraction
+_HELPED = 0.8
+#: a baseline is the median of this many windows' worth of samples (min_samples each)
+_BASELINE_WINDOWS = 4
+#: the throughput history kept for the hill-climb (windows)
+_HISTORY = 48
+
+
+def _significant(ordered: list[float]) -> float:
+    """How far under the baseline a window's median must be to lower it.
+
+    Three standard errors of the median (``1.25 * spread / sqrt(n)``, the
+    spread in log terms from the quartiles): a noisy window of a few dozen
+    samples must not ratchet the baseline down, or the minimum of many such
+    windows would bias it 20-30% low.
+    """
+    n = len(ordered)
+    lo, hi = ordered[n // 4], ordered[(3 * n) // 4]
+    if lo <= 0:
+        return 1.0
+    spread = math.log(hi / lo) / 1.349
+    return math.exp(-3 * 1.2533 * spread / math.sqrt(n))
 
 
 @attrs.define(eq=False, kw_only=True)
@@ -20,57 +46,84 @@ class Cruise:
 
     Picture cruise control on a car: it accelerates hard from standstill,
     eases off as soon as the road ahead slows, and every so often lifts the
-    foot a little to check what "no traffic" feels like today. Concretely,
-    samples are folded into windows (``window`` seconds and ``min_samples``
-    samples, whichever is later) and each window's **median** RTT of
-    successful samples, ``p50``, is judged against a **baseline**, the median
-    measured when the downstream was not queueing:
+    foot a little to check what "no traffic" feels like today.
 
-    * **Slow start.** From cold, the limit doubles each busy window until the
-      first sign of congestion (a drop, or ``p50 > tolerance * baseline``),
-      then drops to ``L * g`` (below). A limit of 200 is reached in about
-      five windows, not the minutes additive growth takes (Netflix #35, #74).
-    * **Gradient.** Afterwards ``g = clamp(tolerance * baseline / p50, 0.5, 1)``
-      and the target is ``L * g + sqrt(L * g)`` (Envoy's rule), smoothed:
-      ``L = (1 - smoothing) * L + smoothing * target``. At equilibrium a few
-      requests (about ``sqrt(L)``) queue at the downstream: enough to keep it
-      busy, few enough to keep the tail short.
-    * **Drops shrink.** A window with any drop (``permit.drop()``, an overload
-      exception, a timeout) multiplies the limit by ``backoff``. Drops never
-      enter the RTT figures, and failures that are not overload are not
-      samples at all (the limiter does not feed them), so fast errors cannot
-      pull the baseline down (Netflix #176, #146).
-    * **A baseline that cannot drift up.** The baseline only falls between
-      re-measurements (a faster window lowers it). Every ``probe_interval``
-      it is re-measured: if the limiter is busy, one window runs at
-      ``probe_factor * L`` (default half, as BBRv2's ProbeRTT), samples that
-      started before the probe are left out (Envoy #11579), its median
-      becomes the baseline and the limit is restored; if the limiter is not
-      busy, the current window's median is the baseline. Five windows in a
-      row with ``p50 >= 2 * tolerance * baseline`` (a queue of its own
-      would have drained by then) trigger the re-measurement early, so a
-      sudden real slowdown does not collapse the limit (Envoy #10647). So the baseline
-      follows real slowdowns within one interval, but a queue the limiter
-      itself builds cannot raise it (the drift of Netflix #134/#137, #165).
-      Envoy pins the limit to 3 for this; half costs far less goodput.
+    **Windows scale with the RTT.** A window is a *cohort*: the successful
+    requests that were admitted after the previous decision. It closes once
+    it has covered ``max(window, window_rtts * m)`` seconds of admissions
+    plus a grace of ``2 * m`` for them to come back (``m``: the last window's
+    median RTT), and holds at least ``min_samples`` samples; only requests
+    admitted before ``now - 2 * m`` count, so a slow request is not left out
+    for being slow (that would bias the median fast). The same rules hold at
+    a 1 ms and at a 1 s downstream. The window's **median** RTT, ``p50``, is
+    judged against a **baseline** ``B``, the median measured when the
+    downstream was not queueing. With ``L`` the limit:
+
+    * **Slow start.** From cold, while ``p50 <= tolerance * B`` and the
+      window was busy, ``L = min(growth * L, growth * X * B * L / ⌊L⌋)``,
+      with ``X`` the window's delivered rate (successes that finished, per
+      second): the second term, Little's law's concurrency at the no-queue
+      latency, stops the growth once throughput stops following the limit.
+      The first window with ``p50 > tolerance * B`` (or a counted drop) ends
+      slow start at ``L * max(g, 0.5)`` (below). From cold the baseline is
+      the pooled median of the first ``4 * min_samples`` samples of windows
+      no slower than it beyond noise.
+    * **Gradient.** Afterwards ``g = clamp(tolerance * B / p50, 0.5,
+      growth)`` (no more than 1 unless the window was busy) and
+      ``L = (1 - smoothing) * L + smoothing * L * g``: the median is held at
+      ``tolerance`` times the baseline, a queue of about a quarter of a
+      service time. At the floor (``p50 >= 2 * tolerance * B``, a deep
+      queue) the cut ``L * 0.5`` is not smoothed. After two busy windows in
+      a row at or under the baseline (no queue at all) the limit grows by
+      ``growth`` unsmoothed, so it recovers from a collapse (even from 1) or
+      follows a capacity step up in a few windows.
+    * **Throughput hill-climb.** On a downstream whose service time grows
+      with concurrency (contention), latency rises long before throughput
+      peaks. Over the last 48 busy windows (leaving out the two after a
+      probe or a deep cut) Cruise fits ``log X`` against ``log L``; while
+      that elasticity exceeds ``climb`` by two standard errors (more
+      concurrency still buys throughput, beyond noise), latency alone does
+      not shrink the limit: the target is at least ``L + sqrt(L)``.
+    * **Drops shrink, fast drops do not.** A window with a counted drop
+      (``permit.drop()``, an overload exception, a timeout) multiplies the
+      limit by ``backoff``; a drop closes the window after one median RTT,
+      and only drops of requests admitted after the last cut count (one cut
+      per round trip, not one per late drop). A drop that came back in under
+      ``fast_drop * B`` is not evidence of queueing (a fast error reported
+      as a drop) and is not counted. Drops never enter the RTT figures.
+    * **A baseline that cannot drift up.** Between re-measurements the
+      baseline only falls: a window whose median is three standard errors
+      under it (so noise does not ratchet it down) becomes the baseline.
+      Every ``probe_interval`` it is re-measured: if the limiter is busy,
+      one window of ``4 * min_samples`` samples runs at ``probe_factor * L``
+      (as BBRv2's ProbeRTT), its median becomes the baseline and the limit
+      is restored; if not, the current window's median is the baseline. When
+      the gradient is at its floor and the cut it made did not bring the
+      median down (by 20%), the queue is not the limiter's own: the
+      downstream got slower, so that median becomes the baseline and the
+      limit goes back to where it was before the cuts (Envoy #10647). A
+      queue the limiter itself builds cannot raise the baseline (the drift
+      of Netflix #134/#137, #165).
     * **No growth without demand, and a cap.** The limit grows only when the
-      window's peak in flight reached ``saturation * L``, and never exceeds
+      window's peak in flight reached ``ceil(saturation * limit)`` (an
+      integer test, so a limit of 1 that is full can grow), and never exceeds
       ``cap_factor`` times that peak, so a quiet spell does not leave a huge
       limit that a sudden spike then floods (Envoy's 10x-spike weakness).
 
     Pure arithmetic on samples, no clock of its own: a window closes on the
     first sample that finds it old and full enough.
 
-    Cost: ``update()`` takes about 0.4 µs per sample (process CPU time,
+    Cost: ``update()`` is about a microsecond per sample (process CPU time,
     ``bench/adaptive/overhead.py``); how it behaves under load, against the
-    other algorithms and the best static limit, is in ``docs/benchmarks/``
-    (``bench/adaptive/run.py``).
+    other algorithms, Envoy's controller and the best static limit, is in
+    ``docs/benchmarks/adaptive.md`` (``bench/adaptive/run.py``).
 
     Args:
       initial_limit: the limit before any sample.
       min_limit: lower bound (>= 1).
       max_limit: upper bound.
-      window: minimum seconds per window.
+      window: minimum seconds of admissions per window (0: RTT-scaled only).
+      window_rtts: seconds of admissions per window, in median RTTs (> 0).
       min_samples: minimum samples per window.
       tolerance: how much slower than the baseline the median may get
         before the limit shrinks (> 1).
@@ -81,12 +134,18 @@ class Cruise:
       saturation: fraction of the limit that must be in flight for growth.
       cap_factor: the limit stays below this times the window's peak in
         flight (>= 1).
+      growth: factor per window in slow start and with no queue (> 1).
+      fast_drop: drops faster than this times the baseline are not counted,
+        in [0, 1] (0 counts every drop).
+      climb: the throughput elasticity above which latency does not shrink
+        the limit (>= 0; a large value turns the hill-climb off).
     """
 
     initial_limit: int = 20
     min_limit: int = 1
     max_limit: int = 1000
-    window: float = 0.1
+    window: float = 0.0
+    window_rtts: float = 2.0
     min_samples: int = 20
     tolerance: float = 1.25
     smoothing: float = 0.5
@@ -95,6 +154,9 @@ class Cruise:
     probe_factor: float = 0.5
     saturation: float = 0.8
     cap_factor: float = 2.0
+    growth: float = 1.5
+    fast_drop: float = 0.5
+    climb: float = 0.0
     limit: int = attrs.field(init=False)
     """The current limit."""
     _estimate: float = attrs.field(init=False, repr=False)
@@ -104,17 +166,41 @@ class Cruise:
     _last_p50: float = attrs.field(init=False, default=math.nan, repr=False)
     _slow_start: bool = attrs.field(init=False, default=True, repr=False)
     _probing: bool = attrs.field(init=False, default=False, repr=False)
-    _probe_from: float = attrs.field(init=False, default=0.0, repr=False)
     _saved: float = attrs.field(init=False, default=0.0, repr=False)
     _next_probe: float | None = attrs.field(init=False, default=None, repr=False)
     _probes: int = attrs.field(init=False, default=0, repr=False)
-    #: consecutive windows with the gradient at its floor (p50 > 2.5x baseline at defaults)
+    #: consecutive windows with the gradient at its floor, the limit before
+    #: them and the last one's median
     _floored: int = attrs.field(init=False, default=0, repr=False)
-    _window: Window = attrs.field(init=False, repr=False)
+    _floor_from: float = attrs.field(init=False, default=0.0, repr=False)
+    _floor_p50: float = attrs.field(init=False, default=0.0, repr=False)
+    # the open window: admissions since ``_open`` (start, rtt, inflight)
+    _open: float | None = attrs.field(init=False, default=None, repr=False)
+    _starts: list[float] = attrs.field(init=False, factory=list[float], repr=False)
+    _rtts: list[float] = attrs.field(init=False, factory=list[float], repr=False)
+    _peak: int = attrs.field(init=False, default=0, repr=False)
+    _drops: int = attrs.field(init=False, default=0, repr=False)
+    #: successes that finished since the window opened (the delivered rate)
+    _done: int = attrs.field(init=False, default=0, repr=False)
+    #: consecutive windows with no queue at all (median at or under the baseline)
+    _clear: int = attrs.field(init=False, default=0, repr=False)
+    #: drops of requests admitted before this (the last cut) are not counted again
+    _drop_epoch: float = attrs.field(init=False, default=-math.inf, repr=False)
+    #: (log limit, log delivered rate) of recent busy windows, for the hill-climb
+    _history: list[tuple[float, float]] = attrs.field(
+        init=False, factory=list[tuple[float, float]], repr=False
+    )
+    _elasticity: float = attrs.field(init=False, default=math.nan, repr=False)
+    _windows: int = attrs.field(init=False, default=0, repr=False)
+    #: windows to leave out of the hill-climb's fit (after a probe or a deep cut)
+    _settle: int = attrs.field(init=False, default=0, repr=False)
+    #: samples of the first windows from cold, for the first baseline
+    _pool: list[float] = attrs.field(init=False, factory=list[float], repr=False)
 
     def __attrs_post_init__(self) -> None:
         check_bounds(self.initial_limit, self.min_limit, self.max_limit)
         check_positive_number(self.window, "window", allow_zero=True)
+        check_positive_number(self.window_rtts, "window_rtts")
         check_count(self.min_samples, "min_samples")
         if check_positive_number(self.tolerance, "tolerance") <= 1:
             raise ValueError(f"tolerance must be > 1, got {self.tolerance!r}")
@@ -127,10 +213,13 @@ class Cruise:
         check_fraction(self.saturation, "saturation")
         if check_positive_number(self.cap_factor, "cap_factor") < 1:
             raise ValueError(f"cap_factor must be >= 1, got {self.cap_factor!r}")
+        if check_positive_number(self.growth, "growth") <= 1:
+            raise ValueError(f"growth must be > 1, got {self.growth!r}")
+        check_fraction(self.fast_drop, "fast_drop")
+        check_positive_number(self.climb, "climb", allow_zero=True)
         self.limit = self.initial_limit
         self._estimate = float(self.initial_limit)
         self._issued = self.initial_limit
-        self._window = Window(self.window, self.min_samples)
 
     def _set(self, estimate: float) -> int:
         estimate = min(max(estimate, float(self.min_limit)), float(self.max_limit))
@@ -139,65 +228,148 @@ class Cruise:
         self._issued = self.limit
         return self.limit
 
+    def _reopen(self, now: float) -> None:
+        self._open = now
+        self._starts = []
+        self._rtts = []
+        self._peak = 0
+        self._drops = 0
+        self._done = 0
+
     def update(self, sample: Sample) -> int:
         """Take one sample; return the new limit (pure arithmetic, no I/O)."""
-        if self._probing and sample.start < self._probe_from:
-            return self.limit  # admitted before the probe: it saw the old queue
-        summary = self._window.add(sample)
-        if summary is None:
-            return self.limit
         if self.limit != self._issued:  # set from outside (total_tokens=)
             self._estimate = float(self.limit)
-            self._probing = False
-        p50 = summary.p50_rtt
-        now = summary.end
-        self._last_p50 = p50
+            self._issued = self.limit
+            if self._probing:
+                self._probing = False
+                self._next_probe = None
+        if self._open is None:
+            self._reopen(sample.start)
+        opened = self._open
+        assert opened is not None
+        if sample.dropped:
+            fast = sample.rtt < self.fast_drop * self._baseline  # False while no baseline
+            if not fast and sample.start >= self._drop_epoch:
+                self._drops += 1
+        else:
+            self._done += 1
+        if not sample.dropped and sample.start >= opened:
+            self._starts.append(sample.start)
+            self._rtts.append(sample.rtt)
+            if sample.inflight > self._peak:
+                self._peak = sample.inflight
+        now = sample.end
+        rtts = self._rtts
+        m = self._last_p50
+        if math.isnan(m):  # no median yet: the slowest so far, so none are cut off
+            m = max(rtts) if rtts else sample.rtt
+        if self._drops and now >= opened + m:
+            pass  # overload: decide now (at most once per round trip)
+        elif now < opened + _GRACE_RTTS * m + max(self.window, self.window_rtts * m):
+            return self.limit
+        cut = now - _GRACE_RTTS * m
+        starts = self._starts
+        counted = [rtt for start, rtt in zip(starts, rtts, strict=True) if start <= cut]
+        # a baseline (a probe, or the first windows from cold) is measured
+        # over _BASELINE_WINDOWS times as many samples as a decision
+        needed = self.min_samples * (_BASELINE_WINDOWS if self._probing else 1)
+        if not self._drops and len(counted) < needed:
+            return self.limit
+        return self._decide(now, counted, self._done / max(now - opened, 1e-9))
+
+    def _decide(self, now: float, counted: list[float], rate: float) -> int:
+        drops, peak = self._drops, self._peak
+        self._reopen(now)
+        self._windows += 1
+        counted.sort()
+        p50 = counted[len(counted) // 2] if counted else math.nan
+        if not math.isnan(p50):
+            self._last_p50 = p50
         if self._probing:
             self._probing = False
             self._next_probe = now + self.probe_interval
             if not math.isnan(p50):
                 self._baseline = p50
-            return self._set(self._saved)
+            self._history.clear()  # the fit is against this baseline's windows
+            self._settle = 2
+            self._set(self._saved)
+            return self.limit
 
         estimate = self._estimate
-        saturated = summary.max_inflight >= self.saturation * estimate
-        if math.isnan(p50):  # every sample was a drop
+        saturated = peak >= math.ceil(self.saturation * self.limit)
+        if drops:
             self._slow_start = False
+            self._drop_epoch = now
             return self._set(estimate * self.backoff)
-        if math.isnan(self._baseline) or p50 < self._baseline:
+        if math.isnan(p50):
+            return self.limit
+        pool = self._pool
+        if len(pool) < _BASELINE_WINDOWS * self.min_samples and (
+            math.isnan(self._baseline) or p50 * _significant(counted) <= self._baseline
+        ):
+            # from cold: the median of the first few windows that were not
+            # slower than it beyond noise, pooled (one window of 20 samples
+            # is 14% off either way)
+            pool.extend(counted)
+            pool.sort()
+            self._baseline = pool[len(pool) // 2]
+        elif p50 < self._baseline * _significant(counted):
             self._baseline = p50
-        raw_gradient = self.tolerance * self._baseline / p50
-        gradient = min(max(raw_gradient, 0.5), 1.0)
-        self._floored = self._floored + 1 if raw_gradient <= 0.5 else 0
-        if summary.drops:
-            self._slow_start = False
-            target = estimate * self.backoff
-        elif self._slow_start:
-            if gradient < 1.0:
+        baseline = self._baseline
+        raw_gradient = self.tolerance * baseline / p50
+        floored = raw_gradient <= 0.5
+        if floored:
+            self._history.clear()  # a deep queue, or the downstream changed: start the fit afresh
+            self._settle = 2
+            if self._floored and p50 >= _HELPED * self._floor_p50:
+                # Cutting the limit did not bring the median down: the queue
+                # is not ours, the downstream itself got slower. Its median
+                # now (at the lower limit) is the new baseline, and the
+                # limit goes back to where it was (Envoy #10647).
+                self._floored = 0
+                self._baseline = p50
+                self._next_probe = now + self.probe_interval
+                return self._set(self._floor_from)
+            if not self._floored:
+                self._floor_from = estimate
+            self._floored += 1
+            self._floor_p50 = p50
+        else:
+            self._floored = 0
+        self._clear = self._clear + 1 if p50 <= baseline else 0
+        climbing = self._climb(saturated and not floored, rate)
+        if self._slow_start:
+            if raw_gradient < 1.0:
                 self._slow_start = False
-                target = estimate * gradient
+                target = estimate * max(raw_gradient, 0.5)
             elif saturated:
-                target = estimate * 2
+                # Little's law: the rate reached at the applied (whole) limit,
+                # scaled to the estimate, at the no-queue latency
+                little = rate * baseline * estimate / max(self.limit, 1)
+                target = max(estimate, min(estimate * self.growth, self.growth * little))
             else:
                 target = estimate
+        elif saturated and self._clear >= 2:
+            target = estimate * self.growth  # twice no queue at all: recover fast
         else:
-            target = estimate * gradient + math.sqrt(estimate * gradient)
-            if target > estimate and not saturated:
-                target = estimate
-            target = (1 - self.smoothing) * estimate + self.smoothing * target
-        target = min(target, max(self.cap_factor * summary.max_inflight, float(self.min_limit)))
+            gradient = min(max(raw_gradient, 0.5), self.growth)
+            if gradient > 1 and not saturated:
+                gradient = 1.0  # no growth without demand
+            target = estimate * gradient
+            if climbing:
+                target = max(target, estimate + math.sqrt(estimate))
+            if not floored:
+                target = (1 - self.smoothing) * estimate + self.smoothing * target
+        target = min(target, max(self.cap_factor * peak, float(self.min_limit)))
         limit = self._set(target)
 
-        due = self._next_probe is None or now >= self._next_probe
-        if due or self._floored >= 5:
-            # Five windows at the gradient's floor while shrinking: the
-            # downstream itself got slower (a queue we built would have
-            # drained by now), so re-measure early rather than collapse.
-            self._floored = 0
+        if self._next_probe is None:  # the first baseline is from cold: no probe yet
+            self._next_probe = now + self.probe_interval
+        if now >= self._next_probe:
             if saturated and limit > self.min_limit:
                 self._probes += 1
                 self._probing = True
-                self._probe_from = now
                 self._saved = self._estimate
                 self.limit = max(self.min_limit, math.floor(self._estimate * self.probe_factor))
                 self._issued = self.limit
@@ -206,9 +378,42 @@ class Cruise:
             self._next_probe = now + self.probe_interval
         return limit
 
+    def _climb(self, saturated: bool, rate: float) -> bool:
+        """Record a busy window; True while more concurrency still buys throughput.
+
+        The elasticity is the least-squares slope of ``log X`` on ``log L``
+        over the last ``_HISTORY`` busy windows; it counts only when it is
+        above ``climb`` by two standard errors (noise alone must not climb).
+        """
+        if self._settle > 0:  # the windows right after a probe or a deep cut are transients
+            self._settle -= 1
+            return False
+        if not saturated or rate <= 0:
+            return False
+        history = self._history
+        history.append((math.log(self.limit), math.log(rate)))
+        if len(history) > _HISTORY:
+            del history[0]
+        n = len(history)
+        if n < 8:
+            return False
+        mx = math.fsum(x for x, _ in history) / n
+        my = math.fsum(y for _, y in history) / n
+        sxx = math.fsum((x - mx) ** 2 for x, _ in history)
+        if sxx < 1e-6:
+            self._elasticity = math.nan
+            return False
+        slope = math.fsum((x - mx) * (y - my) for x, y in history) / sxx
+        residual = math.fsum((y - my - slope * (x - mx)) ** 2 for x, y in history)
+        se = math.sqrt(residual / (n - 2) / sxx)
+        self._elasticity = slope
+        return slope - 2 * se > self.climb
+
     def state(self) -> Mapping[str, float]:
         """``limit``, ``estimate``, ``baseline_rtt``, ``p50_rtt`` (last window),
-        ``slow_start`` and ``probing`` (1 or 0), and ``probes`` made so far."""
+        ``slow_start`` and ``probing`` (1 or 0), ``probes`` and ``windows``
+        so far, and ``elasticity`` (the hill-climb's last fit, ``nan`` before
+        one)."""
         return {
             "limit": float(self.limit),
             "estimate": self._estimate,
@@ -217,4 +422,6 @@ class Cruise:
             "slow_start": float(self._slow_start),
             "probing": float(self._probing),
             "probes": float(self._probes),
+            "elasticity": self._elasticity,
+            "windows": float(self._windows),
         }
