@@ -60,9 +60,11 @@ from ._tasks._group import open_task_group as open_task_group
 #: their lists from); tests/test_public_api.py checks it is complete.
 __all__ = [
     "AmapResults",
+    "AmapStatistics",
     "Backoff",
     "CapacityLimiter",
     "DeadLetter",
+    "Fate",
     "Lane",
     "LaneLimiter",
     "LaneStatistics",
@@ -71,6 +73,7 @@ __all__ = [
     "LimiterStatistics",
     "Outputs",
     "Permit",
+    "PermitLimiter",
     "Pipeline",
     "PipelineReport",
     "PipelineRun",
@@ -80,6 +83,8 @@ __all__ = [
     "RateLimiterStatistics",
     "Reservation",
     "Retry",
+    "SettlingSource",
+    "StageOptions",
     "StageReport",
     "TaskGroup",
     "TaskGroupStatistics",
