@@ -124,7 +124,7 @@ def _sigterm_at(command: list[str], after: float, cwd: pathlib.Path) -> tuple[in
     first: list[float] = []
 
     def busy(line: str) -> bool:
-        if line.startswith("[") and "items/s" in line and not first:
+        if line.startswith("[") and "] done " in line and not first:
             first.append(time.monotonic())
         return bool(first) and time.monotonic() - first[0] >= after
 

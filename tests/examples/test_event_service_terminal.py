@@ -90,7 +90,7 @@ def test_one_live_line_then_the_summary(tmp_path: pathlib.Path) -> None:
         columns=200,
     )
     assert code == 0, out
-    live, summary = out.split("== events pipeline finished", 1)
+    live, summary = out.split("pipeline 'events': ", 1)
     # One line on the screen: redrawn in place (carriage return, clear to the
     # end of the line), never a new line per report.
     assert live.strip("\n").count("\n") == 0, live
@@ -116,6 +116,6 @@ def test_a_narrow_terminal_cuts_the_line_instead_of_wrapping(tmp_path: pathlib.P
         columns=40,
     )
     assert code == 0, out
-    live = out.split("== events pipeline finished", 1)[0].strip("\n")
+    live = out.split("pipeline 'events': ", 1)[0].strip("\n")
     for redraw in live.split("\r")[1:]:
         assert len(redraw.removesuffix("\x1b[K")) <= 39, redraw
