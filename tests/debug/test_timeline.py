@@ -217,7 +217,10 @@ async def test_big_chunks_stream_through_the_writer(
             await trio.lowlevel.checkpoint()
         rec = tl._recorder
         assert rec is not None
-        assert len(rec.events) < 60  # the rest went to the writer thread
+        # Most events already went to the writer thread in chunks; what is left
+        # is less than one chunk plus one step's worth (whose size depends on
+        # how many primitives the counters sample: other tests' too).
+        assert len(rec.events) < tl.events / 2
     assert tl.events > 300
     events = read(path)
     runs = [e for e in events if e["name"] == "run"]
