@@ -5,7 +5,11 @@ from __future__ import annotations
 import ast
 import pathlib
 
-PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "trioflow" / "_pipeline"
+import trioflow._pipeline
+
+# The package that is imported (a clone, or an installed wheel in CI), not a
+# path beside the tests: the sdist job runs these tests with no trioflow/ there.
+PACKAGE = pathlib.Path(trioflow._pipeline.__file__).resolve().parent
 
 
 def _imports(path: pathlib.Path) -> set[str]:
@@ -21,6 +25,7 @@ def _imports(path: pathlib.Path) -> set[str]:
 
 
 def test_no_import_cycle_inside_the_pipeline_package() -> None:
+    assert list(PACKAGE.glob("*.py")), PACKAGE
     graph = {p.stem: _imports(p) for p in PACKAGE.glob("*.py")}
     order: list[str] = []
     state: dict[str, str] = {}
