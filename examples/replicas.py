@@ -91,7 +91,6 @@ async def replica(args: argparse.Namespace) -> None:
         print(json.dumps({"replica": index, "lease_prefix": db_limit.replica_id}), flush=True)
 
         async def call_api(entry: Any) -> Any:
-            await api.acquire()  # the global rate: all replicas together
             await trio.sleep(0.002)  # the call itself
             return entry
 
@@ -101,7 +100,7 @@ async def replica(args: argparse.Namespace) -> None:
 
         pipe = (
             tf.Pipeline(f"replica-{index}")
-            .map(call_api, workers=16, name="api")
+            .map(call_api, workers=16, rate=api, name="api")  # the global rate: all replicas
             .batch(size=10, max_wait=0.1, name="batch")
             .map(store, workers=4, limiter=db_limit, name="write")  # a global tf.Limiter
         )

@@ -23,6 +23,7 @@ from ._admission._lanes import LaneStatistics as LaneStatistics
 from ._admission._lanes import PriorityLimiter as PriorityLimiter
 from ._admission._lanes import PriorityLimiterStatistics as PriorityLimiterStatistics
 from ._admission._protocol import Limiter as Limiter
+from ._admission._protocol import Pacer as Pacer
 from ._admission._protocol import PermitLimiter as PermitLimiter
 
 # -- rate limits: how many start per second --
@@ -72,6 +73,7 @@ __all__ = [
     "Limiter",
     "LimiterStatistics",
     "Outputs",
+    "Pacer",
     "Permit",
     "PermitLimiter",
     "Pipeline",

@@ -643,7 +643,7 @@ def sync_fn(x: int) -> int:
         ({"on_error": "ignore"}, ValueError, "on_error must be 'fail', 'skip' or 'dead_letter'"),
         ({"executor": "fiber"}, ValueError, "executor must be None, 'thread' or 'process'"),
         ({"limiter": 3}, TypeError, "limiter must be a limiter"),
-        ({"rate": 10}, TypeError, "rate must be a trioflow.RateLimiter"),
+        ({"rate": 10}, TypeError, "rate must be a rate limiter"),
         ({"retry": 3}, TypeError, "retry must be a trioflow.Retry"),
         ({"ordered": 1}, TypeError, "ordered must be a bool"),
         ({"name": ""}, ValueError, "name must not be empty"),

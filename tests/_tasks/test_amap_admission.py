@@ -237,7 +237,7 @@ async def test_bad_limiter_rate_retry_name_the_parameter(
 
     with pytest.raises(TypeError, match=r"^limiter must be a limiter \(.*\), got 3 \(int\)"):
         tf.amap(f, [1], limiter=3)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match=r"^rate must be a tf.RateLimiter or None, got 2.5"):
+    with pytest.raises(TypeError, match=r"^rate must be a rate limiter \(.*\) or None, got 2.5"):
         tf.amap(f, [1], rate=2.5)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"^retry must be a tf.Retry or None, got 3"):
         await tf.run_all([functools.partial(f, 1)], retry=3)  # type: ignore[arg-type]

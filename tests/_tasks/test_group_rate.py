@@ -97,5 +97,7 @@ async def test_cancelled_while_waiting_for_the_rate_gives_the_slot_back(
 
 
 async def test_rate_must_be_a_rate_limiter() -> None:
-    with pytest.raises(TypeError, match=r"^rate must be a tf.RateLimiter or None, got 5 \(int\)$"):
+    with pytest.raises(
+        TypeError, match=r"^rate must be a rate limiter \(.*\) or None, got 5 \(int\)$"
+    ):
         tf.open_task_group(rate=5)  # type: ignore[arg-type]

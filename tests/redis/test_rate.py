@@ -200,3 +200,33 @@ async def test_redis_slow_times_out_and_recovers(own_redis: RedisServer, name: s
                 await limiter.acquire()
         ok = await c.get(limiter.key)
         assert ok is not None
+
+
+async def test_plugs_into_every_rate_parameter(client: Any, name: str) -> None:
+    """A RedisRateLimiter is a tf.Pacer: stages, amap, run_all and task groups pace on it."""
+    limiter = RedisRateLimiter(client, 100, name=name, burst=1)
+    assert isinstance(limiter, tf.Pacer)
+
+    async def echo(x: int) -> int:
+        return x
+
+    n = 8
+    start = trio.current_time()
+    pipe = tf.Pipeline("paced").map(echo, workers=4, rate=limiter)
+    async with pipe.open(range(n)) as run:
+        assert sorted([x async for x in run.outputs]) == list(range(n))
+    async with tf.amap(echo, range(n), max_at_once=4, rate=limiter) as results:
+        assert sorted([x async for x in results]) == list(range(n))
+    assert sorted(await tf.run_all([lambda i=i: echo(i) for i in range(n)], rate=limiter)) == list(
+        range(n)
+    )
+    async with tf.open_task_group(limit=4, rate=limiter) as tg:
+        handles = [await tg.spawn(echo, i) for i in range(n)]
+        with pytest.raises(trio.WouldBlock):
+            tg.spawn_nowait(echo, 0)  # try_acquire never grants: only Redis knows
+    assert sorted(h.result() for h in handles) == list(range(n))
+    elapsed = trio.current_time() - start
+    # Every call took one token from the shared bucket: GCRA spaces 4n grants
+    # with burst 1 at least (4n - 1) / rate apart, on the server's clock.
+    assert limiter.statistics().granted == 4 * n
+    assert elapsed >= (4 * n - 1) / 100 * 0.95

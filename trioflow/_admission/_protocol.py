@@ -6,6 +6,10 @@ limiter is one, and so is every trioflow limiter and lane handle.
 ``hold()``, whose :class:`~trioflow.Permit` lets a block report overload to an
 adaptive algorithm. :func:`check_limiter` is the one check every
 ``limiter=`` parameter runs.
+
+:class:`Pacer` is the same for rates: what :class:`~trioflow.RateLimiter`
+and :class:`~trioflow.redis.RedisRateLimiter` both are, and what every
+``rate=`` parameter accepts; :func:`check_pacer` is its one check.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from .._util import raise_type
 if TYPE_CHECKING:
     from ._face import Permit
 
-__all__ = ["Limiter", "PermitLimiter", "check_limiter"]
+__all__ = ["Limiter", "Pacer", "PermitLimiter", "check_limiter", "check_pacer"]
 
 
 @runtime_checkable
@@ -122,5 +126,66 @@ def check_limiter(value: object, param: str, *, expected: str | None = None) -> 
         param,
         expected
         or "a limiter (a tf.CapacityLimiter, a lane handle, a trio.CapacityLimiter or any tf.Limiter)",
+        value,
+    )
+
+
+@runtime_checkable
+class Pacer(Protocol):
+    """Anything that paces calls the way :class:`~trioflow.RateLimiter` does.
+
+    What every ``rate=`` parameter accepts (task groups, ``amap``,
+    ``run_all``, pipeline stages): :class:`~trioflow.RateLimiter`, whose
+    bucket is in this process, :class:`~trioflow.redis.RedisRateLimiter`,
+    whose bucket is shared by every replica, and anything else with these
+    members. trioflow calls two of them on the hot path: ``try_acquire()``
+    first (never blocks; ``False`` when it cannot grant now, or cannot know
+    without blocking, as the Redis limiter), then ``await acquire()``, which
+    blocks until the tokens are granted, is a checkpoint, and on
+    cancellation takes no tokens.
+
+    ``isinstance(obj, tf.Pacer)`` checks the members are present, not their
+    behaviour. A capacity limiter is not one (it bounds how many run at
+    once, not how many start per second: pass it as ``limiter=``).
+    """
+
+    @property
+    def rate(self) -> float: ...
+
+    @property
+    def burst(self) -> int: ...
+
+    async def acquire(self, n: int = 1) -> None: ...
+
+    def try_acquire(self, n: int = 1) -> bool: ...
+
+    def statistics(self) -> Any: ...
+
+    async def __aenter__(self) -> None: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+def check_pacer(value: object, param: str = "rate") -> Pacer | None:
+    """``value`` as a :class:`Pacer` (or ``None``), or :exc:`TypeError` naming ``param``.
+
+    The one rule for what a ``rate=`` parameter accepts. Not a checkpoint;
+    never blocks.
+    """
+    if value is None or isinstance(value, Pacer):
+        return value
+    if isinstance(value, Limiter):
+        raise TypeError(
+            f"{param} must be a rate limiter, got {value!r}, a capacity limiter: "
+            f"pass it as limiter= (it bounds how many run at once, not how many start per second)"
+        )
+    raise_type(
+        param,
+        "a rate limiter (a tf.RateLimiter, a trioflow.redis.RedisRateLimiter or any tf.Pacer) or None",
         value,
     )

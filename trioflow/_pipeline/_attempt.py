@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .._admission._protocol import Limiter, PermitLimiter
-from .._admission._rate import RateLimiter
+from .._admission._protocol import Limiter, Pacer, PermitLimiter
 from ._retry import Retry
 from ._spec import StageSpec
 
@@ -186,7 +185,7 @@ def _limited(inner: Attempt, limiter: Limiter | trio.CapacityLimiter) -> Attempt
     return limited
 
 
-def _rate_limited(inner: Attempt, rate: RateLimiter) -> Attempt:
+def _rate_limited(inner: Attempt, rate: Pacer) -> Attempt:
     """``rate=``: each attempt takes one token first, before the limiter."""
 
     async def rate_limited(payload: object) -> Any:

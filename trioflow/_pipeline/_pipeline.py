@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypedDict, final, overload
 import attrs
 import trio
 
-from .._admission._protocol import Limiter
-from .._admission._rate import RateLimiter
+from .._admission._protocol import Limiter, Pacer
 from .._util import check_count, raise_type
 from ._report import DeadLetter, PipelineReport
 from ._retry import Retry
@@ -45,7 +44,7 @@ class StageOptions(TypedDict, total=False):
     workers: int
     buffer: int
     limiter: Limiter | trio.CapacityLimiter | None
-    rate: RateLimiter | None
+    rate: Pacer | None
     retry: Retry | None
     timeout: float | None
     on_error: OnError
@@ -226,7 +225,10 @@ class Pipeline(Generic[In, Out]):
             :class:`trio.CapacityLimiter`); each attempt holds one token via
             ``limiter.hold()``. Share one limiter between stages or pipelines
             to bound a resource they all use.
-          rate: a :class:`~trioflow.RateLimiter`; each attempt takes one token,
+          rate: a rate limiter (any :class:`~trioflow.Pacer`: a
+            :class:`~trioflow.RateLimiter`, or a
+            :class:`~trioflow.redis.RedisRateLimiter` shared by replicas);
+            each attempt takes one token,
             before the limiter (so a worker waiting for rate holds no limiter
             token).
           retry: a :class:`~trioflow.Retry`; failed attempts are retried (after

@@ -15,8 +15,7 @@ from typing import Any, Final, Literal
 import attrs
 import trio
 
-from .._admission._protocol import Limiter, check_limiter
-from .._admission._rate import RateLimiter
+from .._admission._protocol import Limiter, Pacer, check_limiter, check_pacer
 from .._util import check_count, check_optional_name, check_positive_number, raise_type
 from ._retry import Retry
 
@@ -53,11 +52,9 @@ def check_stage_limiter(limiter: object) -> Limiter | None:
     return None if limiter is None else check_limiter(limiter, "limiter")
 
 
-def check_rate(rate: object) -> RateLimiter | None:
-    """``rate=`` is a :class:`~trioflow.RateLimiter` (or ``None``)."""
-    if rate is not None and not isinstance(rate, RateLimiter):
-        raise_type("rate", "a trioflow.RateLimiter (or None)", rate)
-    return rate
+def check_rate(rate: object) -> Pacer | None:
+    """``rate=`` is any rate limiter (a :class:`~trioflow.Pacer`) or ``None``."""
+    return check_pacer(rate, "rate")
 
 
 def check_stage_name(name: object) -> str | None:
@@ -78,7 +75,7 @@ class StageSpec:
     workers: int = 1
     buffer: int = 0
     limiter: Limiter | trio.CapacityLimiter | None = None
-    rate: RateLimiter | None = None
+    rate: Pacer | None = None
     retry: Retry | None = None
     timeout: float | None = None
     on_error: OnError = "fail"

@@ -13,7 +13,7 @@ import attrs
 import outcome
 import trio
 
-from .._admission._protocol import Limiter, PermitLimiter, check_limiter
+from .._admission._protocol import Limiter, Pacer, PermitLimiter, check_limiter, check_pacer
 from .._admission._rate import RateLimiter
 from .._pipeline._retry import Retry
 from .._util import check_positive_number, raise_type
@@ -112,12 +112,6 @@ def check_async_fn(fn: object, param: str = "fn") -> None:
     call = inspect.getattr_static(type(cast(object, target)), "__call__", None)
     if inspect.isfunction(call) and not inspect.iscoroutinefunction(call):
         raise TypeError(f"{param} must be an async function, got {fn!r}, whose __call__ is sync")
-
-
-def _check_rate(value: object) -> RateLimiter | None:
-    if value is not None and not isinstance(value, RateLimiter):
-        raise_type("rate", "a tf.RateLimiter or None", value)
-    return value
 
 
 def _check_retry(value: object) -> Retry | None:
@@ -261,18 +255,16 @@ class _Amap(Generic[T, R]):
         self._items = items
         self._max = _check_max_at_once(max_at_once)
         per_second = _check_max_per_second(max_per_second)
-        self._rate: RateLimiter | None = None
+        self._rate: Pacer | None = None
         if per_second is not None:
             # burst=1: starts are spaced at least 1/rate apart, never bunched
             self._rate = RateLimiter(per_second, burst=1, name=f"amap {self._fn_name()}")
         self._limiter: Limiter | None = (
             None if limiter is None else check_limiter(limiter, "limiter")
         )
-        shared = _check_rate(rate)
+        shared = check_pacer(rate, "rate")
         #: every bucket an attempt takes a token from, in order (own pace, then shared)
-        self._buckets: tuple[RateLimiter, ...] = tuple(
-            b for b in (self._rate, shared) if b is not None
-        )
+        self._buckets: tuple[Pacer, ...] = tuple(b for b in (self._rate, shared) if b is not None)
         #: the limiter has hold(): attempts are samples for an adaptive limit
         self._permits = isinstance(self._limiter, PermitLimiter)
         self._retry: Retry | None = _check_retry(retry)
@@ -571,7 +563,7 @@ def amap(
     max_per_second: float | None = None,
     ordered: bool = False,
     limiter: Limiter | None = None,
-    rate: RateLimiter | None = None,
+    rate: Pacer | None = None,
     retry: Retry | None = None,
     outcomes: Literal[False] = False,
 ) -> _Amap[T, R]: ...
@@ -586,7 +578,7 @@ def amap(
     max_per_second: float | None = None,
     ordered: bool = False,
     limiter: Limiter | None = None,
-    rate: RateLimiter | None = None,
+    rate: Pacer | None = None,
     retry: Retry | None = None,
     outcomes: Literal[True],
 ) -> _Amap[T, tuple[T, outcome.Outcome[R]]]: ...
@@ -600,7 +592,7 @@ def amap(
     max_per_second: float | None = None,
     ordered: bool = False,
     limiter: Limiter | None = None,
-    rate: RateLimiter | None = None,
+    rate: Pacer | None = None,
     retry: Retry | None = None,
     outcomes: bool = False,
 ) -> _Amap[T, Any]:
@@ -649,7 +641,10 @@ def amap(
         with whatever else uses it: each call of ``fn`` holds one token
         while it runs (as a ``hold()`` block when the limiter has one, so an
         adaptive limiter learns from it).
-      rate: a :class:`~trioflow.RateLimiter` shared with other blocks: each
+      rate: a rate limiter (any :class:`~trioflow.Pacer`: a
+        :class:`~trioflow.RateLimiter`, or a
+        :class:`~trioflow.redis.RedisRateLimiter` shared by replicas)
+        shared with other blocks: each
         call takes one token before it starts (after ``max_per_second``'s).
       retry: a :class:`~trioflow.Retry`: a call that raises one of its
         ``retry_on`` exceptions is tried again, up to ``attempts`` in all,
@@ -693,7 +688,7 @@ async def run_all(
     max_at_once: int | None = None,
     max_per_second: float | None = None,
     limiter: Limiter | None = None,
-    rate: RateLimiter | None = None,
+    rate: Pacer | None = None,
     retry: Retry | None = None,
     outcomes: Literal[False] = False,
 ) -> list[R]: ...
@@ -706,7 +701,7 @@ async def run_all(
     max_at_once: int | None = None,
     max_per_second: float | None = None,
     limiter: Limiter | None = None,
-    rate: RateLimiter | None = None,
+    rate: Pacer | None = None,
     retry: Retry | None = None,
     outcomes: Literal[True],
 ) -> list[outcome.Outcome[R]]: ...
@@ -718,7 +713,7 @@ async def run_all(
     max_at_once: int | None = None,
     max_per_second: float | None = None,
     limiter: Limiter | None = None,
-    rate: RateLimiter | None = None,
+    rate: Pacer | None = None,
     retry: Retry | None = None,
     outcomes: bool = False,
 ) -> list[Any]:

@@ -12,8 +12,7 @@ from opentelemetry.trace import INVALID_SPAN, Span, SpanContext
 
 from .. import _registry
 from .._admission._capacity import CapacityLimiter
-from .._admission._protocol import Limiter, check_limiter
-from .._admission._rate import RateLimiter
+from .._admission._protocol import Limiter, Pacer, check_limiter, check_pacer
 from .._registry import Holding, Waiting
 from .._util import check_optional_name, raise_type
 from ..telemetry import _hooks, _names, _spans
@@ -67,7 +66,7 @@ class _Books:
     )
 
     def __init__(
-        self, name: str, on_error: OnError, limiter: Limiter | None, rate: RateLimiter | None
+        self, name: str, on_error: OnError, limiter: Limiter | None, rate: Pacer | None
     ) -> None:
         self.name: Final = name
         self.on_error: Final = on_error
@@ -449,9 +448,7 @@ class TaskGroup:
         #: the group's ``task_group {name}`` span (INVALID_SPAN when not traced)
         self._span: Span = INVALID_SPAN
         limiter = _resolve_limit(limit, self._name)
-        if rate is not None and not isinstance(rate, RateLimiter):
-            raise_type("rate", "a tf.RateLimiter or None", rate)
-        self._books = _Books(self._name, on_error, limiter, rate)  # pyright: ignore[reportArgumentType]
+        self._books = _Books(self._name, on_error, limiter, check_pacer(rate, "rate"))
         self._nursery: trio.Nursery | None = None
         self._nursery_cm: Any = None
         self._entered = False
@@ -742,7 +739,7 @@ class TaskGroup:
         return self._books.limiter
 
     @property
-    def rate(self) -> RateLimiter | None:
+    def rate(self) -> Pacer | None:
         """The rate limiter that paces the group's task starts, if any."""
         return self._books.rate
 
@@ -832,7 +829,7 @@ def open_task_group(
     on_error: OnError = "cancel",
     name: str | None = None,
     trace_tasks: bool | None = None,
-    rate: RateLimiter | None = None,
+    rate: Pacer | None = None,
 ) -> TaskGroup:
     """Open a task group: ``async with tf.open_task_group(limit=10) as tg:``.
 
@@ -854,12 +851,18 @@ def open_task_group(
         ``None`` (default): only when telemetry traces at ``"item"`` level;
         ``True``/``False`` force it on or off for this group. Nothing is
         traced while tracing is ``"off"`` (see :mod:`trioflow.telemetry`).
-      rate: a :class:`~trioflow.RateLimiter` that paces task *starts*: each
+      rate: a rate limiter (any :class:`~trioflow.Pacer`: a
+        :class:`~trioflow.RateLimiter`, or a
+        :class:`~trioflow.redis.RedisRateLimiter` shared by replicas) that
+        paces task *starts*: each
         task takes one token after its slot and before it starts (so
         ``spawn``/``start`` also wait for the rate, holding the slot, and
         a ``start_soon`` task waits for it itself).
         A cancellation while waiting for the token gives the slot back.
         May be shared with other groups, ``amap`` and pipeline stages.
+        ``spawn_nowait`` starts a task only when ``rate.try_acquire()``
+        grants now, so with a Redis rate limiter (whose ``try_acquire``
+        is always ``False``) it always raises :exc:`trio.WouldBlock`.
 
     Telemetry: with tracing at ``"stage"`` or ``"item"`` the group is one
     span, ``task_group {name}``, from ``async with`` to its exit, child of
@@ -870,7 +873,7 @@ def open_task_group(
     Raises:
       TypeError: if ``limit`` is not an int, a limiter or ``None``,
         ``name`` is not a str, ``trace_tasks`` is not a bool or ``None``, or
-        ``rate`` is not a :class:`~trioflow.RateLimiter` or ``None``.
+        ``rate`` is not a :class:`~trioflow.Pacer` or ``None``.
       ValueError: if ``limit`` is below 1 or ``on_error`` is not one of the two.
     """
     return TaskGroup(limit=limit, on_error=on_error, name=name, trace_tasks=trace_tasks, rate=rate)
