@@ -128,6 +128,60 @@ async def test_restart_with_the_same_name_rereads_its_pending(client: Any, name:
     assert await _pending(client, name, "g") == 0
 
 
+async def test_a_poison_entry_is_dead_lettered_after_max_deliveries(client: Any, name: str) -> None:
+    """An entry that every consumer takes and never settles (it kills them) stops going round."""
+    (poison,) = await _add(client, name, 1)
+    for delivery in (1, 2, 3):
+        # A consumer that dies with the entry in hand: it stays pending.
+        async with open_stream_source(
+            client, name, "g", consumer="a", max_deliveries=3, block=0.05
+        ) as source:
+            entry = await anext(aiter(source))
+            assert (entry.id, entry.deliveries) == (poison, delivery)
+    (healthy,) = await _add(client, name, 1)
+    async with open_stream_source(
+        client, name, "g", consumer="a", max_deliveries=3, block=0.05
+    ) as source:
+        with trio.fail_after(10):
+            entry = await anext(aiter(source))
+        # The fourth delivery would exceed 3: the source dead-letters it and goes on.
+        assert (entry.id, entry.deliveries) == (healthy, 1)
+        source.settle(entry, "delivered", None)
+        await _settled(source)
+        st = source.statistics()
+        assert (st.read, st.exhausted, st.dead_lettered, st.acked) == (1, 1, 0, 1)
+    assert await _pending(client, name, "g") == 0
+    (dead,) = await client.xrange(f"{name}:dead")
+    assert dead.field_values[b"trioflow.source_id"].decode() == poison
+    assert dead.field_values[b"trioflow.error.type"] == b"MaxDeliveriesExceeded"
+    assert b"delivered 4 times" in dead.field_values[b"trioflow.error.message"]
+    assert dead.field_values[b"n"] == b"0"
+
+
+async def test_a_claimed_entry_carries_its_delivery_count_and_none_means_no_bound(
+    redis_server: RedisServer, name: str
+) -> None:
+    async with make_client(redis_server) as ca, make_client(redis_server) as cb:
+        (only,) = await _add(ca, name, 1)
+        for consumer in ("a", "b", "a", "b", "a"):
+            async with open_stream_source(
+                ca if consumer == "a" else cb,
+                name,
+                "g",
+                consumer=consumer,
+                claim_idle=0.01,
+                max_deliveries=None,
+                block=0.05,
+            ) as source:
+                with trio.fail_after(10):
+                    entry = await anext(aiter(source))
+                assert entry.id == only
+                last = entry.deliveries
+        # Read once, then re-read or claimed four times: Redis counted each.
+        assert last == 5
+        assert await _pending(ca, name, "g") == 1
+
+
 async def test_redis_paused_then_back_acks_land_late_never_early(
     own_redis: RedisServer, name: str
 ) -> None:
@@ -165,6 +219,12 @@ async def test_bad_arguments(client: Any, name: str) -> None:
             pass
     with pytest.raises(ValueError, match="claim_idle must be a finite number"):
         async with open_stream_source(client, name, "g", claim_idle=-1):
+            pass
+    with pytest.raises(ValueError, match="max_deliveries must be >= 1, got 0"):
+        async with open_stream_source(client, name, "g", max_deliveries=0):
+            pass
+    with pytest.raises(TypeError, match="max_deliveries must be an int, got '3'"):
+        async with open_stream_source(client, name, "g", max_deliveries="3"):  # type: ignore[arg-type]
             pass
 
 

@@ -10,7 +10,7 @@ import trio
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, NumberDataPoint
 
 from tests.telemetry.conftest import Otel, close_otel, make_otel
-from trioflow.redis import RedisRateLimiter, open_capacity_limiter
+from trioflow.redis import RedisRateLimiter, open_capacity_limiter, open_stream_source
 
 
 @pytest.fixture
@@ -77,3 +77,44 @@ async def test_global_limiters_report_like_local_ones(otel: Otel, client: Any, n
         assert event.attributes is not None
         assert event.attributes["trioflow.kind"] == "redis_limiter"
         assert event.attributes["trioflow.wait.duration"] >= 0.01
+
+
+def stream_points(otel: Otel, metric_name: str, source_name: str) -> dict[str, float]:
+    """A stream-source metric's points for one source, keyed by outcome or origin."""
+    metric = otel.metrics().get(metric_name)
+    assert metric is not None, metric_name
+    out: dict[str, float] = {}
+    for p in metric.data.data_points:
+        attributes = dict(p.attributes or {})
+        if attributes.get("trioflow.stream_source.name") != source_name:
+            continue
+        assert isinstance(p, NumberDataPoint)
+        key = attributes.get("trioflow.outcome", attributes.get("trioflow.origin", ""))
+        out[str(key)] = p.value
+    return out
+
+
+async def test_stream_source_reports_what_it_read_and_settled(
+    otel: Otel, client: Any, name: str
+) -> None:
+    for i in range(4):
+        await client.xadd(name, {"n": str(i)})
+    async with open_stream_source(client, name, "g", consumer="a", count=4) as source:
+        it = aiter(source)
+        e = [await anext(it) for _ in range(4)]
+        source.settle(e[0], "delivered", None)
+        source.settle(e[1], "dead_lettered", ValueError("bad"))
+        source.settle(e[2], "unfinished", None)
+        with trio.fail_after(10):
+            while source.statistics().settling:
+                await trio.sleep(0.002)
+        key = source.name
+        assert stream_points(otel, "trioflow.stream_source.read", key) == {"new": 4, "claimed": 0}
+        assert stream_points(otel, "trioflow.stream_source.settled", key) == {
+            "acked": 1,
+            "dead_lettered": 1,
+            "exhausted": 0,
+            "left_pending": 1,
+        }
+        assert stream_points(otel, "trioflow.stream_source.in_flight", key) == {"": 1}
+        assert stream_points(otel, "trioflow.stream_source.unavailable", key) == {"": 0}

@@ -18,7 +18,6 @@ through AnyIO); pass an open ``coredis.Redis``.
 """
 
 from .. import _util  # pyright: ignore[reportPrivateUsage]
-from ..telemetry import _metrics
 from . import _require  # first: says which extra to install when coredis is missing
 from ._capacity import GlobalLimiterStatistics as GlobalLimiterStatistics
 from ._capacity import RedisCapacityLimiter as RedisCapacityLimiter
@@ -34,9 +33,5 @@ from ._stream import StreamSource as StreamSource
 from ._stream import StreamSourceStatistics as StreamSourceStatistics
 from ._stream import open_stream_source as open_stream_source
 
-# Metrics read these kinds as they read their local peers.
-_metrics.READERS.setdefault(RedisCapacityLimiter.kind, _metrics.read_limiter)
-_metrics.READERS.setdefault(RedisRateLimiter.kind, _metrics.read_rate)
-
 _util.fixup_module_metadata(__name__, globals())
-del _util, _metrics, _require
+del _util, _require

@@ -22,6 +22,12 @@ whichever replica reads next (``XAUTOCLAIM``), before it reads new ones:
 that is how a dead or stopped replica's work is finished by the others. On
 start, a consumer first re-reads its own pending entries (a restart with
 the same ``consumer`` name picks up where it left).
+
+A *poison* entry, one whose processing kills or wedges every replica that
+takes it, would go round the replicas for ever that way. Redis counts each
+entry's deliveries (a claim and a re-read each add one); an entry claimed or
+re-read with more than ``max_deliveries`` is not handed to the pipeline
+again but dead-lettered by the source itself (``exhausted``), with the count.
 """
 
 from __future__ import annotations
@@ -57,6 +63,17 @@ redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
 return redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 """
 
+# KEYS[1] stream; ARGV[1] group, then ids: how many times each id was
+# delivered (0 when it is no longer pending), in one round trip.
+_DELIVERIES: Final = """
+local out = {}
+for i = 2, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  out[#out + 1] = p[1] and p[1][4] or 0
+end
+return out
+"""
+
 #: Fates after which an entry is acknowledged (its work is done, or was
 #: given up on purpose); ``dead_lettered`` is acknowledged with its copy.
 _ACK_FATES: Final = frozenset({"delivered", "filtered", "skipped"})
@@ -82,7 +99,8 @@ class StreamEntry:
     client decodes responses)."""
 
     deliveries: int = 1
-    """1 for a first read; more for an entry claimed from another consumer or re-read."""
+    """How many times Redis has delivered this entry: 1 for a first read; more for an
+    entry claimed from another consumer or re-read after a restart."""
 
 
 @attrs.frozen
@@ -102,7 +120,10 @@ class StreamSourceStatistics:
     acked: int
     """Entries acknowledged (delivered, filtered or skipped)."""
     dead_lettered: int
-    """Entries copied to the dead-letter stream and acknowledged."""
+    """Entries the pipeline dead-lettered, copied to the dead-letter stream and acknowledged."""
+    exhausted: int
+    """Entries the source dead-lettered itself, never handing them to the pipeline:
+    claimed or re-read after more than ``max_deliveries`` deliveries."""
     left_pending: int
     """Entries settled as unfinished: left pending for another consumer (or a restart)."""
     settling: int
@@ -150,9 +171,12 @@ class StreamSource:
         "_dead_letter",
         "_dead_lettered",
         "_dead_script",
+        "_deliveries_script",
+        "_exhausted",
         "_group",
         "_history",
         "_left_pending",
+        "_max_deliveries",
         "_out",
         "_read",
         "_sending",
@@ -178,6 +202,7 @@ class StreamSource:
         claim_idle: float,
         dead_letter_stream: str,
         timeout: float,
+        max_deliveries: int | None = None,
     ) -> None:
         self._client: Final = client
         self._stream: Final = stream
@@ -188,7 +213,9 @@ class StreamSource:
         self._claim_idle: Final = claim_idle
         self._dead_letter: Final = dead_letter_stream
         self._timeout: Final = timeout
+        self._max_deliveries: Final = max_deliveries
         self._dead_script: Final = client.register_script(_DEAD_LETTER)
+        self._deliveries_script: Final = client.register_script(_DELIVERIES)
         self._buffer: deque[StreamEntry] = deque()
         #: re-reading this consumer's own pending entries first (from this id on)
         self._history: str | None = "0"
@@ -198,13 +225,15 @@ class StreamSource:
         #: ids handed to the pipeline and not yet settled
         self._out: set[str] = set()
         self._to_ack: list[str] = []
-        self._dead: list[tuple[str, list[Any]]] = []
+        #: dead letters to send: (id, fields, the pipeline's fate (else the source's own))
+        self._dead: list[tuple[str, list[Any], bool]] = []
         self._wanted = trio.Event()
         self._sending = 0
         self._read = 0
         self._claimed = 0
         self._acked = 0
         self._dead_lettered = 0
+        self._exhausted = 0
         self._left_pending = 0
         self._settled = 0
         self._unavailable = 0
@@ -268,13 +297,12 @@ class StreamSource:
                 return
             last = entries[-1].identifier
             self._history = last.decode() if isinstance(last, bytes) else str(last)
-            for raw in entries:
-                if raw.field_values:
-                    self._buffer.append(_entry(raw, 2))
-                else:
-                    # Pending but trimmed from the stream: nothing left to process.
-                    self._to_ack.append(_entry(raw, 2).id)
-                    self._wanted.set()
+            trimmed = [_entry(raw, 0).id for raw in entries if not raw.field_values]
+            if trimmed:
+                # Pending but trimmed from the stream: nothing left to process.
+                self._to_ack.extend(trimmed)
+                self._wanted.set()
+            self._buffer.extend(await self._counted([e for e in entries if e.field_values]))
             return
         if trio.current_time() >= self._claim_next:
             reply = await self._run(
@@ -290,10 +318,10 @@ class StreamSource:
             # Go on from where this pass stopped; "0-0" means it reached the end.
             cursor = reply[0]
             self._claim_cursor = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
-            claimed = [e for e in reply[1] if e.field_values]
+            claimed = await self._counted([e for e in reply[1] if e.field_values])
             if claimed:
                 self._claimed += len(claimed)
-                self._buffer.extend(_entry(e, 2) for e in claimed)
+                self._buffer.extend(claimed)
                 return
             if self._claim_cursor == "0-0":
                 # A whole pass found nothing idle enough: look again after a
@@ -310,6 +338,40 @@ class StreamSource:
             extra=self._block,
         )
         self._buffer.extend(_entry(e, 1) for e in _entries(reply, self._stream))
+
+    async def _counted(self, raws: list[Any]) -> list[StreamEntry]:
+        """Entries delivered before, with Redis's delivery counts; the exhausted are
+        queued as dead letters instead (one round trip, none when ``raws`` is empty)."""
+        if not raws:
+            return []
+        ids = [_entry(raw, 0).id for raw in raws]
+        counts = await self._run(
+            "delivery counts",
+            self._deliveries_script,
+            keys=[self._stream],
+            args=[self._group, *ids],
+        )
+        out: list[StreamEntry] = []
+        limit = self._max_deliveries
+        for raw, count in zip(raws, counts, strict=True):
+            entry = _entry(raw, int(count))
+            if limit is not None and entry.deliveries > limit:
+                fields: list[Any] = [
+                    "trioflow.source_id",
+                    entry.id,
+                    "trioflow.error.type",
+                    "MaxDeliveriesExceeded",
+                    "trioflow.error.message",
+                    f"delivered {entry.deliveries} times with no final fate "
+                    f"(max_deliveries={limit}): taken out of the pending list",
+                ]
+                for key, value in entry.fields.items():
+                    fields += [key, value]
+                self._dead.append((entry.id, fields, False))
+                self._wanted.set()
+            else:
+                out.append(entry)
+        return out
 
     # -- settling --------------------------------------------------------------
 
@@ -354,7 +416,7 @@ class StreamSource:
                 ]
             for key, value in item.fields.items():
                 fields += [key, value]
-            self._dead.append((item.id, fields))
+            self._dead.append((item.id, fields, True))
         else:  # unfinished
             self._left_pending += 1
             return
@@ -376,7 +438,7 @@ class StreamSource:
     async def _send(self) -> None:
         """Acknowledge what is queued (one XACK for the batch; one script per dead letter)."""
         while self._dead:
-            entry_id, fields = self._dead[0]
+            entry_id, fields, from_pipeline = self._dead[0]
             self._sending = 1
             try:
                 await self._run(
@@ -388,7 +450,10 @@ class StreamSource:
             finally:
                 self._sending = 0
             self._dead.pop(0)
-            self._dead_lettered += 1
+            if from_pipeline:
+                self._dead_lettered += 1
+            else:
+                self._exhausted += 1
         if self._to_ack:
             batch = self._to_ack
             self._to_ack = []
@@ -415,6 +480,7 @@ class StreamSource:
             claimed=self._claimed,
             acked=self._acked,
             dead_lettered=self._dead_lettered,
+            exhausted=self._exhausted,
             left_pending=self._left_pending,
             settling=len(self._to_ack) + len(self._dead) + self._sending,
             in_flight=len(self._out),
@@ -430,7 +496,7 @@ class StreamSource:
     def __repr__(self) -> str:
         return (
             f"<trioflow.redis.StreamSource {self.name!r}, {self._read} read, "
-            f"{self._acked + self._dead_lettered} acknowledged>"
+            f"{self._acked + self._dead_lettered + self._exhausted} acknowledged>"
         )
 
 
@@ -466,6 +532,7 @@ async def open_stream_source(
     count: int = 16,
     block: float = 1.0,
     claim_idle: float = 30.0,
+    max_deliveries: int | None = 10,
     dead_letter_stream: str | None = None,
     start: str = "0",
     timeout: float = 1.0,  # noqa: ASYNC109 (bounds each Redis call, not the block)
@@ -490,6 +557,11 @@ async def open_stream_source(
       block: seconds one read waits for new entries before trying again.
       claim_idle: seconds an entry may stay pending with another consumer
         before this one takes it over.
+      max_deliveries: an entry claimed or re-read after more deliveries
+        than this (Redis counts them) is dead-lettered by the source with
+        the count, not handed to the pipeline again: a poison entry that
+        kills or wedges its consumers stops going round the replicas. An
+        int >= 1, or ``None`` for no bound.
       dead_letter_stream: where dead letters go (default ``<stream>:dead``).
       start: where a newly created group starts reading.
       timeout: seconds each Redis call may take (beyond ``block`` for reads).
@@ -507,6 +579,8 @@ async def open_stream_source(
     count = check_count(count, "count")
     block = check_timeout(block, "block")
     claim_idle = check_timeout(claim_idle, "claim_idle")
+    if max_deliveries is not None:
+        max_deliveries = check_count(max_deliveries, "max_deliveries")
     timeout = check_timeout(timeout)
     dead = dead_letter_stream if dead_letter_stream is not None else f"{stream}:dead"
     try:
@@ -532,6 +606,7 @@ async def open_stream_source(
         claim_idle=claim_idle,
         dead_letter_stream=dead,
         timeout=timeout,
+        max_deliveries=max_deliveries,
     )
 
     async def run_acks(nursery: trio.Nursery) -> None:

@@ -161,6 +161,33 @@ OBSERVED: Final = (
         "{task}",
         "Tasks of a task group that finished, by trioflow.outcome (returned, failed, cancelled).",
     ),
+    InstrumentSpec(
+        n.STREAM_SOURCE_READ,
+        "counter",
+        "{entry}",
+        "Stream entries a stream source handed to its pipeline, by trioflow.origin "
+        "(new: first read; claimed: taken over from another consumer or re-read).",
+    ),
+    InstrumentSpec(
+        n.STREAM_SOURCE_SETTLED,
+        "counter",
+        "{entry}",
+        "Stream entries whose fate reached Redis, by trioflow.outcome (acked; "
+        "dead_lettered by the pipeline; exhausted: dead-lettered by the source after "
+        "max_deliveries) or left pending (left_pending).",
+    ),
+    InstrumentSpec(
+        n.STREAM_SOURCE_IN_FLIGHT,
+        "updown",
+        "{entry}",
+        "Stream entries read and not yet acknowledged or left pending.",
+    ),
+    InstrumentSpec(
+        n.STREAM_SOURCE_UNAVAILABLE,
+        "counter",
+        "{call}",
+        "Redis calls of a stream source that failed or timed out.",
+    ),
 )
 
 #: One value for an instrument, or several points that differ by extra
@@ -232,6 +259,25 @@ def read_pipeline(obj: Any) -> Reading:
     }
 
 
+def read_stream_source(obj: Any) -> Reading:
+    """A Redis stream source: entries read (new, claimed), settled, in flight, failed calls."""
+    stats = obj.statistics()
+    return {
+        n.STREAM_SOURCE_READ: [
+            ({n.ORIGIN: "new"}, stats.read - stats.claimed),
+            ({n.ORIGIN: "claimed"}, stats.claimed),
+        ],
+        n.STREAM_SOURCE_SETTLED: [
+            ({n.OUTCOME: "acked"}, stats.acked),
+            ({n.OUTCOME: "dead_lettered"}, stats.dead_lettered),
+            ({n.OUTCOME: "exhausted"}, stats.exhausted),
+            ({n.OUTCOME: "left_pending"}, stats.left_pending),
+        ],
+        n.STREAM_SOURCE_IN_FLIGHT: stats.in_flight + stats.settling,
+        n.STREAM_SOURCE_UNAVAILABLE: stats.unavailable,
+    }
+
+
 #: Registry ``kind`` (snake_case, see :func:`~._names.kind_id`) -> what to
 #: report for a primitive of that kind.
 READERS: dict[str, Reader] = {
@@ -241,6 +287,10 @@ READERS: dict[str, Reader] = {
     n.TASK_GROUP: read_task_group,
     "stage": read_stage,
     "pipeline": read_pipeline,
+    # the replicas' primitives (trioflow.redis), by kind: no import of them here
+    n.REDIS_LIMITER: read_limiter,
+    n.REDIS_RATE_LIMITER: read_rate,
+    n.REDIS_STREAM_SOURCE: read_stream_source,
 }
 
 

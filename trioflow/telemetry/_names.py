@@ -35,6 +35,7 @@ __all__ = [
     "LIMITER_USAGE",
     "LIMITER_WAIT_DURATION",
     "NAME_ATTRIBUTE",
+    "ORIGIN",
     "OUTCOME",
     "PIPELINE",
     "PIPELINE_NAME",
@@ -44,9 +45,15 @@ __all__ = [
     "RATE_LIMITER_TOKENS",
     "REDIS_LIMITER",
     "REDIS_RATE_LIMITER",
+    "REDIS_STREAM_SOURCE",
     "RETRY_EVENT",
     "STAGE",
     "STAGE_NAME",
+    "STREAM_SOURCE_IN_FLIGHT",
+    "STREAM_SOURCE_NAME",
+    "STREAM_SOURCE_READ",
+    "STREAM_SOURCE_SETTLED",
+    "STREAM_SOURCE_UNAVAILABLE",
     "TASK_GROUP",
     "TASK_GROUP_NAME",
     "TASK_GROUP_QUEUE_SIZE",
@@ -69,6 +76,8 @@ STAGE: Final = "stage"
 #: The replicas' limiters (:mod:`trioflow.redis`) report like their local peers.
 REDIS_LIMITER: Final = "redis_limiter"
 REDIS_RATE_LIMITER: Final = "redis_rate_limiter"
+#: A Redis Streams consumer as a pipeline source (:func:`trioflow.redis.open_stream_source`).
+REDIS_STREAM_SOURCE: Final = "redis_stream_source"
 
 
 def kind_id(kind: str) -> str:
@@ -86,6 +95,8 @@ RATE_LIMITER_NAME: Final = "trioflow.rate_limiter.name"
 TASK_GROUP_NAME: Final = "trioflow.task_group.name"
 PIPELINE_NAME: Final = "trioflow.pipeline.name"
 STAGE_NAME: Final = "trioflow.stage.name"
+#: A stream source's ``<stream>/<group>/<consumer>``.
+STREAM_SOURCE_NAME: Final = "trioflow.stream_source.name"
 
 #: Registry kind -> the attribute that carries an object's name.
 NAME_ATTRIBUTE: Final[dict[str, str]] = {
@@ -98,6 +109,7 @@ NAME_ATTRIBUTE: Final[dict[str, str]] = {
     STAGE: STAGE_NAME,
     REDIS_LIMITER: LIMITER_NAME,
     REDIS_RATE_LIMITER: RATE_LIMITER_NAME,
+    REDIS_STREAM_SOURCE: STREAM_SOURCE_NAME,
 }
 
 # -- other attributes ------------------------------------------------------------
@@ -106,6 +118,8 @@ NAME_ATTRIBUTE: Final[dict[str, str]] = {
 #: ``"rate_limiter"``), on the wait histogram and the wait event.
 KIND: Final = "trioflow.kind"
 OUTCOME: Final = "trioflow.outcome"
+#: Where a stream source's entry came from: ``new`` or ``claimed``.
+ORIGIN: Final = "trioflow.origin"
 CANCELLED: Final = "trioflow.cancelled"
 ERROR_TYPE: Final = "error.type"
 WAIT_DURATION: Final = "trioflow.wait.duration"
@@ -128,6 +142,10 @@ LIMITER_LIMIT: Final = "trioflow.limiter.limit"
 LIMITER_USAGE: Final = "trioflow.limiter.usage"
 LIMITER_QUEUE_SIZE: Final = "trioflow.limiter.queue.size"
 LIMITER_WAIT_DURATION: Final = "trioflow.limiter.wait.duration"
+STREAM_SOURCE_READ: Final = "trioflow.stream_source.read"
+STREAM_SOURCE_SETTLED: Final = "trioflow.stream_source.settled"
+STREAM_SOURCE_IN_FLIGHT: Final = "trioflow.stream_source.in_flight"
+STREAM_SOURCE_UNAVAILABLE: Final = "trioflow.stream_source.unavailable"
 RATE_LIMITER_TOKENS: Final = "trioflow.rate_limiter.tokens"
 TASK_GROUP_RUNNING: Final = "trioflow.task_group.running"
 TASK_GROUP_QUEUE_SIZE: Final = "trioflow.task_group.queue.size"
