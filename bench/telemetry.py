@@ -46,7 +46,9 @@ over ``N_ITEMS`` source items, CPU time per source item. Sides:
   ``source`` span plus one span per stage);
 * ``item-1%`` — ``tracing="item"`` under ``ParentBased(TraceIdRatioBased(0.01))``;
 * ``metrics`` — no tracer, an SDK MeterProvider: the cost of the
-  ``trioflow.stage.duration`` histogram (one SDK record per item and stage).
+  ``trioflow.stage.duration`` histogram (one SDK record per item and stage);
+* ``metrics-no-durations`` — the same with ``use(stage_durations=False)``:
+  every other metric, none recorded per item.
 
 Span sides use a BatchSpanProcessor (queue 65,536, as ``configure()`` sizes
 it) with a discarding exporter; its export thread is charged to the side.
@@ -207,7 +209,16 @@ def measure(case: Callable[[str], Awaitable[float]], side: str) -> float:
 
 
 N_ITEMS = 5000
-PIPELINE_SIDES = ["none", "none-again", "off", "stage", "item", "item-1%", "metrics"]
+PIPELINE_SIDES = [
+    "none",
+    "none-again",
+    "off",
+    "stage",
+    "item",
+    "item-1%",
+    "metrics",
+    "metrics-no-durations",
+]
 
 
 async def step(x: int) -> int:
@@ -231,7 +242,7 @@ def measure_pipeline(side: str) -> float:
     tp: TracerProvider | None = None
     mp: MeterProvider | None = None
     exporter = DiscardSpans()
-    if side == "metrics":
+    if side.startswith("metrics"):
         mp = MeterProvider(
             metric_readers=[
                 PeriodicExportingMetricReader(DiscardMetrics(), export_interval_millis=1000)
@@ -243,9 +254,18 @@ def measure_pipeline(side: str) -> float:
         tp.add_span_processor(
             BatchSpanProcessor(exporter, max_queue_size=65_536, max_export_batch_size=2048)
         )
-    level = {"off": "off", "stage": "stage", "metrics": "off"}.get(side, "item")
+    level = (
+        "off" if side.startswith("metrics") else {"stage": "stage", "off": "off"}.get(side, "item")
+    )
+    durations = side != "metrics-no-durations"
     try:
-        with tf.telemetry.use(tracer_provider=tp, meter_provider=mp, tracing=level):  # type: ignore[arg-type]
+        with tf.telemetry.use(
+            tracer_provider=tp,
+            meter_provider=mp,
+            tracing=level,  # type: ignore[arg-type]
+            stage_durations=durations,
+        ) as handle:
+            assert handle.stage_durations == (mp is not None and durations), side
             return trio.run(pipeline_run)
     finally:
         if tp is not None:
@@ -281,7 +301,7 @@ def pipeline_half(repeats: int) -> None:
     )
     for side in sides:
         print(
-            f"  {side:10s} median {med[side] * 1e6:7.2f} µs/item {med[side] / base:6.3f}x"
+            f"  {side:20s} median {med[side] * 1e6:7.2f} µs/item {med[side] / base:6.3f}x"
             f"   min {best[side] * 1e6:7.2f} µs/item {best[side] / base_best:6.3f}x"
             f"   (max {max(times[side]) * 1e6:.2f})"
         )

@@ -171,3 +171,29 @@ def test_tracing_level_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(ValueError, match=r"tracing must be 'off', 'stage' or 'item', got 'all'"):
         instrumentor.instrument(tracer_provider=tp, tracing="all")
     tp.shutdown()
+
+
+def test_stage_durations_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    mp = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    instrumentor = TrioflowInstrumentor()
+    monkeypatch.setenv("OTEL_PYTHON_TRIOFLOW_STAGE_DURATIONS", " False ")
+    instrumentor.instrument(meter_provider=mp)
+    try:
+        assert _hooks.metrics is True
+        assert _hooks.stage_hook is None
+    finally:
+        instrumentor.uninstrument()
+    monkeypatch.delenv("OTEL_PYTHON_TRIOFLOW_STAGE_DURATIONS")
+    instrumentor.instrument(meter_provider=mp)
+    try:
+        assert _hooks.stage_hook is not None  # on by default
+    finally:
+        instrumentor.uninstrument()
+    monkeypatch.setenv("OTEL_PYTHON_TRIOFLOW_STAGE_DURATIONS", "sometimes")
+    with pytest.raises(
+        ValueError,
+        match=r"OTEL_PYTHON_TRIOFLOW_STAGE_DURATIONS must be 'true' or 'false', got 'sometimes'",
+    ):
+        instrumentor.instrument(meter_provider=mp)
+    assert not instrumentor.is_instrumented_by_opentelemetry
+    mp.shutdown()

@@ -11,6 +11,8 @@ import pytest
 import trio
 import trio.testing
 from opentelemetry.context import Context
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from opentelemetry.trace import INVALID_SPAN, Link, SpanKind, StatusCode, TraceState
@@ -674,3 +676,36 @@ async def test_stop_past_its_grace_marks_the_run_cancelled(
     (item,) = item_spans(otel, "stage slow")
     assert attrs_of(item)["trioflow.outcome"] == "unfinished"
     assert attrs_of(item)["trioflow.cancelled"] is True
+
+
+async def test_stage_durations_switch_stops_only_the_histogram(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``use(stage_durations=False)``: no stage hook on the hot path, no histogram points,
+    and the other pipeline metrics still report (issue 16)."""
+    reader = InMemoryMetricReader()
+    mp = MeterProvider(metric_readers=[reader])
+    with tf.telemetry.use(meter_provider=mp, stage_durations=False) as handle:
+        assert handle.stage_durations is False
+        assert _hooks.stage_hook is None
+        assert _hooks.metrics is True
+        pipe = tf.Pipeline("quiet").map(_double, name="double")
+        async with pipe.open(range(5)) as run:
+            assert [x async for x in run.outputs] == [0, 2, 4, 6, 8]
+            data = reader.get_metrics_data()
+        names = {
+            m.name for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+        }
+        assert "trioflow.stage.duration" not in names
+        assert "trioflow.stage.items" in names
+        assert "trioflow.pipeline.items" in names
+    with tf.telemetry.use(meter_provider=mp) as handle:
+        assert handle.stage_durations is True
+        assert _hooks.stage_hook is not None
+    mp.shutdown()
+    with pytest.raises(TypeError, match=r"^stage_durations must be a bool, got 'no' \(str\)$"):
+        tf.telemetry.use(meter_provider=mp, stage_durations="no")  # type: ignore[arg-type]
+
+
+async def _double(x: int) -> int:
+    return 2 * x

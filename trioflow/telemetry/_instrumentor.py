@@ -11,7 +11,9 @@ entry point, which the agent loads after it has set up the SDK from the
 ``OTEL_*`` variables, and the instrumentor points trioflow at the global
 providers the agent made (as :func:`trioflow.telemetry.use` does).
 ``OTEL_PYTHON_TRIOFLOW_TRACING`` sets the tracing level (``off``, ``stage``
-or ``item``; default ``item``); ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=trioflow``
+or ``item``; default ``item``); ``OTEL_PYTHON_TRIOFLOW_STAGE_DURATIONS=false``
+stops the one hot-path metric, ``trioflow.stage.duration`` (see
+:func:`~trioflow.telemetry.use`); ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=trioflow``
 turns it off like any other instrumentation.
 
 The instrumentor is :func:`~trioflow.telemetry.use` under OpenTelemetry's
@@ -34,10 +36,12 @@ from opentelemetry.instrumentation.instrumentor import (
 
 from ._setup import Telemetry, Tracing, use
 
-__all__ = ["TRACING_ENV", "TrioflowInstrumentor"]
+__all__ = ["STAGE_DURATIONS_ENV", "TRACING_ENV", "TrioflowInstrumentor"]
 
 #: The environment variable that sets the tracing level under the agent.
 TRACING_ENV: Final = "OTEL_PYTHON_TRIOFLOW_TRACING"
+#: The environment variable that turns ``trioflow.stage.duration`` off under the agent.
+STAGE_DURATIONS_ENV: Final = "OTEL_PYTHON_TRIOFLOW_STAGE_DURATIONS"
 
 
 class TrioflowInstrumentor(BaseInstrumentor):
@@ -71,10 +75,20 @@ class TrioflowInstrumentor(BaseInstrumentor):
                     f"{TRACING_ENV} must be 'off', 'stage' or 'item', got {os.environ[TRACING_ENV]!r}"
                 )
             tracing = raw or "item"
+        durations: object = kwargs.get("stage_durations")
+        if durations is None:
+            raw = os.environ.get(STAGE_DURATIONS_ENV, "").strip().lower()
+            if raw and raw not in ("true", "false"):
+                raise ValueError(
+                    f"{STAGE_DURATIONS_ENV} must be 'true' or 'false', "
+                    f"got {os.environ[STAGE_DURATIONS_ENV]!r}"
+                )
+            durations = raw != "false"
         self._handle = use(
             tracer_provider=kwargs.get("tracer_provider"),
             meter_provider=kwargs.get("meter_provider"),
             tracing=cast(Tracing, tracing),  # use() checks it
+            stage_durations=cast(bool, durations),  # use() checks it
         )
 
     def _uninstrument(self, **kwargs: Any) -> None:

@@ -134,6 +134,7 @@ class Telemetry:
         "_owned",
         "_previous",
         "_processors",
+        "_stage_durations",
         "meter_provider",
         "tracer_provider",
     )
@@ -146,6 +147,7 @@ class Telemetry:
         level: int,
         owned: bool,
         processors: Sequence[Any] = (),
+        stage_durations: bool = True,
     ) -> None:
         #: Where trioflow's spans go (``None``: nowhere).
         self.tracer_provider: Final = tracer_provider
@@ -154,6 +156,7 @@ class Telemetry:
         self._level = level
         self._owned = owned
         self._processors: tuple[Any, ...] = tuple(processors)
+        self._stage_durations = stage_durations
         self._instruments: _metrics.Instruments | None = None
         self._previous: Telemetry | None = None
         self._closed = False
@@ -162,6 +165,14 @@ class Telemetry:
     def tracing(self) -> Tracing:
         """The tracing level: ``"off"``, ``"stage"`` or ``"item"``."""
         return _NAMES[self._level]
+
+    @property
+    def stage_durations(self) -> bool:
+        """Is ``trioflow.stage.duration`` recorded (one SDK record per item and stage)?
+
+        ``False`` when asked for, or when there is no :attr:`meter_provider`.
+        """
+        return self._stage_durations and self.meter_provider is not None
 
     @property
     def active(self) -> bool:
@@ -278,7 +289,8 @@ def _apply(t: Telemetry | None, version: str) -> None:
         instruments = _metrics.install(t.meter_provider, version)
         t._instruments = instruments  # pyright: ignore[reportPrivateUsage]
         histogram = instruments.wait_duration
-        _hooks.stage_hook = _metrics.make_stage_hook(instruments.stage_duration)
+        if t._stage_durations:  # pyright: ignore[reportPrivateUsage]
+            _hooks.stage_hook = _metrics.make_stage_hook(instruments.stage_duration)
     _hooks.tracing = level
     _hooks.metrics = t.meter_provider is not None
     _hooks.wait_hook = (
@@ -291,6 +303,7 @@ def use(
     tracer_provider: TracerProvider | None = None,
     meter_provider: MeterProvider | None = None,
     tracing: Tracing | None = None,
+    stage_durations: bool = True,
 ) -> Telemetry:
     """Report trioflow's spans and metrics to providers the application already has.
 
@@ -319,11 +332,21 @@ def use(
       tracing: ``"off"``, ``"stage"`` (spans per pipeline, stage and task
         group) or ``"item"`` (also one trace per pipeline item); ``None``
         keeps the level of the set-up active now, or ``"item"`` if none is.
+      stage_durations: record the ``trioflow.stage.duration`` histogram
+        (when metrics report anywhere). It is the one metric recorded on
+        the hot path: one SDK histogram record per item and stage, on the
+        order of 10 µs (``docs/benchmarks/telemetry.md``); ``False`` leaves
+        every other metric on and makes metrics cost nothing per item.
 
     Returns:
       A :class:`Telemetry` handle; its :meth:`~Telemetry.shutdown` (or a
       ``with`` block around it) restores what was active before and leaves
       the providers running.
+
+    Raises:
+      TypeError: for a provider that is not one, or a ``stage_durations``
+        that is not a bool.
+      ValueError: for a bad ``tracing``.
     """
     _check_instance(
         "tracer_provider", tracer_provider, TracerProvider, "an opentelemetry TracerProvider"
@@ -331,6 +354,7 @@ def use(
     _check_instance(
         "meter_provider", meter_provider, MeterProvider, "an opentelemetry MeterProvider"
     )
+    _check_bool("stage_durations", stage_durations)
     if tracing is None:
         level = _hooks.ITEM if _active is None else _active._level  # pyright: ignore[reportPrivateUsage]
     else:
@@ -345,7 +369,13 @@ def use(
             "(none passed, and OpenTelemetry's global ones are not set): trioflow's "
             "telemetry stays off; set up the SDK first or pass providers"
         )
-    t = Telemetry(tracer_provider=tp, meter_provider=mp, level=level, owned=False)
+    t = Telemetry(
+        tracer_provider=tp,
+        meter_provider=mp,
+        level=level,
+        owned=False,
+        stage_durations=stage_durations,
+    )
     t._activate()  # pyright: ignore[reportPrivateUsage]
     return t
 
@@ -385,6 +415,11 @@ def _reporting_meter_provider(mp: MeterProvider | None) -> MeterProvider | None:
 def _check_instance(param: str, value: object, cls: type, what: str) -> None:
     if value is not None and not isinstance(value, cls):
         raise_type(param, f"{what} or None", value)
+
+
+def _check_bool(param: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{param} must be a bool, got {value!r} ({type(value).__name__})")
 
 
 def _check_path(param: str, value: object) -> None:
@@ -485,6 +520,7 @@ def configure(
     tracing: Tracing = "item",
     set_global: bool = True,
     keep_traces: KeepTraces | None = DEFAULT_KEEP,
+    stage_durations: bool = True,
 ) -> Telemetry:
     """Set up OpenTelemetry for a script in one call, and point trioflow at it.
 
@@ -530,6 +566,8 @@ def configure(
       keep_traces: which traces the Jaeger file keeps (a
         :class:`KeepTraces`; ``None`` keeps every one). OTLP destinations
         get every sampled span whatever this says.
+      stage_durations: record the ``trioflow.stage.duration`` histogram
+        when metrics are exported (see :func:`use`).
 
     Returns:
       A :class:`Telemetry` handle; call :meth:`~Telemetry.shutdown` when the
@@ -543,6 +581,7 @@ def configure(
     """
     _check_configure(service_name, otlp_endpoint, jaeger_file, console)
     _check_keep(keep_traces)
+    _check_bool("stage_durations", stage_durations)
     level = _check_tracing(tracing)
     trace_names = _env_list("OTEL_TRACES_EXPORTER")
     metric_names = _env_list("OTEL_METRICS_EXPORTER") or []
@@ -623,6 +662,7 @@ def configure(
         level=level,
         owned=True,
         processors=processors,
+        stage_durations=stage_durations,
     )
     t._activate()  # pyright: ignore[reportPrivateUsage]
     return t
