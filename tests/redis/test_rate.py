@@ -198,8 +198,10 @@ async def test_redis_slow_times_out_and_recovers(own_redis: RedisServer, name: s
         for _ in range(5):
             with trio.fail_after(5):
                 await limiter.acquire()
-        ok = await c.get(limiter.key)
-        assert ok is not None
+        # (Not the key's presence: at 1000/s the bucket refills, and its key
+        # expires, within milliseconds, which a slow run can take.)
+        st = limiter.statistics()
+        assert (st.granted, st.unavailable, st.tasks_waiting) == (6, 1, 0)
 
 
 async def test_plugs_into_every_rate_parameter(client: Any, name: str) -> None:

@@ -96,6 +96,16 @@ class _Sink:
 MAX_DEAD_LETTERS: Final = 1000
 
 
+def _both(first: _hooks.StageHook, second: _hooks.StageHook) -> _hooks.StageHook:
+    """One stage hook that calls two (metrics and the timeline, both on)."""
+
+    def both(stage: object, duration: float, exc: BaseException | None) -> None:
+        first(stage, duration, exc)
+        second(stage, duration, exc)
+
+    return both
+
+
 class RunEngine:
     """Everything one run needs; registered as kind ``"pipeline"``."""
 
@@ -255,6 +265,9 @@ class RunEngine:
         reports nowhere, so with no SDK there is no hook and no tracing here.
         """
         stage_hook = _hooks.stage_hook if _hooks.metrics else None
+        timeline = _hooks.timeline_hook
+        if timeline is not None:
+            stage_hook = timeline if stage_hook is None else _both(stage_hook, timeline)
         if not _hooks.tracing:
             return RunTelemetry(stage_hook=stage_hook)
         span = start_run(self.name, [s.name for s in self.specs])

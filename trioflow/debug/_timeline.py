@@ -22,7 +22,13 @@ How it records (one ``trio.abc.Instrument``):
 * every ``sample_interval``: each registered limiter, lane, rate limiter,
   task group and stage as a counter track (in use, waiting), on change;
 * ``before_io_wait`` / ``after_io_wait``: the loop's idle time, on its own
-  track.
+  track;
+* each pipeline item's time in each stage (its function, retries included,
+  and its outcome): one slice per item on a track of the worker that ran
+  it, tracks grouped by pipeline ("process" ``pipeline 'name'``). The
+  pipeline calls :data:`trioflow.telemetry._hooks.timeline_hook`, which a
+  recording sets; a run reads it once, when it starts, so runs started
+  before the recording show their tasks but not their items.
 
 Events are small tuples appended to a list: the hot path formats nothing.
 A full recording hands its events in chunks to a writer thread, which
@@ -61,6 +67,7 @@ from trio.lowlevel import Task
 
 from .. import _registry
 from .._util import check_count, check_positive_number, check_signal, raise_type
+from ..telemetry import _hooks
 from ._dump import record as _task_record
 from ._gauges import read_gauge
 from ._parked import WaitCache, parked_on
@@ -84,6 +91,11 @@ _EXIT = 4  # (EXIT, t, tid)
 _COUNT = 5  # (COUNT, t, label, in use, waiting)
 _IDLE = 6  # (IDLE, t0, t1)
 _NOTE = 7  # (NOTE, t, text)
+_ITEM = 8  # (ITEM, t end, tid, pid, pipeline label, stage, duration, error type or None)
+
+#: Item tracks are the worker task's id plus this (a tid of their own: the
+#: format keys threads by tid, and the worker's run/wait slices are on its tid).
+_ITEM_TID = 1_000_000_000
 
 #: The recorder's clock (real time: a timeline shows where CPU time went, so
 #: it does not follow a trio MockClock). Tests may replace it.
@@ -122,6 +134,8 @@ class _Recorder(trio.abc.Instrument):
         self.open_parks: dict[int, tuple[Any, ...]] = {}  # tid -> PARK
         self.base_counts: dict[str, tuple[Any, ...]] = {}  # label -> COUNT
         self.trimmed = 0
+        #: pipeline name -> the pid its item tracks are grouped under
+        self.pipeline_pids: dict[str, int] = {}
 
     # -- per-step hooks: keep them to a tuple append or two --------------------
 
@@ -178,6 +192,35 @@ class _Recorder(trio.abc.Instrument):
     def after_run(self) -> None:
         self.owner._stop(from_run=True)  # pyright: ignore[reportPrivateUsage]
 
+    def item(self, stage: Any, duration: float, exc: BaseException | None) -> None:
+        """The timeline hook: a pipeline stage finished one item in ``duration`` seconds.
+
+        Called in the worker task, after the item's function (all attempts).
+        """
+        task = self.current
+        if task is None:  # not inside one of this run's steps (another thread's run)
+            return
+        t = _now()
+        tid = self.tids.get(task)
+        if tid is None:
+            tid = self._meet(task, t)
+        pipeline: str = stage.pipeline
+        pid = self.pipeline_pids.get(pipeline)
+        if pid is None:
+            pid = self.pipeline_pids[pipeline] = next(self.pids)
+        self.append(
+            (
+                _ITEM,
+                t,
+                tid,
+                pid,
+                f"pipeline {pipeline!r}",
+                stage.name,
+                duration,
+                None if exc is None else type(exc).__qualname__,
+            )
+        )
+
     # -- the rest ---------------------------------------------------------------
 
     def _meet(self, task: Task, t: float) -> int:
@@ -222,8 +265,6 @@ class _Recorder(trio.abc.Instrument):
             if old.get(label) != value:
                 self.append((_COUNT, t, label, g.in_use, g.waiting))
         self.gauges = gauges
-        if len(self.base_counts) > 2 * len(gauges) + 64:
-            self.base_counts = {k: v for k, v in self.base_counts.items() if k in gauges}
         if len(self.nurseries) > self.nursery_sweep:
             self.nurseries = {k: v for k, v in self.nurseries.items() if v[0]() is not None}
             self.nursery_sweep = max(1024, 2 * len(self.nurseries))
@@ -235,6 +276,10 @@ class _Recorder(trio.abc.Instrument):
         owner = self.owner
         if owner.window is not None:
             self.trim(t - owner.window)
+            # After the trim, which moves the counters it drops here: a
+            # primitive that is gone leaves no last value behind.
+            if len(self.base_counts) > 2 * len(gauges) + 64:
+                self.base_counts = {k: v for k, v in self.base_counts.items() if k in gauges}
         elif len(self.events) >= _CHUNK:
             chunk = self.events
             assert isinstance(chunk, list)
@@ -323,6 +368,8 @@ class _Encoder:
         self.flow_ids = itertools.count(1)
         self.last_ns = 0
         self.count = 0
+        #: item track tid -> where its last item slice ended (ns): slices never overlap
+        self.item_ends: dict[int, int] = {}
 
     def _j(self, s: str) -> str:
         lit = self.names.get(s)
@@ -440,6 +487,34 @@ class _Encoder:
                     f'{{"ph":"X","pid":{_LOOP_PID},"tid":{_LOOP_TID},"ts":{_ns_str(a)},'
                     f'"dur":{_ns_str(b - a)},"cat":"idle","name":"I/O wait"}}'
                 )
+            elif k == _ITEM:
+                tid = e[2]
+                if tid not in pid_of:
+                    continue
+                pid = e[3]
+                if pid not in self.pids_seen:
+                    add(self.meta_process(pid, e[4]))
+                itid = _ITEM_TID + tid
+                b = int((e[1] - base) * 1e9)
+                last = self.item_ends.get(itid)
+                if last is None:
+                    add(
+                        f'{{"ph":"M","pid":{pid},"tid":{itid},"name":"thread_name",'
+                        f'"args":{{"name":{self._j(f"stage {e[5]} (task #{tid})")}}}}}'
+                    )
+                    last = 0
+                a = max(last, b - int(e[6] * 1e9), 0)
+                if b <= a:
+                    b = a + 1
+                self.item_ends[itid] = b
+                outcome = "ok" if e[7] is None else e[7]
+                add(
+                    f'{{"ph":"X","pid":{pid},"tid":{itid},"ts":{_ns_str(a)},'
+                    f'"dur":{_ns_str(b - a)},"cat":"item","name":{self._j(e[5])},'
+                    f'"args":{{"outcome":{self._j(outcome)}}}}}'
+                )
+                if b > self.last_ns:
+                    self.last_ns = b
             elif k == _NOTE:
                 t = int((e[1] - base) * 1e9)
                 add(
@@ -594,6 +669,7 @@ class Timeline:
         self._lock = threading.Lock()
         self._stopped = False
         self._handed = 0
+        self._previous_hook: _hooks.StageHook | None = None
 
     def __repr__(self) -> str:
         mode = "full" if self.window is None else f"last {self.window:g}s"
@@ -638,6 +714,10 @@ class Timeline:
         rec.t0 = self._base
         rec._meet(current, self._base)  # pyright: ignore[reportPrivateUsage]
         trio.lowlevel.add_instrument(rec)
+        # Pipelines started from now on report their items (the last timeline
+        # started wins; stopping it gives the hook back).
+        self._previous_hook = _hooks.timeline_hook
+        _hooks.timeline_hook = rec.item
         return self
 
     def stop(self) -> None:
@@ -654,6 +734,8 @@ class Timeline:
                 return
             self._stopped = True
         rec = self._recorder
+        if _hooks.timeline_hook == rec.item:
+            _hooks.timeline_hook = self._previous_hook
         with contextlib.suppress(KeyError, RuntimeError):
             trio.lowlevel.remove_instrument(rec)
         if self.signal is not None and threading.current_thread() is threading.main_thread():

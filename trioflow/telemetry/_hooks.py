@@ -19,6 +19,7 @@ __all__ = [
     "WaitHook",
     "metrics",
     "stage_hook",
+    "timeline_hook",
     "tracing",
     "wait_hook",
 ]
@@ -37,6 +38,12 @@ wait_hook: WaitHook | None = None
 StageHook = Callable[[object, float, BaseException | None], None]
 
 stage_hook: StageHook | None = None
+
+#: The same call for the execution timeline: set by
+#: :func:`trioflow.debug.record_timeline` while it records (not by the
+#: telemetry set-up), so each item's time in each stage is on the timeline.
+#: Read once per pipeline run, when it starts. ``None`` = off.
+timeline_hook: StageHook | None = None
 
 #: Tracing levels, ordered: check ``_hooks.tracing >= _hooks.ITEM``.
 OFF: Final = 0
