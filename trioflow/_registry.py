@@ -26,6 +26,7 @@ scanning every primitive.
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import threading
 import weakref
@@ -39,6 +40,8 @@ __all__ = [
     "Holding",
     "Inspectable",
     "Waiting",
+    "label",
+    "label_of",
     "live",
     "register",
 ]
@@ -150,6 +153,32 @@ def live(kind: str | None = None) -> list[Inspectable]:
         if obj is not None and (kind is None or obj.kind == kind):
             out.append(obj)
     return out
+
+
+#: Names for trio objects a primitive owns (a pipeline's channels), weakly
+#: keyed. No lock: one ``WeakKeyDictionary`` operation at a time is safe from
+#: any thread, and its weakref callbacks take none.
+_labels: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
+
+
+def label(obj: object, text: str) -> None:
+    """Name ``obj``, a trio object a primitive owns, for dumps: ``"events: parse → store"``.
+
+    A dump names a task parked on a trio primitive by the variable that holds
+    it in user code; a primitive's internals (a pipeline's channels) have no
+    such variable, so the primitive labels them here. Weak: the label goes
+    with the object. Objects that cannot be weakly referenced are not labelled.
+    """
+    with contextlib.suppress(TypeError):
+        _labels[obj] = text
+
+
+def label_of(obj: object) -> str | None:
+    """The label :func:`label` gave ``obj``, if any. Any thread; never blocks."""
+    try:
+        return _labels.get(obj)
+    except TypeError:
+        return None
 
 
 def default_name(kind: str) -> str:

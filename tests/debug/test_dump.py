@@ -496,3 +496,53 @@ def test_snake_case_registry_kinds_print_with_a_space() -> None:
     assert describe("rate limiter", "api", None) == "rate limiter 'api'"
     assert describe("task_group", "jobs", None) == "task group 'jobs'"
     assert describe("wait_all_tasks_blocked", "", None) == "wait_all_tasks_blocked"
+
+
+@pytest.mark.parametrize("ordered", [False, True], ids=["unordered", "ordered"])
+async def test_pipeline_channels_are_named_after_the_stages_they_join(ordered: bool) -> None:
+    """A task parked on a pipeline's channel says which stages it sits between (issue 15)."""
+    gate = trio.Event()
+
+    async def parse(x: int) -> int:
+        return x
+
+    async def store(x: int) -> int:
+        await gate.wait()
+        return x
+
+    pipe = (
+        tf.Pipeline("orders")
+        .map(parse, workers=2, ordered=ordered, name="parse")
+        .map(store, name="store")
+    )
+    async with pipe.open(range(20)) as run:
+        await trio.testing.wait_all_tasks_blocked()
+        dump = dump_tasks()
+        waits = {t.name: t.blocked_on.describe() for t in dump.tasks if t.blocked_on is not None}
+        text = dump.format()
+        gate.set()
+        assert len([x async for x in run.outputs]) == 20
+    assert waits["pipeline orders, source"].startswith("channel send 'orders: source → parse' <0x")
+    parse_waits = {v for k, v in waits.items() if k.startswith("stage parse")}
+    assert any(w.startswith("channel send 'orders: parse → store'") for w in parse_waits), waits
+    if ordered:
+        # the ordered stage's own channels name the stage and their role
+        assert any("'orders: parse (" in w for w in parse_waits), waits
+    assert "waiting on channel send 'orders: parse → store'" in text
+
+
+async def test_labels_are_weak_and_never_block() -> None:
+    send, receive = trio.open_memory_channel[int](0)
+    _registry.label(send, "p: a → b")
+    assert _registry.label_of(send) == "p: a → b"
+    assert _registry.label_of(receive) is None
+    _registry.label(3, "an int cannot be weakly referenced: not labelled")
+    assert _registry.label_of(3) is None
+    assert _registry.label_of([]) is None  # unhashable: no label, no error
+    del send
+    import gc
+
+    gc.collect()
+    # the label went with the channel end: nothing keeps it alive
+    assert "p: a → b" not in _registry._labels.values()
+    receive.close()

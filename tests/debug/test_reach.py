@@ -123,6 +123,10 @@ async def test_a_pipeline_whose_outputs_nobody_reads() -> None:
     assert "pipeline events, source" in names
     assert "scenario" in names
     assert all(s.tasks for s in found)
+    # The report names the pipeline's channels after the stages they join.
+    reports = "\n".join(s.format() for s in found)
+    assert "channel send 'events: double → outputs'" in reports
+    assert "channel send 'events: source → double'" in reports
 
 
 async def test_a_task_that_outlives_the_request_that_started_it() -> None:

@@ -13,6 +13,7 @@ from typing import Final
 import trio
 from opentelemetry.trace import INVALID_SPAN
 
+from .. import _registry
 from ._attempt import duration_clock
 from ._envelope import Envelope, hand_off
 from ._fate import Fate
@@ -198,6 +199,13 @@ async def _ordered(stage: StageRun) -> None:
     pending: set[_Slot] = set()
     order_s, order_r = trio.open_memory_channel[_Slot](stage.spec.workers)
     work_s, work_r = trio.open_memory_channel[_Slot](0)
+    for end, what in (
+        (order_s, "in order"),
+        (order_r, "in order"),
+        (work_s, "to workers"),
+        (work_r, "to workers"),
+    ):
+        _registry.label(end, f"{stage.pipeline}: {stage.name} ({what})")
 
     async def dispatcher() -> None:
         try:

@@ -155,6 +155,12 @@ class RunEngine:
         else:
             s.close()  # run(): the last stage delivers to a sink; outputs is empty
             self.outboxes.append(_Sink(self.ledger))
+        # Dumps name a task parked on these after the stages they join.
+        ends = ["source", *(spec.name for spec in specs), "outputs"]
+        for i, (send, receive) in enumerate(zip(self.senders, self.receivers, strict=True)):
+            text = f"{name}: {ends[i]} → {ends[i + 1]}"
+            _registry.label(send, text)
+            _registry.label(receive, text)
         self.outputs: Final = Outputs[Any](r, self.ledger)
         self.reader: Final = SourceReader(source, self.senders[0], self.ledger, self.fail, name)
         self.stages: list[StageRun] = []

@@ -617,8 +617,12 @@ def _trio_obj(
     seen = trio_objs.get(id(obj))
     if seen is not None:
         return seen[0]
-    # The nearest frame of user code names it (``async with self.lock:``).
-    b = BlockedOn(kind, "" if user is None else _name_in(user, obj), obj)
+    # A primitive's own label (a pipeline's channel: ``events: parse → store``),
+    # else the nearest frame of user code names it (``async with self.lock:``).
+    name = _registry.label_of(obj)
+    if name is None:
+        name = "" if user is None else _name_in(user, obj)
+    b = BlockedOn(kind, name, obj)
     trio_objs[id(obj)] = (b, obj)
     return b
 
