@@ -13,6 +13,10 @@
 3. Writing 1M events: the encoder's time and the file's size.
 4. Watching a 10k-task service with top at 1 Hz: its CPU per second
    unwatched and watched (accounting on, one frame a second), alternating.
+5. A pipeline of three trivial ``map`` stages (one worker each) over
+   ``--items`` items, unrecorded, and recorded (full and flight) with and
+   without its item slices (the same recording with the timeline's item
+   hook taken away): what the per-item events add on top of the task steps.
 
     python bench/timeline.py [--repeats N] [--steps N] [--events N] [--work N] [--only PART]
 
@@ -37,6 +41,7 @@ import trio
 
 import trioflow as tf
 from trioflow.debug import _timeline, _topdata
+from trioflow.telemetry import _hooks
 
 STEPS = 200_000
 
@@ -139,6 +144,52 @@ def bench_recording(repeats: int, total_steps: int) -> None:
             f"   ({(med - base) / steps_seen['off'] * 1e6:+.2f} µs/step)"
         )
     print(f"  last full/flight file: {size / 1e6:.1f} MB")
+
+
+async def _step(x: int) -> int:
+    return x + 1
+
+
+PIPE = tf.Pipeline("bench").map(_step, name="a").map(_step, name="b").map(_step, name="c")
+
+
+def run_pipeline(n_items: int, mode: str, path: Path) -> float:
+    """CPU seconds of one pipeline run of ``n_items`` in ``mode``."""
+
+    async def main() -> None:
+        if mode == "off":
+            await PIPE.run(range(n_items))
+            return
+        window = 5.0 if mode.startswith("flight") else None
+        with tf.debug.record_timeline(path, window=window, signal=None):
+            if mode.endswith("no-items"):
+                # The same recording with the item hook taken away: the
+                # difference is what the item slices cost.
+                _hooks.timeline_hook = None
+            await PIPE.run(range(n_items))
+
+    t0 = time.process_time()
+    trio.run(main)
+    return time.process_time() - t0
+
+
+def bench_pipeline(repeats: int, n_items: int) -> None:
+    modes = ["off", "full", "full no-items", "flight", "flight no-items"]
+    results: dict[str, list[float]] = {m: [] for m in modes}
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "p.json"
+        for r in range(repeats):
+            order = modes[r % len(modes) :] + modes[: r % len(modes)]
+            for m in order:
+                results[m].append(run_pipeline(n_items, m, path))
+    base = statistics.median(results["off"])
+    print(f"pipeline: 3 map stages x 1 worker, {n_items} items, CPU median of {repeats}")
+    for m in modes:
+        med = statistics.median(results[m])
+        print(
+            f"  {m:16s} {med * 1e3:8.1f} ms   ratio {med / base:5.2f}x"
+            f"   ({(med - base) / n_items * 1e6:+.2f} µs/item)"
+        )
 
 
 def bench_write(n_events: int) -> None:
@@ -248,7 +299,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=STEPS)
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--top-tasks", type=int, default=10_000)
-    ap.add_argument("--only", choices=["record", "write", "top"], default=None)
+    ap.add_argument("--items", type=int, default=20_000)
+    ap.add_argument("--only", choices=["record", "write", "top", "pipeline"], default=None)
     ap.add_argument("--work", type=int, default=0, help="loop iterations of work per step")
     args = ap.parse_args()
     global WORK
@@ -258,6 +310,7 @@ def main() -> None:
         "record": lambda: bench_recording(args.repeats, args.steps),
         "write": lambda: bench_write(args.events),
         "top": lambda: bench_top(args.top_tasks, args.repeats),
+        "pipeline": lambda: bench_pipeline(args.repeats, args.items),
     }
     for name, fn in parts.items():
         if args.only in (None, name):
