@@ -419,7 +419,7 @@ def _check_instance(param: str, value: object, cls: type, what: str) -> None:
 
 def _check_bool(param: str, value: object) -> None:
     if not isinstance(value, bool):
-        raise TypeError(f"{param} must be a bool, got {value!r} ({type(value).__name__})")
+        raise_type(param, "a bool", value)
 
 
 def _check_path(param: str, value: object) -> None:
