@@ -609,3 +609,34 @@ async def test_items_of_a_run_started_before_the_recording_are_not_recorded(
             assert [x async for x in run.outputs] == [0, 1, 2]
     events = read(path)
     assert not [e for e in events if e.get("cat") == "item"]
+
+
+async def test_items_reach_both_the_timeline_and_the_stage_histogram(tmp_path: Path) -> None:
+    """With metrics on, a run feeds the stage-duration histogram and the timeline alike."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    mp = MeterProvider(metric_readers=[reader])
+    path = tmp_path / "t.json"
+
+    async def double(x: int) -> int:
+        return 2 * x
+
+    try:
+        with tf.telemetry.use(meter_provider=mp), tf.debug.record_timeline(path):
+            report = await tf.Pipeline("both").map(double, name="double").run(range(7))
+            data = reader.get_metrics_data()
+    finally:
+        mp.shutdown()
+    assert report.delivered == 7
+    (hist,) = [
+        m
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.name == "trioflow.stage.duration"
+    ]
+    assert sum(p.count for p in hist.data.data_points) == 7  # type: ignore[attr-defined]
+    items = [e for e in read(path) if e.get("cat") == "item"]
+    assert len(items) == 7
