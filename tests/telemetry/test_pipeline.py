@@ -705,6 +705,11 @@ async def test_stage_durations_switch_stops_only_the_histogram(
     mp.shutdown()
     with pytest.raises(TypeError, match=r"^stage_durations must be a bool, got 'no' \(str\)$"):
         tf.telemetry.use(meter_provider=mp, stage_durations="no")  # type: ignore[arg-type]
+    # configure() checks it before it builds anything (no provider, nothing active)
+    with pytest.raises(TypeError, match=r"^stage_durations must be a bool, got 1 \(int\)$"):
+        tf.telemetry.configure("svc", console=True, stage_durations=1)  # type: ignore[arg-type]
+    assert _hooks.stage_hook is None
+    assert not _hooks.metrics
 
 
 async def _double(x: int) -> int:
