@@ -10,7 +10,7 @@ import pytest
 
 import trioflow.adaptive
 
-# The package as imported (an installed wheel in CI's wheel job), not a path
+# The package as imported (an installed wheel in CI's packaging job), not a path
 # beside the tests: with no source tree there the list would be empty.
 ADAPTIVE = pathlib.Path(trioflow.adaptive.__file__).parent
 ALLOWED_THIRD_PARTY = {"attrs"}
