@@ -3,6 +3,7 @@ pending, claiming a dead consumer's entries, restart, Redis paused, a real pipel
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -126,6 +127,99 @@ async def test_restart_with_the_same_name_rereads_its_pending(client: Any, name:
         for e in again:
             source.settle(e, "delivered", None)
     assert await _pending(client, name, "g") == 0
+
+
+def _fail_first_counts(source: Any, *failures: Callable[[], Awaitable[None]]) -> None:
+    """Make the source's next delivery-count round trips run ``failures`` instead, in turn."""
+    real = source._deliveries_script
+    pending = list(failures)
+
+    async def counts(*args: Any, **kwargs: Any) -> Any:
+        if pending:
+            await pending.pop(0)()
+        return await real(*args, **kwargs)
+
+    setattr(source, "_deliveries_script", counts)  # noqa: B010 (a Final attribute)
+
+
+async def test_restart_reread_cut_at_the_delivery_counts_rereads_at_once(
+    client: Any, name: str
+) -> None:
+    """A failed or cancelled count round trip on the restart path loses nothing and waits
+    for no claim: the history cursor moves only once the entries are in the buffer."""
+    await _add(client, name, 3)
+    async with open_stream_source(client, name, "g", consumer="a", count=3) as source:
+        await anext(aiter(source))  # read three, hand out one, settle none
+    assert await _pending(client, name, "g") == 3
+
+    scope = trio.CancelScope()
+
+    async def cancel() -> None:
+        scope.cancel()
+        await trio.lowlevel.checkpoint()
+
+    async def refuse() -> None:
+        raise ConnectionError("connection reset by the injected fault")
+
+    async with open_stream_source(
+        client, name, "g", consumer="a", count=3, claim_idle=3600, block=0.05
+    ) as source:
+        _fail_first_counts(source, cancel, refuse)
+        it = aiter(source)
+        with scope:
+            await anext(it)
+        assert scope.cancelled_caught
+        with trio.fail_after(10), pytest.raises(RedisUnavailableError, match="delivery counts"):
+            await anext(it)
+        # Not after claim_idle (an hour): at once, from this consumer's own history.
+        with trio.fail_after(10):
+            again = [await anext(it) for _ in range(3)]
+        assert [e.fields[b"n"] for e in again] == [b"0", b"1", b"2"]
+        # Redis counted each history read that reached it: the first read, the
+        # cut one, the refused one, and this one.
+        assert [e.deliveries for e in again] == [4, 4, 4]
+        st = source.statistics()
+        assert (st.read, st.claimed, st.unavailable) == (3, 0, 1)
+        for e in again:
+            source.settle(e, "delivered", None)
+        await _settled(source)
+    assert await _pending(client, name, "g") == 0
+
+
+async def test_claim_cut_at_the_delivery_counts_is_claimed_again(
+    redis_server: RedisServer, name: str
+) -> None:
+    """A cancelled count round trip after XAUTOCLAIM: the claimed entries stay pending
+    here with their idle time reset, and a later pass claims them again: none lost."""
+    async with make_client(redis_server) as ca, make_client(redis_server) as cb:
+        await _add(ca, name, 4)
+        async with open_stream_source(ca, name, "g", consumer="dies", count=4) as a:
+            await anext(aiter(a))
+        assert await _pending(ca, name, "g") == 4
+        scope = trio.CancelScope()
+
+        async def cancel() -> None:
+            scope.cancel()
+            await trio.lowlevel.checkpoint()
+
+        got: list[StreamEntry] = []
+        async with open_stream_source(
+            cb, name, "g", consumer="survivor", count=10, claim_idle=0.2, block=0.05
+        ) as b:
+            _fail_first_counts(b, cancel)
+            it = aiter(b)
+            with scope:
+                await anext(it)
+            assert scope.cancelled_caught
+            with trio.fail_after(10):
+                while len(got) < 4:
+                    entry = await anext(it)
+                    got.append(entry)
+                    b.settle(entry, "delivered", None)
+            await _settled(b)
+            assert b.statistics().claimed == 4
+        assert sorted(int(e.fields[b"n"]) for e in got) == [0, 1, 2, 3]
+        assert await _pending(ca, name, "g") == 0
 
 
 async def test_a_poison_entry_is_dead_lettered_after_max_deliveries(client: Any, name: str) -> None:

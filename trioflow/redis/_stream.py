@@ -28,6 +28,12 @@ takes it, would go round the replicas for ever that way. Redis counts each
 entry's deliveries (a claim and a re-read each add one); an entry claimed or
 re-read with more than ``max_deliveries`` is not handed to the pipeline
 again but dead-lettered by the source itself (``exhausted``), with the count.
+
+A read cut short (its delivery-count round trip failed, or the reader was
+cancelled during it) loses nothing: the restart re-read's cursor moves only
+once the entries are buffered, so the next iteration reads them again, and
+entries just claimed stay pending here and are claimed again after
+``claim_idle``.
 """
 
 from __future__ import annotations
@@ -295,6 +301,11 @@ class StreamSource:
             if not entries:
                 self._history = None
                 return
+            # The delivery counts first: if that round trip fails or is
+            # cancelled, the history cursor has not moved, so the next read
+            # re-reads these entries (they are still pending here), rather
+            # than leaving them to a claim after claim_idle.
+            counted = await self._counted([e for e in entries if e.field_values])
             last = entries[-1].identifier
             self._history = last.decode() if isinstance(last, bytes) else str(last)
             trimmed = [_entry(raw, 0).id for raw in entries if not raw.field_values]
@@ -302,7 +313,7 @@ class StreamSource:
                 # Pending but trimmed from the stream: nothing left to process.
                 self._to_ack.extend(trimmed)
                 self._wanted.set()
-            self._buffer.extend(await self._counted([e for e in entries if e.field_values]))
+            self._buffer.extend(counted)
             return
         if trio.current_time() >= self._claim_next:
             reply = await self._run(
@@ -316,6 +327,10 @@ class StreamSource:
                 count=self._count,
             )
             # Go on from where this pass stopped; "0-0" means it reached the end.
+            # (If the delivery counts below fail or are cancelled, the entries
+            # just claimed stay pending under this consumer with their idle
+            # time reset: a later pass, here or in another replica, claims
+            # them again after claim_idle. At least once, never lost.)
             cursor = reply[0]
             self._claim_cursor = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
             claimed = await self._counted([e for e in reply[1] if e.field_values])
