@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import jsonschema
@@ -546,3 +547,66 @@ async def test_labels_are_weak_and_never_block() -> None:
     # the label went with the channel end: nothing keeps it alive
     assert "p: a → b" not in _registry._labels.values()
     receive.close()
+
+
+async def test_amap_channels_and_task_handles_are_named_in_dumps() -> None:
+    """A task parked inside amap, or on a TaskHandle, says on what (issue 15).
+
+    Each wait here is on a trio object that trioflow owns: without its label
+    a dump shows a bare ``channel send <0x…>`` or ``event <0x…>``.
+    """
+    gate = trio.Event()
+
+    async def slow(x: int) -> int:
+        if x == 0:
+            await gate.wait()
+        return x
+
+    async def numbers() -> AsyncIterator[int]:
+        for i in range(10):
+            yield i
+
+    def waits_of(dump: TaskDump) -> list[str]:
+        return [t.blocked_on.describe() for t in dump.tasks if t.blocked_on is not None]
+
+    async with tf.open_task_group(name="jobs") as tg:
+        handle = await tg.spawn(gate.wait)
+
+        async def wait_for_it() -> None:
+            await handle.wait()
+
+        tg.start_soon(wait_for_it)
+        # item 0 holds the one worker: the feeder waits to hand over item 1
+        async with tf.amap(slow, numbers(), max_at_once=1) as fed:
+            # nobody reads these: the worker waits to hand over its second result
+            async with tf.amap(slow, range(1, 10), max_at_once=1) as unread:
+                # item 0 is slow: a reader waits for it while the results
+                # behind it fill the order window
+                async with tf.amap(slow, range(10), max_at_once=2, ordered=True) as ordered:
+                    got: list[int] = []
+
+                    async def read() -> None:
+                        got.extend([r async for r in ordered])
+
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(read)
+                        await trio.testing.wait_all_tasks_blocked()
+                        dump = dump_tasks()
+                        gate.set()
+                    assert got == list(range(10))
+                assert [r async for r in unread] == list(range(1, 10))
+            assert [r async for r in fed] == list(range(10))
+        name = handle.name
+    waits = waits_of(dump)
+    text = dump.format()
+
+    def some(prefix: str) -> bool:
+        return any(w.startswith(prefix) for w in waits)
+
+    what = "amap of test_amap_channels_and_task_handles_are_named_in_dumps.<locals>.slow"
+    assert some(f"channel send '{what}: inputs' <0x"), waits
+    assert some(f"channel send '{what}: results' <0x"), waits
+    assert some(f"channel receive '{what}: results' <0x"), waits
+    assert some(f"semaphore '{what}: order window' <0x"), waits
+    assert some(f"event 'jobs: {name} done' <0x"), waits
+    assert f"waiting on event 'jobs: {name} done'" in text

@@ -13,6 +13,7 @@ import attrs
 import outcome
 import trio
 
+from .. import _registry
 from .._admission._protocol import Limiter, Pacer, PermitLimiter, check_limiter, check_pacer
 from .._admission._rate import RateLimiter
 from .._pipeline._retry import Retry
@@ -296,10 +297,15 @@ class _Amap(Generic[T, R]):
             raise RuntimeError("an amap() context can be entered only once")
         self._state = "open"
         limit = self._max
+        # Dumps name what a task parked inside amap waits on after the call:
+        # ``channel receive 'amap of fetch: results'``.
+        what = f"amap of {self._fn_name()}"
         if self._ordered and limit is not None:
             self._window = trio.Semaphore(2 * limit)
+            _registry.label(self._window, f"{what}: order window")
         buffer = math.inf if limit is None else limit
         self._out_send, self._out_recv = trio.open_memory_channel[Any](buffer)
+        _registry.label(self._out_recv, f"{what}: results")
         items = self._items
         self._nursery_cm = trio.open_nursery()
         nursery: trio.Nursery = await self._nursery_cm.__aenter__()
@@ -307,11 +313,13 @@ class _Amap(Generic[T, R]):
         if hasattr(items, "__aiter__"):
             self._aiter = aiter(items)  # pyright: ignore[reportArgumentType]
             in_send, self._in_recv = trio.open_memory_channel[tuple[int, T]](0)
+            _registry.label(in_send, f"{what}: inputs")
+            _registry.label(self._in_recv, f"{what}: inputs")
             nursery.start_soon(self._feeder, in_send, name=f"amap feeder of {self._fn_name()}")
         else:
             self._iter = iter(items)  # pyright: ignore[reportArgumentType, reportCallIssue, reportUnknownVariableType]
         self._workers = self._alive = self._idle = 1
-        nursery.start_soon(self._worker, self._out_send.clone(), name=self._worker_name())
+        nursery.start_soon(self._worker, self._results_end(), name=self._worker_name())
         return AmapResults(self)
 
     async def __aexit__(
@@ -358,6 +366,12 @@ class _Amap(Generic[T, R]):
     def _worker_name(self) -> str:
         return f"amap worker of {self._fn_name()}"
 
+    def _results_end(self) -> trio.MemorySendChannel[Any]:
+        """A worker's own clone of the results channel, labelled for dumps."""
+        end = self._out_send.clone()
+        _registry.label(end, f"amap of {self._fn_name()}: results")
+        return end
+
     # -- producing ---------------------------------------------------------
 
     async def _feeder(self, in_send: trio.MemorySendChannel[tuple[int, T]]) -> None:
@@ -393,7 +407,7 @@ class _Amap(Generic[T, R]):
             self._alive += 1
             self._idle += 1
             assert self._nursery is not None
-            self._nursery.start_soon(self._worker, self._out_send.clone(), name=self._worker_name())
+            self._nursery.start_soon(self._worker, self._results_end(), name=self._worker_name())
 
     async def _worker(self, out: trio.MemorySendChannel[Any]) -> None:
         # A plain "with": aclose() would checkpoint, and a Cancelled raised

@@ -149,6 +149,12 @@ class _Task:
         if self.event is not None:
             self.event.set()
 
+    def label_event(self) -> None:
+        """Name the done-event for dumps: a task in ``wait()`` shows ``event 'jobs: fetch done'``."""
+        assert self.event is not None
+        name = "a task not started yet" if self.task is None else self.task.name
+        _registry.label(self.event, f"{self.books.name}: {name} done")
+
     def _never_ran(self, work: Coroutine[Any, Any, Any], queued: tuple[bool, bool]) -> None:
         """A start_soon task cancelled while it waited for its turn."""
         books = self.books
@@ -197,6 +203,8 @@ class _Task:
             work = work(*args, task_status=status)
         self.task = trio.lowlevel.current_task()
         self.state = _RUNNING
+        if self.event is not None:
+            self.label_event()  # wait() came first: now the task has a name
         span: Span | None = None
         try:
             if self.cancel_requested:
@@ -335,6 +343,7 @@ class TaskHandle(Generic[T_co]):
             return
         if t.event is None:
             t.event = trio.Event()
+            t.label_event()
         await t.event.wait()
 
     def __repr__(self) -> str:
