@@ -175,6 +175,90 @@ async def test_the_task_group_spawn_deadlock() -> None:
     assert "none can ever set() it" in text
 
 
+async def test_hangs_in_a_live_service_are_found() -> None:
+    """The hangs above, in a service: a TCP listener, the debug endpoint and a timer run beside them.
+
+    A nursery that a live task refers to (a listener holds its handlers'
+    nursery; a task started with ``nursery.start()`` holds its own) is not a
+    way to wake a task: cancelling a nursery ends its tasks, it does not give
+    them what they wait for. Only an explicit cancel scope counts (below).
+    """
+    ready = trio.Event()
+
+    async def scenario() -> None:
+        async def handle_request(stream: trio.abc.Stream) -> None:
+            reply = trio.Event()  # nothing will ever set it
+            await reply.wait()
+
+        async def ticker() -> None:
+            while True:
+                await trio.sleep(1)
+
+        def start_pair(n: trio.Nursery) -> None:
+            s1, r1 = trio.open_memory_channel[int](0)
+            s2, r2 = trio.open_memory_channel[int](0)
+
+            async def a() -> None:
+                await s1.send(1)
+                await r2.receive()
+
+            async def b() -> None:
+                await s2.send(1)
+                await r1.receive()
+
+            n.start_soon(a, name="a")
+            n.start_soon(b, name="b")
+
+        async def wait_for_reply(reply: trio.Event) -> None:
+            await reply.wait()
+
+        async def request(server: trio.Nursery) -> None:
+            server.start_soon(wait_for_reply, trio.Event(), name="orphan")
+
+        async with trio.open_nursery() as n:
+            await n.start(tf.debug.serve, 0)
+            listeners = await n.start(trio.serve_tcp, handle_request, 0)
+            n.start_soon(ticker, name="ticker")
+            start_pair(n)
+            n.start_soon(request, n, name="request")
+            port = listeners[0].socket.getsockname()[1]
+            client = await trio.open_tcp_stream("127.0.0.1", port)
+            ready.set()
+            async with client:
+                await trio.sleep_forever()
+
+    trio.lowlevel.spawn_system_task(scenario, name="scenario")
+    await ready.wait()
+    await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+    found = tf.debug.find_stuck()
+    text = "\n".join(s.format() for s in found)
+    # the listener, the endpoint, the timer and the service's own task are not
+    # reported; the one hung connection's handler is (trio names its task)
+    handlers = [
+        s for s in found if any(f.function.endswith("handle_request") for f in s.tasks[0].stack)
+    ]
+    assert len(handlers) == 1, text
+    assert shape(found) == sorted(
+        [("cycle", ["a", "b"]), ("task", ["orphan"]), ("task", [handlers[0].tasks[0].name])]
+    ), text
+    assert "waiting on event 'reply'" in handlers[0].format()
+    assert "none can ever set() it" in handlers[0].format()
+
+
+async def test_a_cancel_scope_a_live_task_holds_could_wake_what_it_encloses() -> None:
+    """An explicit scope (a stop() handle) a running task refers to counts as a way to wake."""
+    holder: list[trio.CancelScope] = []
+
+    async def scenario() -> None:
+        with trio.CancelScope() as scope:
+            holder.append(scope)  # this test task could cancel it
+            await trio.Event().wait()
+
+    found = await stuck_after(scenario)
+    assert found == []
+    holder[0].cancel()
+
+
 # -- not stuck -------------------------------------------------------------------------
 
 

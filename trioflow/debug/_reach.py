@@ -17,10 +17,16 @@ run. This is the same analysis for a Trio program, as a least fixed point:
    open end of its channel on the other side is reachable; a holder of its
    lock or limiter can run (the ownership rule of :func:`find_deadlocks`:
    holders release what they took; a holder that is not a task, such as a
-   ``to_thread`` placeholder, counts as able to run); every child of the
-   nursery it waits for can run; one of its enclosing cancel scopes is
-   reachable (someone could cancel it) — a shielded scope ends that search.
-   Its own references then count too. Repeat until nothing changes.
+   ``to_thread`` placeholder, counts as able to run); one child of the
+   nursery it waits for can run (it may finish, or fail and cancel the
+   rest); a ``CancelScope`` around it is itself reachable (a stop handle
+   someone could cancel) — a shielded scope ends that search. A *nursery*
+   is not walked into: in a service every nursery is referred to by a live
+   task (a listener holds its handlers' nursery, a task started with
+   ``nursery.start()`` its own), and cancelling one ends its tasks without
+   giving them what they wait for, so counting it would hide every hang in
+   a live service. Its own references then count too. Repeat until nothing
+   changes.
 4. **Every parked task left out is stuck**: report it with the object it
    waits on and why nothing can wake it; tasks that could only be woken by
    each other are reported as a cycle.
@@ -80,8 +86,21 @@ _TESTING_DIR = (
 _SYSTEM_NAMES = frozenset({"<init>", "<TrioToken.run_sync_soon task>"})
 _CHANNEL = frozenset({"channel receive", "channel send"})
 
+
+def _nursery_managers() -> tuple[type, ...]:
+    """trio's ``open_nursery()`` object (it holds the nursery's scope), if this trio has it."""
+    from trio._core import _run  # pyright: ignore[reportPrivateUsage]
+
+    t = getattr(_run, "NurseryManager", None)
+    return (t,) if isinstance(t, type) else ()
+
+
 _OPAQUE: tuple[type, ...] = (
     Task,
+    # A nursery reaches its cancel scope: not a way to wake its tasks (see
+    # the module's description). Nothing else in it could wake anything.
+    trio.Nursery,
+    *_nursery_managers(),
     types.ModuleType,
     type,
     types.CodeType,
@@ -312,9 +331,11 @@ class _Analysis:
         kind, obj = b.kind, b.obj
         if kind == "nursery":
             kids = [c for n in t.child_nurseries for c in n.child_tasks]
-            stuck = [c for c in kids if c not in self.live]
-            if not stuck:
+            if not kids or any(c in self.live for c in kids):
+                # a child that can run may also fail, and its failure cancels the
+                # rest: a service's nursery with one stuck handler is not stuck
                 return None
+            stuck = kids
             names = ", ".join(f'task {self.info[c].id} "{self.info[c].name}"' for c in stuck[:5])
             return (
                 f"its nursery can only close when its children exit, and these never will: {names}"
