@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -95,7 +96,38 @@ def time_dump(n: int, repeats: int, use_stackscope: bool) -> dict[str, float]:
         "stackscope": [],
         "stuck_slice": [],
         "stuck_pass": [],
+        "fork_stuck": [],
+        "fork_stuck_pause": [],
+        "fork_json": [],
+        "fork_json_pause": [],
     }
+
+    async def forked(render: Any) -> tuple[float, float]:
+        """What the endpoint does above fork_above: the wall time of the
+        answer, and the longest the loop went without running a ticker."""
+        from trioflow.debug._fork import in_child
+
+        longest = 0.0
+        done = False
+
+        async def ticker() -> None:
+            nonlocal longest
+            last = time.perf_counter()
+            while not done:
+                await trio.sleep(0.001)
+                now = time.perf_counter()
+                longest = max(longest, now - last)
+                last = now
+
+        async with trio.open_nursery() as n:
+            n.start_soon(ticker)
+            await trio.sleep(0.01)
+            longest = 0.0
+            t0 = time.perf_counter()
+            await in_child(render, alarm_after=600)
+            took = time.perf_counter() - t0
+            done = True
+        return took, longest
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -130,6 +162,15 @@ def time_dump(n: int, repeats: int, use_stackscope: bool) -> dict[str, float]:
                         )
                         st.format()  # pyright: ignore
                         out["stackscope"].append(time.perf_counter() - t0)
+            if tf.debug._fork.can_fork():  # pyright: ignore[reportPrivateUsage]
+                took, pause = await forked(
+                    lambda: "\n".join(str(x) for x in tf.debug.find_stuck()).encode()
+                )
+                out["fork_stuck"].append(took)
+                out["fork_stuck_pause"].append(pause)
+                took, pause = await forked(lambda: tf.debug.dump_tasks().to_json().encode())
+                out["fork_json"].append(took)
+                out["fork_json_pause"].append(pause)
             # One stuck-task pass (what install(stuck_after=...) runs): every
             # task parked "long enough", so phase 2 describes all of them.
             from trioflow.debug._stuck import StuckScan
@@ -165,10 +206,10 @@ def contended(variant: str) -> float:
     """
     from trioflow._admission import _kernel
 
-    saved = (_kernel.Kernel.enqueue, _kernel.Kernel.wait)
+    saved = (_kernel.Kernel._enqueue, _kernel.park)  # pyright: ignore[reportPrivateUsage]
     if variant == "no-stamps":
-        _kernel.Kernel.enqueue = _enqueue_no_stamp  # type: ignore[method-assign]
-        _kernel.Kernel.wait = _wait_no_sleep_data  # type: ignore[method-assign]
+        _kernel.Kernel._enqueue = _enqueue_no_stamp  # type: ignore[method-assign]
+        _kernel.park = _park_no_sleep_data
 
     async def run() -> float:
         if variant == "install":
@@ -189,27 +230,35 @@ def contended(variant: str) -> float:
     try:
         return trio.run(run)
     finally:
-        _kernel.Kernel.enqueue, _kernel.Kernel.wait = saved
+        _kernel.Kernel._enqueue, _kernel.park = saved  # type: ignore[method-assign]
 
 
 def _enqueue_no_stamp(self: Any, borrower: object, weight: int, lane: int, primitive: Any) -> Any:
+    """The kernel's ``_enqueue`` without the ``since`` stamp (no clock read)."""
     from trioflow._admission._kernel import Waiter
 
     self._seq += 1
     waiter = Waiter(trio.lowlevel.current_task(), borrower, weight, lane, primitive, self._seq, 0.0)
     self.queues[lane][waiter] = None
     self.waiting += 1
+    if weight > 1:
+        self._heavy += 1
     return waiter
 
 
-async def _wait_no_sleep_data(self: Any, waiter: Any) -> None:
+async def _park_no_sleep_data(
+    waiter: Any, on_abort: Callable[[], object], on_parked: Callable[[], object] | None = None
+) -> None:
+    """``park`` without ``task.custom_sleep_data`` (what a dump reads the waiter from)."""
     waiter.parked = True
 
     def abort(_: Any) -> trio.lowlevel.Abort:
         waiter.parked = False
-        self.remove(waiter)
+        on_abort()
         return trio.lowlevel.Abort.SUCCEEDED
 
+    if on_parked is not None:
+        on_parked()
     await trio.lowlevel.wait_task_rescheduled(abort)
 
 
@@ -248,6 +297,12 @@ def main() -> None:
             f"   to_json {res['json']:8.1f} ms   find_stuck {res['find_stuck']:8.1f} ms"
             f"   stuck pass {res['stuck_pass']:7.1f} ms in slices of <= {res['stuck_slice']:5.1f} ms"
         )
+        if "fork_stuck" in res:
+            line += (
+                f"   forked (the endpoint): find_stuck {res['fork_stuck']:8.1f} ms,"
+                f" loop paused <= {res['fork_stuck_pause']:6.1f} ms;"
+                f" to_json {res['fork_json']:8.1f} ms, loop paused <= {res['fork_json_pause']:6.1f} ms"
+            )
         if "stackscope" in res:
             ratio = res["stackscope"] / (res["dump"] + res["format"])
             line += f"   stackscope {res['stackscope']:9.1f} ms ({ratio:.0f}x dump+format)"

@@ -161,3 +161,40 @@ def test_stderr_is_the_default(capsys: pytest.CaptureFixture[str]) -> None:
     trio.run(main)
     assert capsys.readouterr().err == "hello\n"
     assert sys.stderr is not None
+
+
+@needs_sigusr1
+async def test_a_signal_dump_folds_990_request_waiters_into_one_group() -> None:
+    """Above fold_above, a signal's dump groups tasks by what they do, not by object (issue 15).
+
+    990 request tasks, each waiting on its own Event, are one entry with a
+    count, which keeps the creator (exited) and the count of distinct objects.
+    """
+    out = io.StringIO()
+
+    async def handle(reply: trio.Event) -> None:
+        await reply.wait()
+
+    with tf.debug.install(file=out):
+        async with trio.open_nursery() as nursery:
+
+            async def serve() -> None:
+                for i in range(990):
+                    nursery.start_soon(handle, trio.Event(), name=f"request-{i}")
+
+            nursery.start_soon(serve, name="serve")
+            await trio.testing.wait_all_tasks_blocked()
+            os.kill(os.getpid(), signal.SIGUSR1)
+            with trio.fail_after(30):
+                while "trioflow task dump" not in out.getvalue():
+                    await trio.sleep(0)  # the writer thread puts the dump out
+            nursery.cancel_scope.cancel()
+    text = out.getvalue()
+    assert "(folded: " in text
+    assert "tasks > fold_above=100; install(fold_above=None) writes every task)" in text
+    groups = [line for line in text.splitlines() if line[:1].isdigit() and " tasks [" in line]
+    (group,) = [g for g in groups if "request-" in g]
+    assert group.startswith("990 tasks [waiting on event 'reply', 990 distinct objects]: "), group
+    assert 'created by "serve" (exited)' in text
+    assert "(990 of 990)" in text
+    assert group.endswith(" and 987 more names"), group

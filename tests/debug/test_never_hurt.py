@@ -232,6 +232,8 @@ async def test_stuck_check_groups_and_names_the_root(
     api = tf.CapacityLimiter(1, name="api")
     a, b = socket.socketpair()
     upstream = trio.socket.from_stdlib_socket(a)
+    c, d = socket.socketpair()
+    incoming = trio.socket.from_stdlib_socket(c)
     started = trio.Event()
 
     async def call_upstream() -> None:
@@ -244,11 +246,12 @@ async def test_stuck_check_groups_and_names_the_root(
             pass
 
     async def listener() -> None:  # idle I/O that holds nothing: not stuck
-        await upstream.recv(1)
+        await incoming.recv(1)
 
     inst = tf.debug.install(signal=None, stuck_after=5, file=out)
     try:
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(listener, name="listener")
             nursery.start_soon(call_upstream, name="call-upstream")
             await started.wait()
             for i in range(1000):
@@ -262,8 +265,11 @@ async def test_stuck_check_groups_and_names_the_root(
         inst.uninstall()
         upstream.close()
         b.close()
+        incoming.close()
+        d.close()
     text = out.getvalue()
     assert inst.stuck_reports == 1, text
+    assert "listener" not in text  # an idle listener holds nothing: never reported
     assert "trioflow: 1000 tasks parked longer than stuck_after=5.0s, in 1 group" in text
     root = text.split("likely root: ", 1)[1]
     assert root.startswith("task ")
