@@ -1054,3 +1054,41 @@ def test_real_clock_1000_per_second_never_exceeds_the_rate() -> None:
     stamps.sort()
     for i, s in enumerate(stamps):
         assert i + 1 <= rate * (s - t0) + burst + 1, f"{i + 1} grants by t0 + {s - t0:.4f} s"
+
+
+def test_statistics_is_a_pure_read_even_with_a_waiter_due() -> None:
+    """statistics() reports a due waiter as granted without settling the bucket or waking it (issue 14)."""
+    clock = trio.testing.MockClock()  # moved by hand: nothing runs between the reads
+
+    async def main() -> None:
+        r = tf.RateLimiter(1, burst=1, name="pure-read")
+        await r.acquire()  # the bucket is empty now
+        got: list[float] = []
+
+        async def waiter() -> None:
+            await r.acquire()
+            got.append(trio.current_time())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter)
+            await trio.testing.wait_all_tasks_blocked()
+            task = next(iter(nursery.child_tasks))
+            clock.jump(5.0)  # the waiter's token is long due; its task has not run
+            state = (r._level, r._stamp, r._granted, [d.state for d in r._queue])  # pyright: ignore[reportPrivateUsage]
+            sleep_data = task.custom_sleep_data
+            first = r.statistics()
+            second = r.statistics()
+            after = (r._level, r._stamp, r._granted, [d.state for d in r._queue])  # pyright: ignore[reportPrivateUsage]
+            assert after == state  # nothing settled
+            assert task.custom_sleep_data is sleep_data  # nobody woken
+            assert got == []
+            assert first == second
+            assert first.granted == 2  # the due waiter counts as granted at this instant
+            assert first.tasks_waiting == 0
+            assert first.tokens == pytest.approx(
+                1.0
+            )  # 1 accrued for it by t=1, then 4 more, capped at burst 1
+        assert len(got) == 1
+        assert got[0] >= 5.0
+
+    trio.run(main, clock=clock)
