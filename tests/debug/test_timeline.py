@@ -109,6 +109,21 @@ async def test_full_recording_has_tracks_waits_flows_and_counters(tmp_path: Path
     assert counts[-1]["args"] == {"in use": 0, "waiting": 0}
 
 
+async def test_a_rate_limiter_has_a_counter_track(tmp_path: Path) -> None:
+    """A rate limiter's spent burst and waiters are a counter track, named as dumps name it."""
+    path = tmp_path / "t.json"
+    quota = tf.RateLimiter(1000, burst=2, name="tl-quota")
+    with tf.debug.record_timeline(path, sample_interval=1e-6):
+        async with trio.open_nursery() as n:
+            for _ in range(6):
+                n.start_soon(quota.acquire)
+    events = read(path)
+    counts = [e for e in events if e["ph"] == "C" and e["name"] == "rate limiter 'tl-quota'"]
+    assert counts, sorted({e["name"] for e in events if e["ph"] == "C"})
+    assert max(c["args"]["waiting"] for c in counts) >= 1  # six callers, a burst of two
+    assert counts[-1]["args"]["waiting"] == 0
+
+
 async def test_wait_slices_name_trio_primitives_and_weights(tmp_path: Path) -> None:
     path = tmp_path / "t.json"
     limiter = tf.CapacityLimiter(3, name="heavy")

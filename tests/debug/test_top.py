@@ -130,6 +130,30 @@ async def test_lints_stuck_and_never_yields() -> None:
     tiny.release()
 
 
+async def test_rate_limiters_and_lanes_have_rows() -> None:
+    """Every limiting kind gets a resource row, named as dumps name it (a rate limiter was missing)."""
+    quota = tf.RateLimiter(0.001, burst=2, name="top-quota")  # nothing refills during the test
+    pool = tf.PriorityLimiter(1, [tf.Lane("fast"), tf.Lane("slow", priority=1)], name="top-pool")
+    await quota.acquire(2)
+    async with trio.open_nursery() as n:
+        port = await n.start(tf.debug.serve, 0)
+        for i in range(3):
+            n.start_soon(quota.acquire, name=f"paced-{i}")
+        async with pool.lane("fast"):
+            n.start_soon(pool.lane("slow").acquire, name="behind")
+            await trio.testing.wait_all_tasks_blocked()
+            frame = await aget(port)
+            rows = {r[0]: r for r in frame["resources"]}
+            (rate,) = [r for k, r in rows.items() if k == "rate limiter 'top-quota'"]
+            assert rate[1:5] == ["rate_limiter", 2.0, 2.0, 3]  # burst 2, all spent, 3 waiting
+            lanes = [r for k, r in rows.items() if k.startswith("lane ") and "top-pool" in k]
+            assert len(lanes) == 2, sorted(rows)
+            assert sum(r[4] for r in lanes) == 1  # the one task behind the held token
+            g = groups_of(frame)
+            assert g["paced-*"][9:] == ["rate limiter 'top-quota'", 3]  # waits carry the row's name
+            n.cancel_scope.cancel()
+
+
 async def test_stage_whose_outputs_nobody_reads() -> None:
     # a stage name no other test uses: a same-named stage another test left
     # for the collector would make top tell them apart by address

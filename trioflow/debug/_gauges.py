@@ -13,6 +13,7 @@ import math
 from typing import Any, NamedTuple
 
 from .._registry import Inspectable
+from ._model import describe
 
 __all__ = ["Gauge", "read_gauge"]
 
@@ -32,8 +33,12 @@ class Gauge(NamedTuple):
 
     @property
     def label(self) -> str:
-        """``limiter 'api'``: the name a track or a row goes by."""
-        return f"{self.kind} {self.name!r}"
+        """``limiter 'api'``, ``rate limiter 'quota'``: the name a track or a row goes by.
+
+        The words a dump uses for the same primitive, so a row and the
+        waits parked on it carry one name.
+        """
+        return describe(self.kind, self.name, None)
 
 
 def read_gauge(prim: Inspectable) -> Gauge | None:
@@ -53,6 +58,7 @@ def _finite(x: float) -> float | None:
 
 def _read(prim: Inspectable) -> Gauge | None:
     kind = prim.kind
+    k = kind.replace(" ", "_")  # registry kinds are snake_case identifiers
     p: Any = prim
     if kind == "stage":
         workers = len(p.workers)
@@ -61,11 +67,11 @@ def _read(prim: Inspectable) -> Gauge | None:
     if kind == "pipeline":
         return None
     stats: Any = p.statistics()
-    if kind == "rate limiter":
+    if k in ("rate_limiter", "redis_rate_limiter"):
         burst = float(stats.burst)
         in_use = round(burst - float(stats.tokens), 3)
         return Gauge(kind, prim.name, burst, in_use, int(stats.tasks_waiting))
-    if kind == "task_group":
+    if k == "task_group":
         limit = stats.limit
         return Gauge(
             kind,
