@@ -17,6 +17,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, cast
 
+import attrs
 import trio
 from opentelemetry.trace import INVALID_SPAN, Span
 
@@ -106,6 +107,17 @@ def _both(first: _hooks.StageHook, second: _hooks.StageHook) -> _hooks.StageHook
     return both
 
 
+@attrs.frozen
+class RunStatistics:
+    """A run's source items, read and settled (the registry entry's ``statistics()``)."""
+
+    name: str
+    source_items: int
+    """Items read from the source so far."""
+    settled: tuple[int, ...]
+    """Source items settled, indexed by :class:`Fate`; the rest are in flight."""
+
+
 class RunEngine:
     """Everything one run needs; registered as kind ``"pipeline"``."""
 
@@ -167,6 +179,12 @@ class RunEngine:
         _registry.register(self)
 
     # -- inspection ------------------------------------------------------------
+
+    def statistics(self) -> RunStatistics:
+        """Source items read and settled by fate, now: plain reads, safe from any thread."""
+        return RunStatistics(
+            name=self.name, source_items=self.source_items, settled=tuple(self.ledger.counts)
+        )
 
     def _trioflow_holders(self) -> list[Holding]:
         return []

@@ -116,6 +116,22 @@ class Children:
         self.items = items
 
 
+@attrs.frozen
+class StageStatistics:
+    """What one stage of one run is doing now (the registry entry's ``statistics()``)."""
+
+    name: str
+    pipeline: str
+    workers: int
+    """Its workers (1 for a batch stage)."""
+    busy: int
+    """Workers with an item in hand."""
+    queued: int
+    """Items waiting in its input buffer."""
+    left: tuple[int, ...]
+    """Input items by the fate they left with, indexed by :class:`Fate`."""
+
+
 class StageRun:
     """One stage of one run: workers, counters and registry entry (kind ``"stage"``).
 
@@ -164,6 +180,17 @@ class StageRun:
         _registry.register(self)
 
     # -- registry / inspection ------------------------------------------------
+
+    def statistics(self) -> StageStatistics:
+        """A snapshot of this stage's live state: plain reads, safe from any thread."""
+        return StageStatistics(
+            name=self.name,
+            pipeline=self.pipeline,
+            workers=len(self.workers),
+            busy=sum(1 for w in self.workers if w.item is not None),
+            queued=self.queued,
+            left=tuple(self.left),
+        )
 
     @property
     def queued(self) -> int:

@@ -60,13 +60,11 @@ def _read(prim: Inspectable) -> Gauge | None:
     kind = prim.kind
     k = kind.replace(" ", "_")  # registry kinds are snake_case identifiers
     p: Any = prim
-    if kind == "stage":
-        workers = len(p.workers)
-        busy = len(prim._trioflow_holders())  # pyright: ignore[reportPrivateUsage]
-        return Gauge(kind, prim.name, workers, busy, int(p.queued))
     if kind == "pipeline":
         return None
     stats: Any = p.statistics()
+    if kind == "stage":
+        return Gauge(kind, prim.name, stats.workers, stats.busy, int(stats.queued))
     if k in ("rate_limiter", "redis_rate_limiter"):
         burst = float(stats.burst)
         in_use = round(burst - float(stats.tokens), 3)

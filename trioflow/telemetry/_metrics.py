@@ -239,23 +239,25 @@ def read_task_group(obj: Any) -> Reading:
 
 def read_stage(obj: Any) -> Reading:
     """A pipeline stage of one run: items out by fate (``Fate.stage_outcome``), items queued."""
-    left = list(obj.left)  # one copy: the worker may update it meanwhile
+    stats = obj.statistics()  # one snapshot: the workers may move on meanwhile
+    left = stats.left
     return {
         "trioflow.stage.items": [
             ({"trioflow.outcome": fate.stage_outcome}, left[fate]) for fate in Fate
         ],
-        "trioflow.stage.queue": obj.queued,
+        "trioflow.stage.queue": stats.queued,
     }
 
 
 def read_pipeline(obj: Any) -> Reading:
     """A pipeline run: source items settled by fate (``Fate.outcome``), and those in flight."""
-    counts = list(obj.ledger.counts)
+    stats = obj.statistics()
+    counts = stats.settled
     return {
         "trioflow.pipeline.items": [
             ({"trioflow.outcome": fate.outcome}, counts[fate]) for fate in Fate
         ],
-        "trioflow.pipeline.in_flight": max(0, obj.source_items - sum(counts)),
+        "trioflow.pipeline.in_flight": max(0, stats.source_items - sum(counts)),
     }
 
 
