@@ -338,7 +338,7 @@ with tf.telemetry.use(tracing="stage") as t:
     assert lines[0].startswith(
         "ImportError: trioflow.telemetry.configure() needs the OpenTelemetry SDK"
     )
-    assert "pip install 'trioflow[otel]'" in lines[0]
+    assert "the otel extra, pip install '.[otel]' in a clone of trioflow" in lines[0]
     assert lines[1].startswith("ImportError: trioflow.telemetry.configure() needs")
     # No SDK, so no provider reports anywhere: tracing stays off.
     assert lines[2] == "use ok off"

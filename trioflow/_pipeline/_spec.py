@@ -110,7 +110,8 @@ def _check_executor_fn(fn: object, executor: str, is_async: bool) -> None:
             import trio_parallel  # noqa: F401  # pyright: ignore[reportUnusedImport, reportMissingTypeStubs]
         except ImportError as exc:  # pragma: no cover - trio-parallel is installed in CI
             raise ImportError(
-                "executor='process' needs trio-parallel: pip install 'trioflow[process]'"
+                "executor='process' needs trio-parallel: the process extra, "
+                "pip install '.[process]' in a clone of trioflow"
             ) from exc
         try:
             pickle.dumps(fn)

@@ -4,7 +4,8 @@ This module is the console's model: it fetches ``/debug/top`` frames,
 merges each delta into what it already has and turns cumulative sums into
 rates between two frames. It needs nothing beyond the standard library; the
 screen (``_topview``, on textual) is imported only when the console starts,
-so ``pip install 'trioflow[console]'`` is only needed to run it.
+so the ``console`` extra (``pip install '.[console]'`` in a clone of
+trioflow) is only needed to run it.
 """
 
 from __future__ import annotations
@@ -213,7 +214,8 @@ def main(args: argparse.Namespace) -> int:
         from ._topview import TopApp
     except ImportError as exc:
         print(
-            f"trioflow top needs the console extra ({exc}): pip install 'trioflow[console]'",
+            f"trioflow top needs the console extra ({exc}): "
+            "pip install '.[console]' in a clone of trioflow",
             file=sys.stderr,
         )
         return 2

@@ -1,4 +1,4 @@
-"""The ``top`` screen, on textual (``pip install 'trioflow[console]'``).
+"""The ``top`` screen, on textual (the ``console`` extra).
 
 Why textual rather than rich alone: ``top`` needs keys (sort, filter, open a
 group, open a task's stack), a filter box and screens to go back from, which

@@ -4,5 +4,6 @@ try:
     import coredis as coredis
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError(
-        "trioflow.redis needs the coredis client: pip install 'trioflow[redis]'"
+        "trioflow.redis needs the coredis client: the redis extra, "
+        "pip install '.[redis]' in a clone of trioflow"
     ) from exc

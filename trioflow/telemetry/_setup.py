@@ -476,7 +476,7 @@ def _env_true(name: str) -> bool:
 def _sdk_missing(exc: ImportError) -> ImportError:
     return ImportError(
         "trioflow.telemetry.configure() needs the OpenTelemetry SDK and OTLP exporter: "
-        f"pip install 'trioflow[otel]' ({exc})"
+        f"the otel extra, pip install '.[otel]' in a clone of trioflow ({exc})"
     )
 
 
@@ -496,7 +496,7 @@ def jaeger_file_exporter(
     ``keep_traces`` chooses which traces the file holds when there are more
     than it can open quickly (``None``: every trace). A write that fails
     later (disk full) is logged, never raised. Needs the OpenTelemetry SDK
-    (``pip install 'trioflow[otel]'``).
+    (the ``otel`` extra).
 
     Raises:
       OSError: if ``path`` cannot be written (checked now, not at exit).

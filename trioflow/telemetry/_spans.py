@@ -1,7 +1,7 @@
 """Span helpers the building blocks use (pipelines, stages, task groups).
 
-Rules these helpers encode, each learned the hard way (see
-``research/otel.md``):
+Rules these helpers encode, each learned the hard way (``docs/jaeger.md``
+shows what they give in Jaeger):
 
 * **Never attach in one task and detach in another, nor across a yield.**
   A span that crosses tasks (a pipeline run, a task group, an item that
