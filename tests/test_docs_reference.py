@@ -110,3 +110,19 @@ def test_the_landing_page_example_runs(capsys: pytest.CaptureFixture[str]) -> No
     printed = capsys.readouterr().out.split()
     # every page fetched, each once: the sizes of the twenty URLs
     assert sorted(map(int, printed)) == sorted(len(f"https://example.com/{i}") for i in range(20))
+
+
+def test_no_page_or_message_installs_trioflow_from_the_package_index() -> None:
+    """No release is on the package index: every install line must work from a clone (issue 17)."""
+    import trioflow
+
+    wrong = re.compile(r"""pip install ['"]?trioflow\b""")
+    files = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    files += sorted(pathlib.Path(trioflow.__file__).parent.rglob("*.py"))
+    found = [
+        f"{path.name}:{n}: {line.strip()}"
+        for path in files
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if wrong.search(line) and "finds nothing" not in line
+    ]
+    assert found == []
