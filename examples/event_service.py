@@ -35,12 +35,12 @@ Jaeger JSON file (open it in the Jaeger UI's "Upload" tab) and, with
     python examples/event_service.py --timeline trace.json   # open it in ui.perfetto.dev
 
 A second mode (the blueprint of a service that runs as several replicas;
-see ``event_backends.py``): ``--broker redis://...`` reads the events from a
+see event_backends.py): --broker redis://... reads the events from a
 Redis stream through a consumer group (publishing the generated ones there
-first), and ``--database postgresql://...`` writes the batches to
+first), and --database postgresql://... writes the batches to
 PostgreSQL with psycopg in worker threads:
 
-    python examples/event_service.py --broker redis://127.0.0.1:6379 \
+    python examples/event_service.py --broker redis://127.0.0.1:6379 \\
         --database postgresql://postgres@127.0.0.1:5432/postgres
 """
 

@@ -150,3 +150,26 @@ def test_sigterm_at_a_random_moment_always_conserves(tmp_path: pathlib.Path, run
     _check_accounts(summary, rows)
     assert "every event accounted for" in out, out
     assert "every item accounted for" in out, out  # report.format()'s own line
+
+
+def test_help_is_plain_text_with_every_default() -> None:
+    """--help reads as a person sees it: no reST markup, commands that can be pasted (issue 17)."""
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), "--help"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=60,
+        check=True,
+    ).stdout
+    assert "``" not in out
+    lines = out.splitlines()
+    broker = [n for n, line in enumerate(lines) if "--broker redis://127.0.0.1:6379" in line]
+    assert broker, out
+    assert lines[broker[0]].rstrip().endswith("\\")  # the continuation a shell needs
+    assert "--database postgresql://" in lines[broker[0] + 1]
+    # every option but --help shows its default
+    flat = " ".join(out.split("options:", 1)[1].split())
+    entries = [e for e in flat.split(" --")[1:] if not e.startswith("help ")]
+    assert len(entries) >= 14
+    assert [e for e in entries if "(default:" not in e] == []
