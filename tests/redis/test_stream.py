@@ -363,3 +363,32 @@ async def test_feeds_a_real_pipeline(client: Any, name: str) -> None:
     # ahead (at most count=4) that the stop kept from the pipeline.
     pending = await _pending(client, name, "g")
     assert report.unfinished <= pending <= report.unfinished + 4
+
+
+async def test_acknowledgements_settled_one_at_a_time_go_in_batches(client: Any, name: str) -> None:
+    """Entries settled one by one, as a pipeline's workers settle them, share an XACK."""
+    await _add(client, name, 64)
+    calls: list[int] = []
+    real = client.xack
+
+    async def counted_xack(stream: str, group: str, ids: list[str]) -> Any:
+        calls.append(len(ids))
+        return await real(stream, group, ids)
+
+    client.xack = counted_xack
+    try:
+        async with open_stream_source(client, name, "g", consumer="a", count=64) as source:
+            it = aiter(source)
+            for _ in range(64):
+                entry = await anext(it)
+                source.settle(entry, "delivered", None)
+                await trio.lowlevel.checkpoint()  # the acknowledging task may run here
+            await _settled(source)
+            assert source.statistics().acked == 64
+    finally:
+        del client.xack
+    assert sum(calls) == 64
+    # one read's worth in one call; a few if the machine stalls us past a linger
+    # (unbatched, this made about 14)
+    assert len(calls) <= 4, calls
+    assert await _pending(client, name, "g") == 0

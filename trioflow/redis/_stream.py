@@ -86,6 +86,11 @@ _ACK_FATES: Final = frozenset({"delivered", "filtered", "skipped"})
 _FATES: Final = _ACK_FATES | {"dead_lettered", "unfinished"}
 
 
+#: how long the acknowledging task waits for a batch to fill before sending
+#: what it has (an entry's acknowledgement is at most this much later)
+_ACK_LINGER: Final = 0.005
+
+
 class SettleFate(Protocol):
     """What :meth:`StreamSource.settle` reads of a fate: its ``name`` (``tf.Fate`` has one)."""
 
@@ -179,6 +184,7 @@ class StreamSource:
         "_dead_script",
         "_deliveries_script",
         "_exhausted",
+        "_full",
         "_group",
         "_history",
         "_left_pending",
@@ -234,6 +240,8 @@ class StreamSource:
         #: dead letters to send: (id, fields, the pipeline's fate (else the source's own))
         self._dead: list[tuple[str, list[Any], bool]] = []
         self._wanted = trio.Event()
+        #: set when a read's worth of acknowledgements is queued (ends the linger)
+        self._full = trio.Event()
         self._sending = 0
         self._read = 0
         self._claimed = 0
@@ -420,6 +428,8 @@ class StreamSource:
         self._settled += 1
         if name in _ACK_FATES:
             self._to_ack.append(item.id)
+            if len(self._to_ack) >= self._count:
+                self._full.set()
         elif name == "dead_lettered":
             fields: list[Any] = ["trioflow.source_id", item.id]
             if exception is not None:
@@ -432,6 +442,7 @@ class StreamSource:
             for key, value in item.fields.items():
                 fields += [key, value]
             self._dead.append((item.id, fields, True))
+            self._full.set()
         else:  # unfinished
             self._left_pending += 1
             return
@@ -443,6 +454,13 @@ class StreamSource:
             if not self._to_ack and not self._dead:
                 self._wanted = trio.Event()
                 await self._wanted.wait()
+            if not self._dead and len(self._to_ack) < self._count:
+                # Let a batch gather, up to a read's worth or _ACK_LINGER:
+                # one XACK per batch, not one per few entries while the
+                # pipeline settles them one at a time. (close() flushes.)
+                self._full = trio.Event()
+                with trio.move_on_after(_ACK_LINGER):
+                    await self._full.wait()
             try:
                 await self._send()
                 delay = 0.05
