@@ -13,7 +13,7 @@ broker, and what the replica has taken is bounded by ``count``.
 The pipeline calls :meth:`StreamSource.settle` once for every entry it read
 when that entry's fate is final. ``settle`` never blocks: it queues the id,
 and a task of the source's own nursery acknowledges in batches (up to a
-read's worth; it waits at most ``_ACK_LINGER`` for one to fill). A
+read's worth; it waits at most 5 ms for one to fill). A
 dead-lettered entry is copied, with the exception, to the dead-letter
 stream and acknowledged in one Lua script (atomically: never acknowledged
 without its copy). An *unfinished* entry (the run stopped or was cancelled
