@@ -35,8 +35,8 @@ class AIMD:
     Defaults follow Netflix ``AIMDLimit`` (backoff 0.9, timeout 5 s) except
     the bounds: Netflix pins ``min_limit`` at 20, trioflow uses 1..1000.
 
-    Cost: ``update()`` takes about 1.6 µs per sample with ``window=0``
-    (each sample closes a window), process CPU time, ``bench/adaptive/overhead.py``.
+    Cost: ``update()`` is on the order of a microsecond per sample (figures
+    in ``docs/benchmarks/adaptive.md``).
 
     Args:
       initial_limit: the limit before any sample (a limiter given

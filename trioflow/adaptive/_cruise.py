@@ -113,8 +113,8 @@ class Cruise:
     Pure arithmetic on samples, no clock of its own: a window closes on the
     first sample that finds it old and full enough.
 
-    Cost: ``update()`` is about a microsecond per sample (process CPU time,
-    ``bench/adaptive/overhead.py``); how it behaves under load, against the
+    Cost: ``update()`` is on the order of a microsecond per sample (figures
+    in ``docs/benchmarks/adaptive.md``); how it behaves under load, against the
     other algorithms, Envoy's controller and the best static limit, is in
     ``docs/benchmarks/adaptive.md`` (``bench/adaptive/run.py``).
 

@@ -42,8 +42,8 @@ class Gradient2:
     steady overload the reference creeps up and the limit with it (Netflix
     #134, #137); :class:`Cruise` re-measures its baseline instead.
 
-    Cost: ``update()`` takes about 3 µs per sample (per-sample windows),
-    process CPU time, ``bench/adaptive/overhead.py``.
+    Cost: ``update()`` is microseconds per sample (figures in
+    ``docs/benchmarks/adaptive.md``).
 
     Args:
       initial_limit: the limit before any sample.

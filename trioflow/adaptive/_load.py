@@ -37,8 +37,9 @@ class LoadFeedback:
     when the bottleneck is local (CPU, memory, a worker pool) and measured
     better than latency can show; use :class:`Cruise` for a remote one.
 
-    Cost: ``update()`` takes about 0.4 µs per sample between readings, plus
-    ``read_load()`` once per interval (``bench/adaptive/overhead.py``).
+    Cost: ``update()`` is on the order of a microsecond per sample between
+    readings, plus ``read_load()`` once per interval (figures in
+    ``docs/benchmarks/adaptive.md``).
 
     Args:
       read_load: returns the current load, a finite number (for instance a

@@ -49,8 +49,8 @@ class Vegas:
     ordinary latency spread reads as a permanent queue and collapses the
     limit (to about 7 at 80% load in the research simulation).
 
-    Cost: ``update()`` takes about 0.3 µs per sample (process CPU time,
-    ``bench/adaptive/overhead.py``).
+    Cost: ``update()`` is on the order of a microsecond per sample (figures
+    in ``docs/benchmarks/adaptive.md``).
 
     Args:
       initial_limit: the limit before any sample.

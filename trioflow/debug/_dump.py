@@ -290,8 +290,9 @@ def dump_tasks(*, include_system: bool = False, full_stacks: bool = False) -> Ta
     it from inside ``trio.run`` (a task, a signal handler that interrupted
     the run, an instrument or a ``run_sync_soon`` callback): it reads trio's
     task tree and the trioflow registry, runs no task code, and is not a
-    checkpoint. Cost: about 5 µs of CPU per task, 10,000 tasks in under
-    100 ms (``bench/dump.py``, ``docs/benchmarks/``).
+    checkpoint. Cost: microseconds of CPU per task, so tens of milliseconds
+    for 10,000 tasks and about a second for 100,000 (figures in
+    ``docs/benchmarks/debug.md``).
 
     Args:
       include_system: also show trio's own ``<init>`` task and its
