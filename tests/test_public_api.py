@@ -11,9 +11,17 @@ import types
 import pytest
 
 import trioflow as tf
+import trioflow.redis
 
 DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs"
-PUBLIC_MODULES: list[types.ModuleType] = [tf, tf.adaptive, tf.telemetry, tf.debug, tf.testing]
+PUBLIC_MODULES: list[types.ModuleType] = [
+    tf,
+    tf.adaptive,
+    tf.telemetry,
+    tf.debug,
+    tf.testing,
+    trioflow.redis,  # the test extra installs its client
+]
 
 
 def public_names() -> list[tuple[str, object]]:
@@ -30,7 +38,7 @@ def public_names() -> list[tuple[str, object]]:
 
 DOCUMENTED = set(
     re.findall(
-        r"^\.\. auto(?:class|function|data):: (\S+)",
+        r"^\.\. auto(?:class|exception|function|data):: (\S+)",
         "\n".join(p.read_text() for p in DOCS.glob("*.md")),
         flags=re.M,
     )

@@ -33,5 +33,21 @@ from ._stream import StreamSource as StreamSource
 from ._stream import StreamSourceStatistics as StreamSourceStatistics
 from ._stream import open_stream_source as open_stream_source
 
+__all__ = [
+    "GlobalLimiterStatistics",
+    "LeaseLostError",
+    "RedisCapacityLimiter",
+    "RedisLimiterStatistics",
+    "RedisRateLimiter",
+    "RedisRateLimiterStatistics",
+    "RedisUnavailableError",
+    "SettleFate",
+    "StreamEntry",
+    "StreamSource",
+    "StreamSourceStatistics",
+    "open_capacity_limiter",
+    "open_stream_source",
+]
+
 _util.fixup_module_metadata(__name__, globals())
 del _util, _require
