@@ -118,3 +118,37 @@ async def test_stream_source_reports_what_it_read_and_settled(
         }
         assert stream_points(otel, "trioflow.stream_source.in_flight", key) == {"": 1}
         assert stream_points(otel, "trioflow.stream_source.unavailable", key) == {"": 0}
+
+
+async def test_a_global_rate_limiters_wait_is_in_the_histogram_and_on_the_span(
+    otel: Otel, client: Any, name: str
+) -> None:
+    rate = RedisRateLimiter(client, 20, name=f"{name}-quota", burst=1)
+    await rate.acquire()  # the bucket is empty: the next call waits about 50 ms
+    with otel.tracer_provider.get_tracer("test").start_as_current_span("call"):
+        with trio.fail_after(10):
+            await rate.acquire()
+    metric = otel.metrics().get("trioflow.limiter.wait.duration")
+    assert metric is not None
+    mine = [
+        p
+        for p in metric.data.data_points
+        if dict(p.attributes or {}).get("trioflow.rate_limiter.name") == f"{name}-quota"
+    ]
+    assert len(mine) == 1, [dict(p.attributes or {}) for p in metric.data.data_points]
+    assert isinstance(mine[0], HistogramDataPoint)
+    assert mine[0].count == 1
+    assert dict(mine[0].attributes or {})["trioflow.kind"] == "redis_rate_limiter"
+    (event,) = [e for e in otel.span("call").events if e.name == "trioflow.wait"]
+    assert event.attributes is not None
+    assert event.attributes["trioflow.kind"] == "redis_rate_limiter"
+    assert event.attributes["trioflow.wait.duration"] >= 0.01
+
+
+async def test_the_stream_source_is_in_the_registry(client: Any, name: str) -> None:
+    from trioflow import _registry
+
+    async with open_stream_source(client, name, "g", consumer="a") as source:
+        assert source in _registry.live()
+        assert source.kind == "redis_stream_source"
+    del source
