@@ -280,6 +280,45 @@ def spawn_cost(installed: bool) -> float:
     return trio.run(run)
 
 
+#: spawns per run of the instruction-count cases below (bench/instructions.py sets it)
+N_SPAWNS = 2000
+
+
+async def _spawn_many() -> None:
+    async def noop() -> None:
+        pass
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(N_SPAWNS):
+            nursery.start_soon(noop)
+
+
+async def spawns_plain() -> None:
+    """``N_SPAWNS`` tasks that return at once, nothing installed."""
+    await _spawn_many()
+
+
+class _NoopSpawnHook(trio.abc.Instrument):
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        pass
+
+
+async def spawns_noop_instrument() -> None:
+    """The same under an instrument whose ``task_spawned`` does nothing: any spawn hook's floor."""
+    hook = _NoopSpawnHook()
+    trio.lowlevel.add_instrument(hook)
+    try:
+        await _spawn_many()
+    finally:
+        trio.lowlevel.remove_instrument(hook)
+
+
+async def spawns_installed() -> None:
+    """The same with ``tf.debug.install()`` active (its ``created_by`` record per spawn)."""
+    with tf.debug.install(signal=None):
+        await _spawn_many()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)

@@ -8,7 +8,7 @@ prints the difference divided by ``n``: instructions per operation, with
 interpreter start-up and set-up (building a deep queue included) cancelled
 out. Ratios compare cases measured the same way.
 
-    python bench/instructions.py [--only limiter,depth,lanes,rate,tasks] [--depths 1000,10000,100000]
+    python bench/instructions.py [--only limiter,depth,lanes,rate,tasks,install] [--depths 1000,10000,100000]
 
 Needs ``valgrind`` on the PATH.
 """
@@ -95,7 +95,7 @@ def show(title: str, rows: dict[str, float], baseline: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--child")
-    parser.add_argument("--only", default="limiter,depth,lanes,rate,tasks")
+    parser.add_argument("--only", default="limiter,depth,lanes,rate,tasks,install")
     parser.add_argument("--depths", default="1000,10000,100000")
     args = parser.parse_args()
     if args.child:
@@ -170,6 +170,19 @@ def main() -> None:
                 )
             },
             "trio nursery start_soon",
+        )
+    if "install" in only:
+        show(
+            "spawn + exit of a task that returns at once, with and without install() (bench/dump.py)",
+            {
+                name: per_op("dump", fn, "N_SPAWNS", 2000)
+                for name, fn in (
+                    ("plain trio", "spawns_plain"),
+                    ("a do-nothing task_spawned (floor)", "spawns_noop_instrument"),
+                    ("tf.debug.install()", "spawns_installed"),
+                )
+            },
+            "plain trio",
         )
 
 
