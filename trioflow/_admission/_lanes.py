@@ -20,7 +20,7 @@ import trio
 
 from .. import _registry
 from .._registry import Holding, Waiting
-from .._util import check_optional_name, check_total_tokens, raise_type
+from .._util import check_optional_name, check_total_tokens, check_weight, raise_type
 from ..adaptive._base import Algorithm
 from ._capacity import LimiterStatistics, PoolState, adapt_total, resolve_algorithm
 from ._face import Feedback, LimiterFace, fmt_tokens
@@ -195,7 +195,9 @@ class LaneLimiter(LimiterFace):
         )
 
     def _check_weight(self, weight: int) -> None:
-        super()._check_weight(weight)
+        # Not the face's generic check: that one measures against the whole
+        # pool's total, and a lane's bound is its own cap.
+        check_weight(weight)
         feedback = self._feedback
         if feedback is not None:
             # Adaptive: the lane's cap once the algorithm reaches max_limit.
