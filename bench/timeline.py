@@ -40,7 +40,9 @@ from typing import Any
 import trio
 
 import trioflow as tf
-from trioflow.debug import _timeline, _topdata
+from trioflow.debug import _serve, _timeline, _topdata
+from trioflow.debug._fork import in_child
+from trioflow.debug._reach import find_stuck
 from trioflow.telemetry import _hooks
 
 STEPS = 200_000
@@ -235,9 +237,11 @@ def bench_top(n_tasks: int, repeats: int) -> None:
     sleep of 0.5-1.5 s) to take a limiter token; so ~``n_tasks`` steps/s.
     Phases of ``PHASE`` seconds alternate: unwatched (no accounting, no
     requests) and watched (the accounting instrument on, one
-    ``/debug/top`` frame a second, answered in the loop as serve() does).
-    Prints the service's CPU per second in each, the difference, and the
-    CPU of one request.
+    ``/debug/top`` frame a second, answered in the loop as serve() does;
+    the first frame of each watched phase, which seeds the accounting, is
+    timed apart). Prints the service's CPU per second in each, the
+    difference, the CPU of one request, and what the stuck lints'
+    background analysis costs.
     """
     import random
 
@@ -254,6 +258,7 @@ def bench_top(n_tasks: int, repeats: int) -> None:
                     await trio.lowlevel.checkpoint()
 
         costs: list[float] = []
+        firsts: list[float] = []
         sizes: list[int] = []
         cpu: dict[str, list[float]] = {"unwatched": [], "watched": []}
         async with trio.open_nursery() as n:
@@ -265,6 +270,13 @@ def bench_top(n_tasks: int, repeats: int) -> None:
                 c0 = time.process_time()
                 await trio.sleep(phase)
                 cpu["unwatched"].append((time.process_time() - c0) / phase)
+                # The first frame seeds the accounting from the task tree (once
+                # per watching session): timed apart, as "first", not in the phase.
+                r0 = time.process_time()
+                body = _topdata.respond({"since": ["0"]})
+                firsts.append(time.process_time() - r0)
+                since = json.loads(body)["v"]
+                await trio.sleep(1.0)
                 c0 = time.process_time()
                 t_end = trio.current_time() + phase
                 while trio.current_time() < t_end:
@@ -279,6 +291,33 @@ def bench_top(n_tasks: int, repeats: int) -> None:
                 assert acct is not None
                 _topdata.stop_accounting(acct)
                 since = 0
+            # The stuck lints' reachability analysis, as serve() runs it every
+            # STUCK_EVERY s while watched: forked above fork_above tasks (the
+            # service pays the fork and reading the answer), else in-process.
+            # The service keeps running while the child works; what it pays is
+            # the fork itself (the loop is blocked for it) and reading the answer.
+            forked: list[float] = []
+            answer: list[float] = []
+            real_fork = os.fork
+
+            def timed_fork() -> int:
+                t0 = time.perf_counter()
+                pid = real_fork()
+                if pid:
+                    forked.append(time.perf_counter() - t0)
+                return pid
+
+            os.fork = timed_fork
+            try:
+                for _ in range(repeats):
+                    w0 = time.perf_counter()
+                    await in_child(lambda: json.dumps(_topdata.stuck_lints(find_stuck())).encode())
+                    answer.append(time.perf_counter() - w0)
+            finally:
+                os.fork = real_fork
+            c0 = time.process_time()
+            find_stuck()
+            inproc = time.process_time() - c0
             n.cancel_scope.cancel()
         off = statistics.median(cpu["unwatched"])
         on = statistics.median(cpu["watched"])
@@ -286,8 +325,18 @@ def bench_top(n_tasks: int, repeats: int) -> None:
             f"top at 1 Hz, {n_tasks:,} tasks (~{n_tasks:,} steps/s): service CPU "
             f"{off * 100:.1f}% unwatched, {on * 100:.1f}% watched "
             f"(+{(on - off) * 100:.2f} points of one core); one request "
-            f"{statistics.median(costs) * 1e3:.2f} ms CPU (first, full: {costs[0] * 1e3:.1f} ms), "
-            f"{statistics.median(sizes):,.0f} bytes (first {sizes[0]:,})"
+            f"{statistics.median(costs) * 1e3:.2f} ms CPU (the first, which seeds the "
+            f"accounting: {statistics.median(firsts) * 1e3:.1f} ms), "
+            f"{statistics.median(sizes):,.0f} bytes"
+        )
+        every = _serve.STUCK_EVERY
+        fork_cpu = statistics.median(forked)
+        print(
+            f"stuck lints (find_stuck every {every:g} s while watched): forked, "
+            f"answered in {statistics.median(answer):.2f} s, the loop paused "
+            f"{fork_cpu * 1e3:.1f} ms for the fork "
+            f"({fork_cpu / every * 100:.2f}% of the time); in-process the pause "
+            f"would be {inproc * 1e3:.0f} ms ({inproc / every * 100:.2f}%)"
         )
 
     trio.run(main)

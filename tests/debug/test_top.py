@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +102,7 @@ async def test_frames_group_tasks_and_send_deltas() -> None:
         n.cancel_scope.cancel()
 
 
-async def test_lints_stuck_and_never_yields() -> None:
+async def test_lints_long_wait_and_never_yields() -> None:
     # ("never fits" cannot be staged on a trioflow limiter any more: shrinking
     # the total below a waiter's weight wakes that waiter with a ValueError.)
     tiny = tf.CapacityLimiter(1, name="tiny")
@@ -119,15 +120,124 @@ async def test_lints_stuck_and_never_yields() -> None:
         n.start_soon(greedy, name="greedy")
         n.start_soon(hog, name="hog")
         await trio.testing.wait_all_tasks_blocked()
-        frame = await aget(port, "?slow_ms=20&stuck_s=0")
+        frame = await aget(port, "?slow_ms=20&wait_s=0")
         kinds = {lint["kind"]: lint for lint in frame["lints"]}
         assert "never fits" not in kinds
-        assert "'greedy' has waited on limiter 'tiny'" in kinds["stuck"]["text"]
+        assert "'greedy' has waited on limiter 'tiny'" in kinds["long wait"]["text"]
         assert "'hog' ran" in kinds["never yields"]["text"]
-        quiet = await aget(port, "?slow_ms=1000&stuck_s=3600")
+        # greedy is not stuck: the test task holds the token and could release it
+        assert "stuck" not in kinds
+        quiet = await aget(port, "?slow_ms=1000&wait_s=3600")
         assert quiet["lints"] == []
         n.cancel_scope.cancel()
     tiny.release()
+
+
+async def frames_until(port: int, done: Any) -> dict[str, Any]:
+    """Frames, fetched until ``done(frame)`` holds (the analysis runs in the background)."""
+    frame: dict[str, Any] = {}
+    with trio.move_on_after(30):
+        while True:
+            frame = await aget(port)
+            if done(frame):
+                return frame
+            await trio.sleep(0.01)
+    raise AssertionError(f"no such frame within 30 s; the last: {frame}")
+
+
+@pytest.mark.parametrize("fork_above", [None, 0], ids=["in-process", "forked"])
+async def test_stuck_lints_come_from_the_reachability_analysis(
+    fork_above: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tasks nothing can wake, in a live service (a listener is running), are *stuck* lints.
+
+    A cycle (each task sends into the other's full channel) and a task
+    waiting on an event nobody else refers to are found, by the in-process
+    analysis and by the forked one; a task waiting on an event a live task
+    could set, a sleeper and the endpoint's own tasks are not. The service
+    runs as a system task, as in ``test_reach``: a test's own cancel scopes,
+    which the test runner could cancel, would count as a way to wake it.
+    """
+    from trioflow.debug import _serve
+
+    monkeypatch.setattr(_serve, "STUCK_EVERY", 0.0)
+    set_later = trio.Event()  # this test task could set it
+    stop, finish, ended = trio.Event(), trio.Event(), trio.Event()
+    ports: list[int] = []
+    ready = trio.Event()
+
+    async def send_first(
+        send: trio.MemorySendChannel[int], recv: trio.MemoryReceiveChannel[int]
+    ) -> None:
+        async with send, recv:
+            await send.send(1)  # the other task sends too: nobody ever receives
+
+    async def orphan() -> None:
+        await trio.Event().wait()
+
+    async def service() -> None:
+        async with trio.open_nursery() as n:
+            ports.append(await n.start(partial(tf.debug.serve, 0, fork_above=fork_above)))
+            async with trio.open_nursery() as hang:
+                ab_send, ab_recv = trio.open_memory_channel[int](0)
+                ba_send, ba_recv = trio.open_memory_channel[int](0)
+                hang.start_soon(send_first, ab_send, ba_recv, name="ping")
+                hang.start_soon(send_first, ba_send, ab_recv, name="pong")
+                del ab_send, ab_recv, ba_send, ba_recv  # only ping and pong hold the ends
+                hang.start_soon(orphan, name="orphan")
+                hang.start_soon(set_later.wait, name="waiter")
+                hang.start_soon(trio.sleep_forever, name="sleeper")
+                ready.set()
+                await stop.wait()
+                hang.cancel_scope.cancel()
+            ports.clear()  # the hung tasks are gone
+            await finish.wait()
+            n.cancel_scope.cancel()
+        ended.set()
+
+    trio.lowlevel.spawn_system_task(service, name="service")
+    await ready.wait()
+    port = ports[0]
+    first = await aget(port)
+    assert first["stuck_age"] is None  # no analysis yet: this frame starts the first
+    frame = await frames_until(port, lambda f: sum(x["kind"] == "stuck" for x in f["lints"]) == 2)
+    stuck = [x for x in frame["lints"] if x["kind"] == "stuck"]
+    assert frame["lints"][: len(stuck)] == stuck, "stuck lints come first"
+    assert frame["stuck_age"] is not None
+    cycle = next(x for x in stuck if x["subject"].startswith("cycle"))
+    assert "'ping'" in cycle["text"], cycle
+    assert "'pong'" in cycle["text"], cycle
+    assert "only each other could wake" in cycle["text"]
+    alone = next(x for x in stuck if not x["subject"].startswith("cycle"))
+    assert "'orphan' can never be woken" in alone["text"], alone
+    assert "none can ever set() it" in alone["text"]
+    assert isinstance(alone["task"], int)
+    text = json.dumps(stuck)
+    for fine in ("waiter", "sleeper", "serve"):
+        assert f"'{fine}" not in text
+    stop.set()
+    # the next analysis sees they are gone
+    await frames_until(port, lambda f: not any(x["kind"] == "stuck" for x in f["lints"]))
+    assert not ports
+    finish.set()
+    await ended.wait()
+
+
+async def test_a_failing_reachability_analysis_is_a_lint(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trioflow.debug import _serve
+
+    def broken() -> list[Any]:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(_serve, "find_stuck", broken)
+    async with trio.open_nursery() as n:
+        port = await n.start(partial(tf.debug.serve, 0, fork_above=None))
+        await aget(port)
+        frame = await frames_until(port, lambda f: f["stuck_age"] is not None)
+        (lint,) = [x for x in frame["lints"] if x["kind"] == "error"]
+        assert lint["subject"] == "find_stuck"
+        assert "RuntimeError('boom')" in lint["text"]
+        n.cancel_scope.cancel()
 
 
 async def test_rate_limiters_and_lanes_have_rows() -> None:

@@ -8,6 +8,12 @@ reused for ``cache_for`` seconds (ten concurrent requests cost one dump);
 connections are capped and idle ones closed; the text and JSON of a large
 dump are rendered in a worker thread, so only the walk itself (a few µs per
 task) runs on the loop.
+
+While ``/debug/top`` is watched, the reachability analysis behind its
+*stuck* lints (:func:`find_stuck`, tens of µs per task) runs in the
+background at most every :data:`STUCK_EVERY` seconds — in a forked child
+above ``fork_above`` tasks — and frames carry its last findings; nobody
+watching, it never runs.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import math
 import time
 from collections.abc import Callable
 from urllib.parse import parse_qs, urlsplit
@@ -34,6 +41,9 @@ __all__ = ["serve"]
 _MAX_REQUEST = 16 * 1024
 _TEXT = "text/plain; charset=utf-8"
 _JSON = "application/json"
+
+#: Seconds between two reachability analyses for ``/debug/top``'s *stuck* lints.
+STUCK_EVERY = 10.0
 
 _Answer = tuple[str, str, bytes]  # status, content type, body
 _Render = Callable[[], tuple[str, bytes]]  # (content type, body), run in a worker thread
@@ -175,6 +185,46 @@ class _Server:
         self._cache: dict[tuple[str, str], tuple[float, _Answer]] = {}
         #: for tests and the curious
         self.dumps_taken = 0
+        #: serve()'s own nursery: the background reachability analysis runs there
+        self.nursery: trio.Nursery | None = None
+        #: the last analysis' findings, when it ended, whether one is running
+        self.stuck: list[_topdata.Lint] = []
+        self.stuck_at: float | None = None
+        self.stuck_started = -math.inf
+        self.stuck_runs = 0
+
+    def watch_stuck(self) -> None:
+        """Start a reachability analysis in the background if the last began ``STUCK_EVERY`` s ago."""
+        now = time.monotonic()
+        if self.nursery is None or now - self.stuck_started < STUCK_EVERY:
+            return
+        self.stuck_started = now
+        self.nursery.start_soon(self._find_stuck, name="trioflow.debug.serve: find_stuck")
+
+    async def _find_stuck(self) -> None:
+        # Nothing escapes: a failure becomes a lint, never a crash of the service.
+        try:
+            living = trio.lowlevel.current_statistics().tasks_living
+            if self.fork_above is not None and living > self.fork_above and can_fork():
+                raw = await in_child(
+                    lambda: json.dumps(_topdata.stuck_lints(find_stuck())).encode()
+                )
+                lints: list[_topdata.Lint] = json.loads(raw)
+            else:
+                await trio.lowlevel.checkpoint()  # so a cancelled serve() never starts the walk
+                lints = _topdata.stuck_lints(find_stuck())
+        except Exception as exc:
+            lints = [
+                {
+                    "kind": "error",
+                    "subject": "find_stuck",
+                    "text": f"the reachability analysis failed: {exc!r}",
+                    "task": None,
+                }
+            ]
+        self.stuck = lints
+        self.stuck_at = time.monotonic()
+        self.stuck_runs += 1
 
     async def handle(self, stream: trio.SocketStream) -> None:
         # Nothing escapes: an exception here would end serve_listeners and
@@ -269,11 +319,19 @@ class _Server:
             return "405 Method Not Allowed", _TEXT, b"read-only: GET only\n"
         if url.path == "/debug/top":
             # python -m trioflow top: small delta frames of its own (_topdata),
-            # cheap enough to skip the dump lock, the cache and the fork.
+            # cheap enough to skip the dump lock, the cache and the fork; the
+            # stuck lints come from the last background analysis.
             try:
-                return "200 OK", _JSON, _topdata.respond(query)
+                body = _topdata.respond(
+                    query,
+                    self.stuck,
+                    None if self.stuck_at is None else time.monotonic() - self.stuck_at,
+                )
             except ValueError as exc:
                 return "400 Bad Request", _TEXT, f"bad request: {exc}\n".encode()
+            if "task" not in query and "group" not in query:
+                self.watch_stuck()
+            return "200 OK", _JSON, body
         page = _ROUTES.get(url.path)
         if page is None:
             return (
@@ -378,7 +436,10 @@ async def serve(
       :func:`find_leaks`, as text (``?format=json`` too);
     * ``/debug/top`` — what ``python -m trioflow top URL`` shows, as small
       JSON frames that carry only what changed (``?since=V``); see
-      ``docs/debugging.md``.
+      ``docs/debugging.md``. While it is asked for, :func:`find_stuck`
+      runs in a background task of this one at most every ``STUCK_EVERY``
+      (10) seconds — in a forked child above ``fork_above`` tasks — for its
+      *stuck* lints.
 
     Each dump is taken on the loop (a few µs per task) and rendered in a
     worker thread; one dump is taken at a time, and an identical request
@@ -420,5 +481,7 @@ async def serve(
     server = _Server(allow_remote, max_connections, idle, cache, fold_above, fork_above)
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound: int = listeners[0].socket.getsockname()[1]
-    task_status.started(bound)
-    await trio.serve_listeners(server.handle, listeners)
+    async with trio.open_nursery() as nursery:
+        server.nursery = nursery
+        task_status.started(bound)
+        await trio.serve_listeners(server.handle, listeners)

@@ -85,13 +85,15 @@ class TopState:
 
     base: str
     slow_ms: float = 50.0
-    stuck_s: float = 10.0
+    wait_s: float = 10.0
     version: int = 0
     time: float | None = None
     tasks: int = 0
     groups: dict[str, GroupRow] = attrs.Factory(dict[str, GroupRow])
     resources: dict[str, ResourceRow] = attrs.Factory(dict[str, ResourceRow])
     lints: list[dict[str, Any]] = attrs.Factory(list[dict[str, Any]])
+    #: seconds since the service's last reachability analysis ended (None: none yet)
+    stuck_age: float | None = None
     frames: int = 0
     last_bytes: int = 0
     error: str | None = None
@@ -101,7 +103,7 @@ class TopState:
     def frame_url(self) -> str:
         return (
             f"{self.base}/debug/top?since={self.version}"
-            f"&slow_ms={self.slow_ms:g}&stuck_s={self.stuck_s:g}"
+            f"&slow_ms={self.slow_ms:g}&wait_s={self.wait_s:g}"
         )
 
     def poll(self) -> None:
@@ -152,6 +154,7 @@ class TopState:
             r = ResourceRow(*raw)
             self.resources[r.label] = r
         self.lints = frame["lints"]
+        self.stuck_age = frame.get("stuck_age")
         self.version = frame["v"]
         self.time = frame["time"]
         self.tasks = frame["tasks"]
@@ -197,13 +200,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--slow-ms", type=float, default=50.0, help="'never yields' above this step (ms)"
     )
-    p.add_argument("--stuck-s", type=float, default=10.0, help="'stuck' above this wait (s)")
+    p.add_argument("--wait-s", type=float, default=10.0, help="'long wait' above this wait (s)")
 
 
 def main(args: argparse.Namespace) -> int:
     """Run the console until ``q``; 2 if the console extra is missing."""
     try:
-        state = TopState(base_url(args.url), slow_ms=args.slow_ms, stuck_s=args.stuck_s)
+        state = TopState(base_url(args.url), slow_ms=args.slow_ms, wait_s=args.wait_s)
     except ValueError as exc:
         print(f"trioflow top: {exc}", file=sys.stderr)
         return 2

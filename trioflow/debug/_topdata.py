@@ -25,8 +25,11 @@ that ran longer than ``slow_ms`` without a checkpoint; a limiter with a
 waiter whose weight exceeds its whole limit (it can never be admitted, and
 FIFO-fair admission blocks everyone behind it); a stage whose workers are
 all parked sending (nobody reads its outputs); a task parked on a trioflow
-primitive longer than ``stuck_s``. More checks plug in through
-:data:`lint_checks` (where a reachability analysis of stuck tasks belongs).
+primitive longer than ``wait_s`` (a *long wait*). The *stuck* lints, tasks
+nothing can wake, come from :func:`~trioflow.debug.find_stuck`, which is
+too costly for every frame: ``serve()`` runs it in the background at most
+every ``STUCK_EVERY`` seconds while someone watches and passes its findings
+in (:func:`stuck_lints`). More checks plug in through :data:`lint_checks`.
 """
 
 from __future__ import annotations
@@ -47,8 +50,17 @@ from .. import _registry
 from ._dump import record as _task_record
 from ._gauges import read_gauge
 from ._parked import WaitCache, parked_on
+from ._reach import Stuck
 
-__all__ = ["SCHEMA", "Lint", "lint_checks", "respond", "start_accounting", "stop_accounting"]
+__all__ = [
+    "SCHEMA",
+    "Lint",
+    "lint_checks",
+    "respond",
+    "start_accounting",
+    "stop_accounting",
+    "stuck_lints",
+]
 
 SCHEMA = "trioflow.top/1"
 #: Seconds without a ``/debug/top`` request after which the accounting stops.
@@ -62,8 +74,11 @@ Lint = dict[str, Any]
 """One finding: ``{"kind", "subject", "text", "task"}`` (``task`` may be ``None``)."""
 
 #: Extra lint checks: each is called per request (in the trio thread) and
-#: returns findings. A reachability analysis of stuck tasks registers here.
+#: returns findings; it must be cheap (it runs on every frame).
 lint_checks: list[Callable[[], list[Lint]]] = []
+
+#: The order lints are listed in: what needs a person first.
+_LINT_ORDER = {"stuck": 0, "never fits": 1, "unread outputs": 2, "long wait": 3, "never yields": 4}
 
 _DIGITS = re.compile(r"\d+")
 
@@ -344,25 +359,55 @@ def _qfloat(query: dict[str, list[str]], key: str, default: float) -> float:
     return value
 
 
-def respond(query: dict[str, list[str]]) -> bytes:
+def respond(
+    query: dict[str, list[str]],
+    stuck: list[Lint] | None = None,
+    stuck_age: float | None = None,
+) -> bytes:
     """The JSON body for ``/debug/top`` (in the trio thread; not a checkpoint).
+
+    ``stuck`` are the findings of the last reachability analysis (see
+    :func:`stuck_lints`) and ``stuck_age`` how many seconds ago it ended
+    (``None``: none has yet).
 
     Raises:
       ValueError: for a bad query parameter, naming it.
     """
     since = int(_qfloat(query, "since", 0))
     slow_ms = _qfloat(query, "slow_ms", 50.0)
-    stuck_s = _qfloat(query, "stuck_s", 10.0)
+    wait_s = _qfloat(query, "wait_s", 10.0)
     acct = start_accounting()
     acct.last_request = time.perf_counter()
     if "task" in query:
         return json.dumps(_task_detail(query["task"][0])).encode()
     if "group" in query:
         return json.dumps(_group_detail(acct, query["group"][0])).encode()
-    return json.dumps(_frame(acct, since, slow_ms / 1e3, stuck_s)).encode()
+    frame = _frame(acct, since, slow_ms / 1e3, wait_s, stuck or [])
+    frame["stuck_age"] = None if stuck_age is None else round(stuck_age, 3)
+    return json.dumps(frame).encode()
 
 
-def _frame(acct: _Accounting, since: int, slow: float, stuck: float) -> dict[str, Any]:
+def stuck_lints(found: list[Stuck]) -> list[Lint]:
+    """:func:`~trioflow.debug.find_stuck`'s findings as *stuck* lints (plain data: JSON-safe)."""
+    out: list[Lint] = []
+    for st in found:
+        first = st.tasks[0]
+        if st.kind == "cycle":
+            names = ", ".join(f"{t.id} {t.name!r}" for t in st.tasks)
+            subject = f"cycle of tasks {', '.join(str(t.id) for t in st.tasks)}"
+            text = f"tasks {names} only each other could wake: " + "; ".join(
+                f"task {t.id} {r}" for t, r in zip(st.tasks, st.reasons, strict=True)
+            )
+        else:
+            subject = f"task {first.id}"
+            text = f"task {first.id} {first.name!r} can never be woken: {st.reasons[0]}"
+        out.append({"kind": "stuck", "subject": subject, "text": text, "task": first.id})
+    return out
+
+
+def _frame(
+    acct: _Accounting, since: int, slow: float, wait: float, stuck: list[Lint]
+) -> dict[str, Any]:
     acct.version += 1
     v = acct.version
     now = time.perf_counter()
@@ -385,7 +430,8 @@ def _frame(acct: _Accounting, since: int, slow: float, stuck: float) -> dict[str
             label,
             count,
         ]
-    gauges, lints = _resources(acct, stuck)
+    gauges, lints = _resources(acct, wait)
+    lints = stuck + lints
     for row in gauges:
         current["r:" + row[0]] = row
     # a client new, ahead of us (we restarted), or older than the removals we remember
@@ -414,6 +460,7 @@ def _frame(acct: _Accounting, since: int, slow: float, stuck: float) -> dict[str
                     "task": None,
                 }
             )
+    lints.sort(key=lambda lint: _LINT_ORDER.get(lint["kind"], len(_LINT_ORDER)))
     return {
         "schema": SCHEMA,
         "v": v,
@@ -433,7 +480,7 @@ def _frame(acct: _Accounting, since: int, slow: float, stuck: float) -> dict[str
     }
 
 
-def _resources(acct: _Accounting, stuck: float) -> tuple[list[list[Any]], list[Lint]]:
+def _resources(acct: _Accounting, wait: float) -> tuple[list[list[Any]], list[Lint]]:
     """Every primitive's row ``[label, kind, limit, in use, waiting, wait p99, waits]`` and its lints."""
     rows: list[list[Any]] = []
     lints: list[Lint] = []
@@ -465,7 +512,7 @@ def _resources(acct: _Accounting, stuck: float) -> tuple[list[list[Any]], list[L
             continue
         if not g.waiting:
             continue
-        lints += _waiter_lints(acct, prim, g.limit, label, stuck)
+        lints += _waiter_lints(acct, prim, g.limit, label, wait)
     return rows, lints
 
 
@@ -475,9 +522,9 @@ _WAITER_SCAN_EVERY = 5.0
 
 
 def _waiter_lints(
-    acct: _Accounting, prim: Any, limit: float | None, label: str, stuck: float
+    acct: _Accounting, prim: Any, limit: float | None, label: str, wait: float
 ) -> list[Lint]:
-    """Never-fits and stuck findings from one primitive's waiters (rescanned every 5 s)."""
+    """Never-fits and long-wait findings from one primitive's waiters (rescanned every 5 s)."""
     now = time.perf_counter()
     cached = acct.waiter_scans.get(id(prim))
     if cached is not None and cached[0]() is prim and now - cached[1] < _WAITER_SCAN_EVERY:
@@ -508,11 +555,11 @@ def _waiter_lints(
         )
     if oldest is not None and oldest.task.custom_sleep_data is oldest:  # still parked there
         waited = trio.current_time() - oldest.since
-        if waited >= stuck:
+        if waited >= wait:
             tid = _task_record(oldest.task).id
             out.append(
                 {
-                    "kind": "stuck",
+                    "kind": "long wait",
                     "subject": label,
                     "text": f"task {tid} {oldest.task.name!r} has waited on {label} for {waited:.1f}s",
                     "task": tid,

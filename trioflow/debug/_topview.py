@@ -203,6 +203,10 @@ class TopApp(App[None]):
             lints.append(f"{lint['text']}\n")
         if not st.lints:
             lints.append("no lints", style="green")
+        if st.stuck_age is None:
+            lints.append("\n(stuck tasks: no analysis yet)", style="dim")
+        else:
+            lints.append(f"\n(stuck tasks: analysed {st.stuck_age:.0f}s ago)", style="dim")
         self.query_one("#lints", Static).update(lints)
 
     # -- keys --------------------------------------------------------------------
