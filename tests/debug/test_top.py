@@ -290,6 +290,50 @@ async def _double(x: int) -> int:
     return 2 * x
 
 
+@pytest.mark.parametrize("buffer", [0, 2])
+async def test_a_stage_row_has_the_wait_to_hand_it_an_item(
+    buffer: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A stage's WAIT p99: how long upstream waited to hand it an item (back-pressure).
+
+    One worker taking 1 s an item behind a source that has everything at
+    once: the reader waits 1 s per item to hand the next over (with a
+    buffer, once it is full). A stage nobody waits on has no waits. Frames
+    are built in the trio thread, as ``serve()`` builds them, so the mock
+    clock is the only clock.
+    """
+
+    def frame() -> dict[str, Any]:
+        return json.loads(_topdata.respond({}))  # type: ignore[no-any-return]
+
+    async def slow(x: int) -> int:
+        await trio.sleep(1.0)
+        return x
+
+    pipe = (
+        tf.Pipeline("p")
+        .map(slow, workers=1, buffer=buffer, name=f"slow-{buffer}")
+        .map(_double, workers=4, name=f"quick-{buffer}")
+    )
+    try:
+        frame()
+        async with pipe.open(range(6 + buffer)) as run:
+            frame()  # this frame finds the stages' input channels
+            async for _ in run.outputs:
+                pass
+        rows = {r[0]: r for r in frame()["resources"]}
+    finally:
+        acct = _topdata._active
+        assert acct is not None
+        _topdata.stop_accounting(acct)
+    _, kind, _, _, _, p99, waits = rows[f"stage 'slow-{buffer}'"]
+    assert kind == "stage"
+    assert waits >= 3, rows
+    assert p99 == pytest.approx(1.0, abs=1e-6), rows
+    # the quick stage's four workers are always free: nobody waits to hand over
+    assert rows[f"stage 'quick-{buffer}'"][6] == 0, rows
+
+
 async def test_task_and_group_detail_and_bad_queries() -> None:
     async def parked_here() -> None:
         await trio.sleep_forever()

@@ -41,7 +41,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import trio
 from trio.lowlevel import Task
@@ -173,6 +173,10 @@ class _Accounting(trio.abc.Instrument):
         self.installed = False
         #: id(primitive) -> (weak ref, when scanned, heaviest weight, oldest Waiting)
         self.waiter_scans: dict[int, tuple[Any, float, int, Any]] = {}
+        #: id(a stage's input channel state) -> (weak ref to the state, weak ref
+        #: to the stage): a send parked there is a wait credited to the stage.
+        #: Refreshed by every frame from the registry.
+        self.inboxes: dict[int, tuple[Any, Any]] = {}
 
     # -- hooks ---------------------------------------------------------------
 
@@ -252,8 +256,20 @@ class _Accounting(trio.abc.Instrument):
         p = parked_on(task, self.cache)
         rec.label = p.label
         rec.park_t = t
-        rec.prim = p.primitive
-        rec.since = 0.0 if p.since is None else p.since
+        prim = p.primitive
+        since = p.since
+        if prim is None and self.inboxes:
+            # Handing an item to a stage (its input channel is full, or has no
+            # buffer and no worker is free): the stage's wait.
+            csd: Any = task.custom_sleep_data
+            if type(csd) is trio.MemorySendChannel:
+                state: object = cast(Any, csd)._state
+                hit = self.inboxes.get(id(state))
+                if hit is not None and hit[0]() is state:
+                    prim = hit[1]()
+                    since = trio.current_time()
+        rec.prim = prim
+        rec.since = 0.0 if since is None else since
         g = rec.group
         g.parked += 1
         g.parked_sum += t
@@ -485,6 +501,8 @@ def _resources(acct: _Accounting, wait: float) -> tuple[list[list[Any]], list[Li
     rows: list[list[Any]] = []
     lints: list[Lint] = []
     seen: set[str] = set()
+    inboxes: dict[int, tuple[Any, Any]] = {}
+    acct.inboxes = inboxes  # the stages of this frame (a run that ended is dropped)
     for prim in _registry.live():
         g = read_gauge(prim)
         if g is None:
@@ -508,6 +526,10 @@ def _resources(acct: _Accounting, wait: float) -> tuple[list[list[Any]], list[Li
             ]
         )
         if g.kind == "stage":
+            inbox = getattr(getattr(getattr(prim, "ports", None), "inbox", None), "_state", None)
+            if inbox is not None:
+                with contextlib.suppress(TypeError):
+                    inboxes[id(inbox)] = (weakref.ref(inbox), weakref.ref(prim))
             lints += _stage_lint(acct, prim, label)
             continue
         if not g.waiting:
