@@ -292,8 +292,8 @@ def bench_top(n_tasks: int, repeats: int) -> None:
                 _topdata.stop_accounting(acct)
                 since = 0
             # The stuck lints' reachability analysis, as serve() runs it every
-            # STUCK_EVERY s while watched: forked above fork_above tasks (the
-            # service pays the fork and reading the answer), else in-process.
+            # STUCK_EVERY s while watched: in a forked child (the service pays
+            # the fork and reading the answer); in-process for comparison.
             # The service keeps running while the child works; what it pays is
             # the fork itself (the loop is blocked for it) and reading the answer.
             forked: list[float] = []

@@ -10,10 +10,11 @@ dump are rendered in a worker thread, so only the walk itself (a few µs per
 task) runs on the loop.
 
 While ``/debug/top`` is watched, the reachability analysis behind its
-*stuck* lints (:func:`find_stuck`, tens of µs per task) runs in the
-background at most every :data:`STUCK_EVERY` seconds — in a forked child
-above ``fork_above`` tasks — and frames carry its last findings; nobody
-watching, it never runs.
+*stuck* lints (:func:`find_stuck`) runs in the background at most every
+:data:`STUCK_EVERY` seconds — in a forked child, whatever the number of
+tasks, because its cost follows the heap (a fifth of a second for a
+service of a few hundred tasks with a big heap) — and frames carry its
+last findings; nobody watching, it never runs.
 """
 
 from __future__ import annotations
@@ -204,8 +205,9 @@ class _Server:
     async def _find_stuck(self) -> None:
         # Nothing escapes: a failure becomes a lint, never a crash of the service.
         try:
-            living = trio.lowlevel.current_statistics().tasks_living
-            if self.fork_above is not None and living > self.fork_above and can_fork():
+            # Forked unless forking is off: the walk's cost follows the heap,
+            # not the task count (a few hundred tasks can take 300 ms).
+            if self.fork_above is not None and can_fork():
                 raw = await in_child(
                     lambda: json.dumps(_topdata.stuck_lints(find_stuck())).encode()
                 )
@@ -438,8 +440,8 @@ async def serve(
       JSON frames that carry only what changed (``?since=V``); see
       ``docs/debugging.md``. While it is asked for, :func:`find_stuck`
       runs in a background task of this one at most every ``STUCK_EVERY``
-      (10) seconds — in a forked child above ``fork_above`` tasks — for its
-      *stuck* lints.
+      (10) seconds — in a forked child (in-process if ``fork_above`` is
+      ``None``) — for its *stuck* lints.
 
     Each dump is taken on the loop (a few µs per task) and rendered in a
     worker thread; one dump is taken at a time, and an identical request
@@ -466,7 +468,8 @@ async def serve(
       fork_above: with more live tasks than this, a request is answered by
         a forked copy of the process (POSIX), so the loop pauses only for
         the fork rather than for the walk, the analysis and the rendering;
-        ``None`` never forks.
+        ``None`` never forks (then ``/debug/top``'s stuck analysis runs in
+        the loop too).
 
     Raises:
       ValueError: for a non-loopback ``host`` without ``allow_remote=True``,
