@@ -194,8 +194,13 @@ def bench_pipeline(repeats: int, n_items: int) -> None:
         )
 
 
-def bench_write(n_events: int) -> None:
-    """Encode ``n_events`` recorded events of a realistic mix and write them."""
+def bench_write(n_events: int, check: bool = False) -> None:
+    """Encode ``n_events`` recorded events of a realistic mix and write them.
+
+    With ``check``, the file is then read back and run through the test
+    suite's trace-event checker (``tests/debug/trace_events.py``: the format's
+    rules as the viewers' importers apply them).
+    """
     # Record a real run until it has enough events, then time the write.
     holder: dict[str, Any] = {}
 
@@ -224,10 +229,23 @@ def bench_write(n_events: int) -> None:
         wall = time.perf_counter() - t0
         cpu = time.process_time() - c0
         size = path.stat().st_size
-    print(
-        f"write {len(events):,} recorded events -> {n:,} trace events: {wall:.2f} s wall, "
-        f"{cpu:.2f} s CPU, {size / 1e6:.1f} MB ({size / n:.0f} B/trace event)"
-    )
+        print(
+            f"write {len(events):,} recorded events -> {n:,} trace events: {wall:.2f} s wall, "
+            f"{cpu:.2f} s CPU, {size / 1e6:.1f} MB ({size / n:.0f} B/trace event)"
+        )
+        if check:
+            import sys
+
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+            from tests.debug.trace_events import load, validate
+
+            t0 = time.perf_counter()
+            counts = validate(load(path.read_text(encoding="utf-8")))
+            by_ph = ", ".join(f"{ph} {k:,}" for ph, k in sorted(counts.items()))
+            print(
+                f"checker: the {n:,}-event file passes ({by_ph}) in "
+                f"{time.perf_counter() - t0:.1f} s"
+            )
 
 
 def bench_top(n_tasks: int, repeats: int) -> None:
@@ -351,13 +369,16 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=20_000)
     ap.add_argument("--only", choices=["record", "write", "top", "pipeline"], default=None)
     ap.add_argument("--work", type=int, default=0, help="loop iterations of work per step")
+    ap.add_argument(
+        "--check", action="store_true", help="write: run the written file through the checker"
+    )
     args = ap.parse_args()
     global WORK
     WORK = args.work
     print(f"load: {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} CPUs")
     parts: dict[str, Callable[[], None]] = {
         "record": lambda: bench_recording(args.repeats, args.steps),
-        "write": lambda: bench_write(args.events),
+        "write": lambda: bench_write(args.events, args.check),
         "top": lambda: bench_top(args.top_tasks, args.repeats),
         "pipeline": lambda: bench_pipeline(args.repeats, args.items),
     }
