@@ -6,6 +6,7 @@ import os
 import pathlib
 import subprocess
 import sys
+from typing import Any
 
 import jsonschema
 import pytest
@@ -282,4 +283,34 @@ async def test_big_programs_are_answered_by_a_forked_child() -> None:
         doc = json.loads(text)
         jsonschema.validate(doc, SCHEMA)
         assert len(doc["tasks"]) > 100
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="forking needs POSIX")
+@pytest.mark.parametrize("fork_above", [2000, None])
+async def test_the_analyses_fork_whatever_the_task_count(
+    fork_above: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/debug/deadlocks walks the heap, whose size the task count does not tell:
+    it is answered by a forked child even for a small program (not with
+    ``fork_above=None``); a small program's task dump stays in the loop."""
+    from trioflow.debug import _fork, _serve
+
+    forked: list[int] = []
+    real = _fork.in_child
+
+    async def counting(render: Any, **kw: Any) -> bytes:
+        forked.append(1)
+        return await real(render, **kw)
+
+    monkeypatch.setattr(_serve, "in_child", counting)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(functools.partial(tf.debug.serve, 0, fork_above=fork_above))
+        status, text = await get(port, "/debug/tasks")
+        assert status == 200
+        assert forked == []
+        status, text = await get(port, "/debug/deadlocks")
+        assert status == 200
+        assert "No deadlock found." in text
+        assert forked == ([1] if fork_above is not None else [])
         nursery.cancel_scope.cancel()

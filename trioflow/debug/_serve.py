@@ -354,9 +354,12 @@ class _Server:
                 return cached[1]
             self.dumps_taken += 1
             living = trio.lowlevel.current_statistics().tasks_living
-            if self.fork_above is not None and living > self.fork_above and can_fork():
-                # A big program: the whole look (walk, analysis, rendering) in a
-                # forked child; the loop pauses only for the fork.
+            # The analyses' cost follows the heap, not the task count (the
+            # flagship's 240 tasks take 200-300 ms): they always fork.
+            heavy = url.path == "/debug/deadlocks"
+            if self.fork_above is not None and (heavy or living > self.fork_above) and can_fork():
+                # A big program, or the analyses: the whole look (walk, analysis,
+                # rendering) in a forked child; the loop pauses only for the fork.
                 def everything() -> bytes:
                     ctype, body = page(self, query)()
                     return ctype.encode() + b"\n" + body
@@ -467,9 +470,10 @@ async def serve(
         never folds.
       fork_above: with more live tasks than this, a request is answered by
         a forked copy of the process (POSIX), so the loop pauses only for
-        the fork rather than for the walk, the analysis and the rendering;
-        ``None`` never forks (then ``/debug/top``'s stuck analysis runs in
-        the loop too).
+        the fork rather than for the walk and the rendering;
+        ``/debug/deadlocks`` and ``/debug/top``'s stuck analysis, whose cost
+        follows the heap rather than the task count, always fork; ``None``
+        never forks (then they run in the loop too).
 
     Raises:
       ValueError: for a non-loopback ``host`` without ``allow_remote=True``,
