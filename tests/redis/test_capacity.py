@@ -175,6 +175,59 @@ async def test_fifo_across_replicas_heavy_head_not_overtaken(
         assert order == ["heavy", "light"]
 
 
+async def test_lowering_the_total_fails_a_waiter_that_can_never_fit(
+    redis_server: RedisServer, name: str
+) -> None:
+    """The wedge of a weighted head, across replicas: the total drops below a waiting
+    head's weight. The head fails with a ValueError naming the limiter, its weight and
+    the new total, leaves the shared line, and the lighter waiter behind it (on the
+    other replica) is served. Lowering to 0 is a pause, not a failure."""
+    async with (
+        make_client(redis_server) as ca,
+        make_client(redis_server) as cb,
+        open_capacity_limiter(ca, 3, name=name) as a,
+        open_capacity_limiter(cb, 3, name=name) as b,
+    ):
+        await a.acquire(weight=1)
+        failures: list[ValueError] = []
+        light_done = trio.Event()
+
+        async def heavy() -> None:
+            try:
+                await b.acquire_on_behalf_of("heavy", weight=3)
+            except ValueError as exc:
+                failures.append(exc)
+
+        async def light() -> None:
+            async with a.hold(1):
+                light_done.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(heavy)
+            await _wait_for(lambda: b.statistics().tasks_waiting == 1)
+            nursery.start_soon(light)
+            await _wait_for(lambda: a.statistics().tasks_waiting == 1)
+            # paused: the heavy head keeps waiting
+            b.total_tokens = 0
+            await trio.sleep(0.05)
+            assert failures == []
+            assert b.statistics().tasks_waiting == 1
+            # every replica agrees on the new total (the docs' rule)
+            a.total_tokens = 2
+            b.total_tokens = 2
+            with trio.fail_after(10):
+                await light_done.wait()
+        (exc,) = failures
+        assert str(exc) == (
+            f"weight=3 can never be granted by redis_limiter {name!r}: its total_tokens=2 now"
+        ), str(exc)
+        assert "heavy" not in b.statistics().borrowers
+        a.release()
+        await _wait_for(lambda: _settled(a) and _settled(b))
+        g = await a.global_statistics()
+        assert (g.borrowed_tokens, g.leases, g.waiting) == (0, 0, 0)
+
+
 async def test_waiting_is_wake_up_driven(redis_server: RedisServer, name: str) -> None:
     """With ttl=600 a waiter's own re-check comes after 300 s: only a wake-up can serve it in time."""
     async with (

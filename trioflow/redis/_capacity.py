@@ -451,7 +451,9 @@ class RedisCapacityLimiter:
             ``timeout`` (nothing is held; a lease the server may have granted
             meanwhile is released in the background, or expires within ``ttl``).
           RuntimeError: ``borrower`` already holds tokens of this limiter.
-          ValueError, TypeError: a bad ``weight``.
+          ValueError, TypeError: a bad ``weight``; or, while it waits,
+            ``total_tokens`` was lowered below ``weight`` (not to 0, a pause):
+            it leaves the line, so those behind it go on.
         """
         if weight.__class__ is not int or weight != 1:
             weight = self._check_weight(weight)
@@ -470,6 +472,14 @@ class RedisCapacityLimiter:
         sent = trio.current_time()
         try:
             while True:
+                if self._total != 0 and weight > self._total:
+                    # Lowered below this waiter's weight while it waited: it can
+                    # never be granted, and in the shared FIFO line it would
+                    # hold back every waiter behind it, on every replica.
+                    raise ValueError(
+                        f"weight={weight} can never be granted by {self.kind} "
+                        f"{self._name!r}: its total_tokens={self._total} now"
+                    )
                 total = _INF if self._total == math.inf else self._total
                 # Shielded (and bounded by timeout) so that a grant is never
                 # lost to a cancellation arriving during the round trip.
