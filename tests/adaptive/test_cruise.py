@@ -219,6 +219,42 @@ def test_no_growth_without_demand_and_cap() -> None:
     assert algo.state()["probing"] == 0
 
 
+def test_no_shrink_without_demand() -> None:
+    # Settled at a full limit, then the downstream queues for someone else's
+    # load (3x slower) while this limiter keeps only half its limit in
+    # flight: it did not build that queue, and is never cut (a cut turned
+    # the next burst away: false rejections below capacity).
+    algo = Cruise(initial_limit=20, probe_interval=1e6)
+    t = busy_stream(algo, rtt=0.02, seconds=1.0, servers=20)
+    assert algo.state()["slow_start"] == 0
+    settled = algo.limit
+    seen = []
+    for _ in range(20):
+        t = busy_stream(algo, rtt=0.06, seconds=0.1, t0=t, inflight=settled // 2)
+        seen.append(algo.limit)
+    assert seen == [settled] * 20
+    # with the limit full, the same slowdown is cut (at first)
+    full = Cruise(initial_limit=20, probe_interval=1e6)
+    t = busy_stream(full, rtt=0.02, seconds=1.0, servers=20)
+    seen = []
+    for _ in range(5):
+        t = busy_stream(full, rtt=0.06, seconds=0.1, t0=t)
+        seen.append(full.limit)
+    assert min(seen) < settled
+
+
+def test_cap_follows_recent_peaks_not_one_lull() -> None:
+    algo = Cruise(initial_limit=100, probe_interval=1e6)
+    t = busy_stream(algo, rtt=0.02, seconds=1.0, inflight=30)
+    assert algo.limit == 60  # 2x the peak in flight
+    # a lull of a few windows (10 in flight) does not cut it ...
+    t = busy_stream(algo, rtt=0.02, seconds=0.3, t0=t, inflight=10)
+    assert algo.limit == 60
+    # ... a quiet spell does
+    busy_stream(algo, rtt=0.02, seconds=2.0, t0=t, inflight=10)
+    assert algo.limit == 20
+
+
 def test_new_parameters_are_checked() -> None:
     with pytest.raises(ValueError, match=r"growth must be > 1, got 1.0"):
         Cruise(growth=1.0)

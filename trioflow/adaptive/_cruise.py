@@ -22,6 +22,8 @@ _HELPED = 0.8
 _BASELINE_WINDOWS = 4
 #: the throughput history kept for the hill-climb (windows)
 _HISTORY = 48
+#: the cap on the limit follows the highest peak in flight of this many windows
+_CAP_WINDOWS = 16
 
 
 def _significant(ordered: list[float]) -> float:
@@ -104,11 +106,15 @@ class Cruise:
       limit goes back to where it was before the cuts (Envoy #10647). A
       queue the limiter itself builds cannot raise the baseline (the drift
       of Netflix #134/#137, #165).
-    * **No growth without demand, and a cap.** The limit grows only when the
-      window's peak in flight reached ``ceil(saturation * limit)`` (an
-      integer test, so a limit of 1 that is full can grow), and never exceeds
-      ``cap_factor`` times that peak, so a quiet spell does not leave a huge
-      limit that a sudden spike then floods (Envoy's 10x-spike weakness).
+    * **No change without demand, and a cap.** The gradient moves the limit
+      only when the window's peak in flight reached ``ceil(saturation *
+      limit)`` (an integer test, so a limit of 1 that is full can grow): a
+      limit that was not full did not build the queue it sees, and cutting
+      it turns away the next burst (false rejections below capacity). Drops
+      still cut. The limit never exceeds ``cap_factor`` times the highest
+      peak in flight of the last 16 windows, so a quiet spell does not leave
+      a huge limit that a sudden spike then floods (Envoy's 10x-spike
+      weakness), while one short window's lull does not cut it.
 
     Pure arithmetic on samples, no clock of its own: a window closes on the
     first sample that finds it old and full enough.
@@ -196,6 +202,8 @@ class Cruise:
     _settle: int = attrs.field(init=False, default=0, repr=False)
     #: samples of the first windows from cold, for the first baseline
     _pool: list[float] = attrs.field(init=False, factory=list[float], repr=False)
+    #: the last windows' peaks in flight, for the cap
+    _peaks: list[int] = attrs.field(init=False, factory=list[int], repr=False)
 
     def __attrs_post_init__(self) -> None:
         check_bounds(self.initial_limit, self.min_limit, self.max_limit)
@@ -354,14 +362,23 @@ class Cruise:
             target = estimate * self.growth  # twice no queue at all: recover fast
         else:
             gradient = min(max(raw_gradient, 0.5), self.growth)
-            if gradient > 1 and not saturated:
-                gradient = 1.0  # no growth without demand
+            if not saturated:
+                # no growth without demand, and no shrinking either: a queue
+                # the limit did not bind on is not the limit's to fix
+                gradient = 1.0
             target = estimate * gradient
             if climbing:
                 target = max(target, estimate + math.sqrt(estimate))
             if not floored:
                 target = (1 - self.smoothing) * estimate + self.smoothing * target
-        target = min(target, max(self.cap_factor * peak, float(self.min_limit)))
+        # The cap follows the highest peak of the last few windows: one short
+        # window's peak is noise (a Poisson lull), and capping at it cuts a
+        # limit the next burst needs.
+        peaks = self._peaks
+        peaks.append(peak)
+        if len(peaks) > _CAP_WINDOWS:
+            del peaks[0]
+        target = min(target, max(self.cap_factor * max(peaks), float(self.min_limit)))
         limit = self._set(target)
 
         if self._next_probe is None:  # the first baseline is from cold: no probe yet
