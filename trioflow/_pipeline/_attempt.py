@@ -166,7 +166,7 @@ def _timed_thread(inner: Attempt, timeout: float) -> Attempt:
     return timed_thread
 
 
-def _limited(inner: Attempt, limiter: Limiter | trio.CapacityLimiter) -> Attempt:
+def _limited(inner: Attempt, limiter: Limiter) -> Attempt:
     """``limiter=``: each attempt holds one token (an adaptive limiter samples the attempt)."""
     if not isinstance(limiter, PermitLimiter):  # trio.CapacityLimiter, say: no hold()
 

@@ -43,7 +43,7 @@ class StageOptions(TypedDict, total=False):
 
     workers: int
     buffer: int
-    limiter: Limiter | trio.CapacityLimiter | None
+    limiter: Limiter | None
     rate: Pacer | None
     retry: Retry | None
     timeout: float | None

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import Any, Final, Literal
 
 import attrs
-import trio
 
 from .._admission._protocol import Limiter, Pacer, check_limiter, check_pacer
 from .._util import check_count, check_optional_name, check_positive_number, raise_type
@@ -74,7 +73,7 @@ class StageSpec:
     fn: Callable[[Any], Any] | None
     workers: int = 1
     buffer: int = 0
-    limiter: Limiter | trio.CapacityLimiter | None = None
+    limiter: Limiter | None = None
     rate: Pacer | None = None
     retry: Retry | None = None
     timeout: float | None = None
