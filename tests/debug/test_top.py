@@ -662,3 +662,36 @@ async def test_accounting_sums_stay_consistent(seed: int) -> None:
         assert not any(name.startswith("actor") for name in acct.groups)  # all gone
     finally:
         _topdata.stop_accounting(acct)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="forking needs POSIX")
+async def test_cancelling_serve_kills_a_running_analysis(monkeypatch: pytest.MonkeyPatch) -> None:
+    """serve() cancelled while its background analysis runs in a forked child
+    ends at once, and the child is killed and reaped (no orphan keeps working)."""
+    from trioflow.debug import _serve
+
+    def slow() -> list[Any]:
+        time.sleep(60)  # in the child: a walk that takes a minute
+        return []
+
+    pids: list[int] = []
+    real_fork = os.fork
+
+    def fork() -> int:
+        pid = real_fork()
+        if pid:
+            pids.append(pid)
+        return pid
+
+    monkeypatch.setattr(_serve, "find_stuck", slow)
+    monkeypatch.setattr(os, "fork", fork)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as n:
+            port = await n.start(tf.debug.serve, 0)
+            await aget(port)  # starts the analysis
+            while not pids:
+                await trio.sleep(0.01)
+            n.cancel_scope.cancel()
+    (pid,) = pids
+    with pytest.raises((ProcessLookupError, ChildProcessError)):
+        os.kill(pid, 0)

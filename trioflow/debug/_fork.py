@@ -78,7 +78,10 @@ async def in_child(render: Callable[[], bytes], *, alarm_after: float = 60.0) ->
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)  # it has exited already, or it must
-        await trio.to_thread.run_sync(os.waitpid, pid, 0)
+        # Reap it even when cancelled (a cancelled wait here left a zombie):
+        # after SIGKILL this returns at once, so the shield cannot hang.
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(os.waitpid, pid, 0)
     data = b"".join(chunks)
     status, _, body = data.partition(b"\n")
     if status != b"ok":
