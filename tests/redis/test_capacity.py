@@ -205,6 +205,10 @@ async def test_lowering_the_total_fails_a_waiter_that_can_never_fit(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(heavy)
             await _wait_for(lambda: b.statistics().tasks_waiting == 1)
+            # in the shared line, not only parked here (else light could go first)
+            with trio.fail_after(10):
+                while (await b.global_statistics()).waiting != 1:
+                    await trio.sleep(0.002)
             nursery.start_soon(light)
             await _wait_for(lambda: a.statistics().tasks_waiting == 1)
             # paused: the heavy head keeps waiting

@@ -387,10 +387,7 @@ class Kernel:
             for waiter in doomed:
                 self._unqueue(waiter)
                 primitive = waiter.primitive
-                error = ValueError(
-                    f"weight={waiter.weight} can never be granted by {primitive.kind} "
-                    f"{primitive.name!r}: its total_tokens={ceiling!r} now"
-                )
+                error = never_granted(waiter.weight, primitive.kind, primitive.name, ceiling)
                 if waiter.parked:
                     unpark(waiter, outcome.Error(error))
 
@@ -398,3 +395,10 @@ class Kernel:
 def fits_total(total: int | float, weight: int) -> bool:
     """Can ``weight`` ever be granted under a fixed ``total``? (0 pauses, so it can, later.)"""
     return total == 0 or total == math.inf or weight <= total
+
+
+def never_granted(weight: int, kind: str, name: str, total: int | float) -> ValueError:
+    """The error a waiter gets when its limiter's total dropped below its weight."""
+    return ValueError(
+        f"weight={weight} can never be granted by {kind} {name!r}: its total_tokens={total!r} now"
+    )

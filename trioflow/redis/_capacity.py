@@ -53,6 +53,7 @@ import trio
 
 from .. import _registry
 from .._admission._face import Permit
+from .._admission._kernel import fits_total, never_granted
 from .._registry import Holding, Waiting
 from .._util import check_optional_name, check_total_tokens, check_weight
 from ..telemetry import _hooks
@@ -472,14 +473,11 @@ class RedisCapacityLimiter:
         sent = trio.current_time()
         try:
             while True:
-                if self._total != 0 and weight > self._total:
+                if not fits_total(self._total, weight):
                     # Lowered below this waiter's weight while it waited: it can
                     # never be granted, and in the shared FIFO line it would
                     # hold back every waiter behind it, on every replica.
-                    raise ValueError(
-                        f"weight={weight} can never be granted by {self.kind} "
-                        f"{self._name!r}: its total_tokens={self._total} now"
-                    )
+                    raise never_granted(weight, self.kind, self._name, self._total)
                 total = _INF if self._total == math.inf else self._total
                 # Shielded (and bounded by timeout) so that a grant is never
                 # lost to a cancellation arriving during the round trip.
