@@ -194,6 +194,15 @@ class _Server:
         self.stuck_started = -math.inf
         self.stuck_runs = 0
 
+    def forks(self, *, analysis: bool) -> bool:
+        """Answer in a forked child? Always for the analyses (their cost follows
+        the heap, not the task count: a few hundred tasks can take 300 ms in the
+        loop); for a dump, above ``fork_above`` live tasks. Never with
+        ``fork_above=None`` or where forking is unavailable."""
+        if self.fork_above is None or not can_fork():
+            return False
+        return analysis or trio.lowlevel.current_statistics().tasks_living > self.fork_above
+
     def watch_stuck(self) -> None:
         """Start a reachability analysis in the background if the last began ``STUCK_EVERY`` s ago."""
         now = time.monotonic()
@@ -205,9 +214,7 @@ class _Server:
     async def _find_stuck(self) -> None:
         # Nothing escapes: a failure becomes a lint, never a crash of the service.
         try:
-            # Forked unless forking is off: the walk's cost follows the heap,
-            # not the task count (a few hundred tasks can take 300 ms).
-            if self.fork_above is not None and can_fork():
+            if self.forks(analysis=True):
                 raw = await in_child(
                     lambda: json.dumps(_topdata.stuck_lints(find_stuck())).encode()
                 )
@@ -353,11 +360,7 @@ class _Server:
             if cached is not None and time.monotonic() - cached[0] < self.cache_for:
                 return cached[1]
             self.dumps_taken += 1
-            living = trio.lowlevel.current_statistics().tasks_living
-            # The analyses' cost follows the heap, not the task count (the
-            # flagship's 240 tasks take 200-300 ms): they always fork.
-            heavy = url.path == "/debug/deadlocks"
-            if self.fork_above is not None and (heavy or living > self.fork_above) and can_fork():
+            if self.forks(analysis=url.path == "/debug/deadlocks"):
                 # A big program, or the analyses: the whole look (walk, analysis,
                 # rendering) in a forked child; the loop pauses only for the fork.
                 def everything() -> bytes:
