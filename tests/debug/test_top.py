@@ -695,3 +695,37 @@ async def test_cancelling_serve_kills_a_running_analysis(monkeypatch: pytest.Mon
     (pid,) = pids
     with pytest.raises((ProcessLookupError, ChildProcessError)):
         os.kill(pid, 0)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="forking needs POSIX")
+async def test_one_analysis_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Frames asked while an analysis runs do not start another one (a walk longer
+    than STUCK_EVERY is not doubled); the next frame after it ends does."""
+    from trioflow.debug import _serve
+
+    def slow() -> list[Any]:
+        time.sleep(0.5)  # in the child
+        return []
+
+    pids: list[int] = []
+    real_fork = os.fork
+
+    def fork() -> int:
+        pid = real_fork()
+        if pid:
+            pids.append(pid)
+        return pid
+
+    monkeypatch.setattr(_serve, "STUCK_EVERY", 0.0)
+    monkeypatch.setattr(_serve, "find_stuck", slow)
+    monkeypatch.setattr(os, "fork", fork)
+    async with trio.open_nursery() as n:
+        port = await n.start(tf.debug.serve, 0)
+        await aget(port)
+        for _ in range(5):
+            await aget(port)
+        assert len(pids) == 1
+        await frames_until(port, lambda f: f["stuck_age"] is not None)
+        await aget(port)
+        assert len(pids) == 2
+        n.cancel_scope.cancel()

@@ -192,6 +192,7 @@ class _Server:
         self.stuck: list[_topdata.Lint] = []
         self.stuck_at: float | None = None
         self.stuck_started = -math.inf
+        self.stuck_running = False
         self.stuck_runs = 0
 
     def forks(self, *, analysis: bool) -> bool:
@@ -206,9 +207,10 @@ class _Server:
     def watch_stuck(self) -> None:
         """Start a reachability analysis in the background if the last began ``STUCK_EVERY`` s ago."""
         now = time.monotonic()
-        if self.nursery is None or now - self.stuck_started < STUCK_EVERY:
-            return
+        if self.nursery is None or self.stuck_running or now - self.stuck_started < STUCK_EVERY:
+            return  # one at a time: a walk longer than STUCK_EVERY is not doubled
         self.stuck_started = now
+        self.stuck_running = True
         self.nursery.start_soon(self._find_stuck, name="trioflow.debug.serve: find_stuck")
 
     async def _find_stuck(self) -> None:
@@ -231,6 +233,8 @@ class _Server:
                     "task": None,
                 }
             ]
+        finally:
+            self.stuck_running = False
         self.stuck = lints
         self.stuck_at = time.monotonic()
         self.stuck_runs += 1
