@@ -664,8 +664,26 @@ async def test_accounting_sums_stay_consistent(seed: int) -> None:
         _topdata.stop_accounting(acct)
 
 
+@pytest.fixture
+def fork_pids(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The pids of the children forked during the test (os.fork wrapped, still real)."""
+    pids: list[int] = []
+    real_fork = os.fork
+
+    def fork() -> int:
+        pid = real_fork()
+        if pid:
+            pids.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "fork", fork)
+    return pids
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="forking needs POSIX")
-async def test_cancelling_serve_kills_a_running_analysis(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_cancelling_serve_kills_a_running_analysis(
+    monkeypatch: pytest.MonkeyPatch, fork_pids: list[int]
+) -> None:
     """serve() cancelled while its background analysis runs in a forked child
     ends at once, and the child is killed and reaped (no orphan keeps working)."""
     from trioflow.debug import _serve
@@ -674,31 +692,23 @@ async def test_cancelling_serve_kills_a_running_analysis(monkeypatch: pytest.Mon
         time.sleep(60)  # in the child: a walk that takes a minute
         return []
 
-    pids: list[int] = []
-    real_fork = os.fork
-
-    def fork() -> int:
-        pid = real_fork()
-        if pid:
-            pids.append(pid)
-        return pid
-
     monkeypatch.setattr(_serve, "find_stuck", slow)
-    monkeypatch.setattr(os, "fork", fork)
     with trio.fail_after(20):
         async with trio.open_nursery() as n:
             port = await n.start(tf.debug.serve, 0)
             await aget(port)  # starts the analysis
-            while not pids:
+            while not fork_pids:
                 await trio.sleep(0.01)
             n.cancel_scope.cancel()
-    (pid,) = pids
+    (pid,) = fork_pids
     with pytest.raises((ProcessLookupError, ChildProcessError)):
         os.kill(pid, 0)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="forking needs POSIX")
-async def test_one_analysis_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_one_analysis_at_a_time(
+    monkeypatch: pytest.MonkeyPatch, fork_pids: list[int]
+) -> None:
     """Frames asked while an analysis runs do not start another one (a walk longer
     than STUCK_EVERY is not doubled); the next frame after it ends does."""
     from trioflow.debug import _serve
@@ -707,25 +717,15 @@ async def test_one_analysis_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
         time.sleep(0.5)  # in the child
         return []
 
-    pids: list[int] = []
-    real_fork = os.fork
-
-    def fork() -> int:
-        pid = real_fork()
-        if pid:
-            pids.append(pid)
-        return pid
-
     monkeypatch.setattr(_serve, "STUCK_EVERY", 0.0)
     monkeypatch.setattr(_serve, "find_stuck", slow)
-    monkeypatch.setattr(os, "fork", fork)
     async with trio.open_nursery() as n:
         port = await n.start(tf.debug.serve, 0)
         await aget(port)
         for _ in range(5):
             await aget(port)
-        assert len(pids) == 1
+        assert len(fork_pids) == 1
         await frames_until(port, lambda f: f["stuck_age"] is not None)
         await aget(port)
-        assert len(pids) == 2
+        assert len(fork_pids) == 2
         n.cancel_scope.cancel()
