@@ -81,8 +81,10 @@ class Cruise:
       follows a capacity step up in a few windows.
     * **Throughput hill-climb.** On a downstream whose service time grows
       with concurrency (contention), latency rises long before throughput
-      peaks. Over the last 48 busy windows (leaving out the two after a
-      probe or a deep cut) Cruise fits ``log X`` against ``log L``; while
+      peaks. Over the last 48 busy windows after slow start (leaving out
+      the two after a probe or a deep cut; in slow start throughput follows
+      the limit, which says nothing of what lies past capacity) Cruise
+      fits ``log X`` against ``log L``; while
       that elasticity exceeds ``climb`` by two standard errors (more
       concurrency still buys throughput, beyond noise), latency alone does
       not shrink the limit: the target is at least ``L + sqrt(L)``.
@@ -346,7 +348,10 @@ class Cruise:
         else:
             self._floored = 0
         self._clear = self._clear + 1 if p50 <= baseline else 0
-        climbing = self._climb(saturated and not floored, rate)
+        # Slow start's windows are not in the fit: below capacity throughput
+        # follows the limit, and a fit that keeps them reads "more
+        # concurrency still pays" long after the downstream is full.
+        climbing = not self._slow_start and self._climb(saturated and not floored, rate)
         if self._slow_start:
             if raw_gradient < 1.0:
                 self._slow_start = False
