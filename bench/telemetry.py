@@ -45,6 +45,8 @@ over ``N_ITEMS`` source items, CPU time per source item. Sides:
 * ``item`` — ``tracing="item"``, every item sampled: a trace per item (one
   ``source`` span plus one span per stage);
 * ``item-1%`` — ``tracing="item"`` under ``ParentBased(TraceIdRatioBased(0.01))``;
+* ``item_sampling=1%`` — ``tracing="item"`` with ``use(item_sampling=0.01)``
+  and the SDK's default sampler: trioflow draws the 1% before any span exists;
 * ``metrics`` — no tracer, an SDK MeterProvider: the cost of the
   ``trioflow.stage.duration`` histogram (one SDK record per item and stage);
 * ``metrics-no-durations`` — the same with ``use(stage_durations=False)``:
@@ -216,6 +218,7 @@ PIPELINE_SIDES = [
     "stage",
     "item",
     "item-1%",
+    "item_sampling=1%",
     "metrics",
     "metrics-no-durations",
 ]
@@ -258,12 +261,14 @@ def measure_pipeline(side: str) -> float:
         "off" if side.startswith("metrics") else {"stage": "stage", "off": "off"}.get(side, "item")
     )
     durations = side != "metrics-no-durations"
+    share = 0.01 if side == "item_sampling=1%" else 1.0
     try:
         with tf.telemetry.use(
             tracer_provider=tp,
             meter_provider=mp,
             tracing=level,  # type: ignore[arg-type]
             stage_durations=durations,
+            item_sampling=share,
         ) as handle:
             assert handle.stage_durations == (mp is not None and durations), side
             return trio.run(pipeline_run)
@@ -279,8 +284,8 @@ def measure_pipeline(side: str) -> float:
         if side in want:
             lo, hi = want[side]
             assert lo <= n <= hi, f"{side}: {n} spans exported"
-        elif side == "item-1%":
-            assert n < N_ITEMS, f"{side}: {n} spans exported"
+        elif side in ("item-1%", "item_sampling=1%"):
+            assert 4 < n < N_ITEMS, f"{side}: {n} spans exported"
 
 
 def pipeline_half(repeats: int) -> None:

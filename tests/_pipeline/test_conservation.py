@@ -5,7 +5,8 @@ timeouts, error policies, batch sizes, thread executors), a source (finite or
 endless; a sync iterable, an async generator, a memory channel fed by a live
 sender, a reader that reads in a thread; settling or not), a failure
 pattern, per-call delays, a consumer speed, a tracing level (off, stage,
-item, with every item sampled or half of them) and an ending (run to the
+item, with every item sampled or half of them, by the SDK's sampler or
+trioflow's ``item_sampling``) and an ending (run to the
 end, ``stop(grace)`` at some time, or an outside cancellation) and runs it
 under ``MockClock``. So every copy of "process one item" runs: the general
 worker, its fast copy, the ordered loop and the batcher, traced and not.
@@ -121,7 +122,8 @@ class Scenario:
     consumer_delay: float
     seed: int
     tracing: str = "off"  # "off", "stage", "item"
-    sampled: float = 1.0
+    sampled: float = 1.0  # the SDK sampler's ratio
+    item_sampling: float = 1.0  # trioflow's own draw, before any span
     settling: bool = False
 
 
@@ -138,6 +140,7 @@ scenarios = st.builds(
     seed=st.integers(0, 10**6),
     tracing=st.sampled_from(["off", "stage", "item"]),
     sampled=st.sampled_from([1.0, 0.5]),
+    item_sampling=st.sampled_from([1.0, 0.5]),
     settling=st.booleans(),
 )
 
@@ -281,6 +284,7 @@ async def run_scenario(sc: Scenario) -> None:
         handle = tf.telemetry.use(
             tracer_provider=provider(sc.sampled),
             tracing=sc.tracing,  # pyright: ignore[reportArgumentType]
+            item_sampling=sc.item_sampling,
         )
     try:
         # Virtual time: a hang (nothing left to wake) jumps to this deadline.
@@ -448,7 +452,7 @@ async def _run_scenario(sc: Scenario) -> None:
         assert settling.settled == {(sid,): [f] for sid, f in fate.items()}
 
     # Item tracing, every item sampled: the spans tell each stage's counts.
-    if sc.tracing == "item" and sc.sampled == 1.0:
+    if sc.tracing == "item" and sc.sampled == 1.0 and sc.item_sampling == 1.0:
         spans = [s for s in _EXPORTER.get_finished_spans() if s.kind is SpanKind.CONSUMER]
         for name, st_report in report.stages.items():
             outcomes = Counter(
@@ -511,6 +515,7 @@ def test_conservation_under_scheduler_randomness(seed: int) -> None:
         consumer_delay=0.0,
         seed=seed,
         tracing=("off", "stage", "item")[seed % 3],
+        item_sampling=(1.0, 0.5)[seed % 2],
         settling=seed % 2 == 0,
     )
     trio.run(run_scenario, sc, clock=trio.testing.MockClock(autojump_threshold=0))

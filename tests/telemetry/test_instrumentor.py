@@ -197,3 +197,32 @@ def test_stage_durations_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
         instrumentor.instrument(meter_provider=mp)
     assert not instrumentor.is_instrumented_by_opentelemetry
     mp.shutdown()
+
+
+def test_item_sampling_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trioflow.telemetry import _spans
+
+    tp = TracerProvider()
+    instrumentor = TrioflowInstrumentor()
+    monkeypatch.setenv("OTEL_PYTHON_TRIOFLOW_ITEM_SAMPLING", " 0.01 ")
+    instrumentor.instrument(tracer_provider=tp)
+    try:
+        assert _spans.item_sampling == 0.01
+    finally:
+        instrumentor.uninstrument()
+    assert _spans.item_sampling == 1.0  # restored with telemetry off
+    monkeypatch.delenv("OTEL_PYTHON_TRIOFLOW_ITEM_SAMPLING")
+    instrumentor.instrument(tracer_provider=tp, item_sampling=0.5)
+    try:
+        assert _spans.item_sampling == 0.5
+    finally:
+        instrumentor.uninstrument()
+    for bad in ("1%", "2", "nan"):
+        monkeypatch.setenv("OTEL_PYTHON_TRIOFLOW_ITEM_SAMPLING", bad)
+        with pytest.raises(
+            ValueError,
+            match=rf"OTEL_PYTHON_TRIOFLOW_ITEM_SAMPLING must be a number in \[0, 1\], got '{bad}'",
+        ):
+            instrumentor.instrument(tracer_provider=tp)
+        assert not instrumentor.is_instrumented_by_opentelemetry
+    tp.shutdown()

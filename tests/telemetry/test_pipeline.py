@@ -479,6 +479,68 @@ async def test_an_unsampled_item_gets_no_stage_spans(sampled_otel: Otel) -> None
     assert all(u.context.trace_id != job.get_span_context().trace_id for u in users)
 
 
+class CountingSampler(Sampler):
+    """Samples everything, and counts the root spans it was asked about by name prefix."""
+
+    def __init__(self) -> None:
+        self.asked: dict[str, int] = {}
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        prefix = name.split(" ")[0]
+        self.asked[prefix] = self.asked.get(prefix, 0) + 1
+        return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
+
+    def get_description(self) -> str:
+        return "CountingSampler"
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.1, 1.0])
+async def test_item_sampling_is_drawn_before_any_span(rate: float) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    sampler = CountingSampler()
+    exporter = InMemorySpanExporter()
+    tp = TracerProvider(sampler=sampler)
+    tp.add_span_processor(SimpleSpanProcessor(exporter))
+    n = 2000
+    with tf.telemetry.use(tracer_provider=tp, item_sampling=rate) as handle:
+        assert handle.item_sampling == rate
+        report = await tf.Pipeline("s").map(inc, name="a").map(double, name="b").run(range(n))
+    tp.shutdown()
+    assert report.delivered == n
+    spans = list(exporter.get_finished_spans())
+    sources = [s for s in spans if s.name == "source s"]
+    # The tracer was asked about a source span only for the items drawn in:
+    # an item left out never reached it.
+    assert sampler.asked.get("source", 0) == len(sources)
+    if rate == 0.0:
+        assert sources == []
+    elif rate == 1.0:
+        assert len(sources) == n
+    else:  # binomial(2000, 0.1): mean 200, sd 13.4; these bounds are 6 sd out
+        assert 120 <= len(sources) <= 280, len(sources)
+    # Every item drawn in has its whole trace, and no other item has any span.
+    traced = {item_of(s) for s in sources}
+    items = [s for s in spans if s.kind is SpanKind.CONSUMER]
+    assert sorted(item_of(s) for s in items) == sorted([*traced, *traced])
+    by_trace = {s.context.trace_id for s in sources}
+    assert {s.context.trace_id for s in items} == by_trace
+    # The run and its stages are traced whatever the share.
+    assert [s.name for s in spans if s.name.startswith("pipeline ")] == ["pipeline s"]
+    assert sum(s.kind is SpanKind.INTERNAL and s.name.startswith("stage ") for s in spans) == 2
+
+
 # -- tracing off, and the fast path -------------------------------------------------------------
 
 

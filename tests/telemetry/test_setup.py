@@ -125,6 +125,13 @@ def test_use_rejects_bad_arguments() -> None:
         tf.telemetry.use(tracing="all")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="tracing must be 'off', 'stage' or 'item', got 2"):
         tf.telemetry.use(tracing=2)  # type: ignore[arg-type]
+    for bad in (1.5, -0.1, float("nan")):
+        with pytest.raises(ValueError, match=r"item_sampling must be in \[0, 1\], got "):
+            tf.telemetry.use(item_sampling=bad)
+    for wrong in ("0.5", True, None):
+        with pytest.raises(TypeError, match=r"item_sampling must be a number in \[0, 1\], got "):
+            tf.telemetry.use(item_sampling=wrong)  # type: ignore[arg-type]
+    assert _setup._active is None
 
 
 def test_configure_rejects_bad_arguments(tmp_path: Path) -> None:
@@ -142,6 +149,10 @@ def test_configure_rejects_bad_arguments(tmp_path: Path) -> None:
         tf.telemetry.configure("svc", console="yes")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="tracing must be 'off', 'stage' or 'item'"):
         tf.telemetry.configure("svc", tracing="spans")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"item_sampling must be in \[0, 1\], got 2"):
+        tf.telemetry.configure("svc", item_sampling=2)
+    with pytest.raises(TypeError, match=r"item_sampling must be a number in \[0, 1\], got '1%'"):
+        tf.telemetry.configure("svc", item_sampling="1%")  # type: ignore[arg-type]
     with pytest.raises(OSError, match="No such file or directory"):
         tf.telemetry.configure("svc", jaeger_file=tmp_path / "missing" / "t.json")
     assert _setup._active is None

@@ -30,9 +30,12 @@ What a run looks like in Jaeger (``docs/jaeger.md`` shows it drawn out):
   ``trioflow.batch.trace_id`` on each item span. Stages after it continue
   the batch's trace.
 
-Sampling: the item's root span is sampled by the configured sampler; an
-item whose root is not sampled gets no further spans at all (so 1 %
-sampling costs one unsampled root per item, not one per stage). Its stage
+Sampling: ``item_sampling`` (of ``use``/``configure``) draws, per source
+item and before any span exists, whether the item gets a trace; an item
+left out costs what an untraced one does. An item drawn in has its root
+span sampled by the configured sampler; an item whose root is not sampled
+gets no further spans at all (so 1 % sampling by the SDK's sampler costs
+one unsampled root span per item, not one per stage). Its stage
 function runs with no current span, so spans it starts are roots of their
 own, subject to the sampler, rather than pieces of a trace as long as the
 run. A batch trace is sampled on its own (links carry no sampling decision).
@@ -40,9 +43,10 @@ run. A batch trace is sampled on its own (links carry no sampling decision).
 Costs (``bench/telemetry.py --only pipeline`` and ``bench/pipeline.py``,
 figures in ``docs/benchmarks/``): with tracing off the run decides once
 that no span is made, and no per-item code of this module runs;
-``"stage"`` adds spans per run and stage only; ``"item"`` costs one
-unsampled root span per item at low sampling rates (microseconds) and tens
-of microseconds per sampled span.
+``"stage"`` adds spans per run and stage only; ``"item"`` costs tens of
+microseconds per sampled span, one random draw per item left out by
+``item_sampling`` (tens of nanoseconds), and one unsampled root span per
+item the SDK's sampler drops (microseconds).
 
 These functions take plain values (names, attributes, spans, envelopes)
 and never import the runtime: the run and its stages call them.
@@ -51,6 +55,7 @@ and never import the runtime: the run and its stages call them.
 from __future__ import annotations
 
 import contextlib
+import random
 from collections.abc import Generator, Mapping, Sequence
 from typing import Final
 
@@ -156,7 +161,12 @@ def start_source_span(
 
     Puts the span in ``env.ctx`` if it is sampled and returns it (the reader
     ends it once the first stage took the item); ``None`` if not sampled.
+    An item left out by ``item_sampling`` (drawn here, before the tracer is
+    asked) gets no span object at all, sampled or not.
     """
+    rate = _spans.item_sampling
+    if rate < 1.0 and _draw() >= rate:
+        return None
     # The tracer directly (what _spans.start_span(parent=None) does, less two
     # calls): this runs for every source item, sampled or not.
     span = _spans.tracer.start_span(
@@ -172,6 +182,11 @@ def start_source_span(
         return None
     env.ctx = span
     return span
+
+
+#: trioflow's own generator: an application that seeds ``random`` does not
+#: make trioflow's sampling follow its sequence (nor the other way round).
+_draw: Final = random.Random().random
 
 
 def _sampled(ctx: object) -> bool:

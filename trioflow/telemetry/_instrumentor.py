@@ -13,6 +13,9 @@ providers the agent made (as :func:`trioflow.telemetry.use` does).
 ``OTEL_PYTHON_TRIOFLOW_TRACING`` sets the tracing level (``off``, ``stage``
 or ``item``; default ``item``); ``OTEL_PYTHON_TRIOFLOW_STAGE_DURATIONS=false``
 stops the one hot-path metric, ``trioflow.stage.duration`` (see
+:func:`~trioflow.telemetry.use`); ``OTEL_PYTHON_TRIOFLOW_ITEM_SAMPLING``
+(a number in [0, 1], default 1) is the share of pipeline items traced,
+drawn before any span exists (``item_sampling=`` of
 :func:`~trioflow.telemetry.use`); ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=trioflow``
 turns it off like any other instrumentation.
 
@@ -36,12 +39,14 @@ from opentelemetry.instrumentation.instrumentor import (
 
 from ._setup import Telemetry, Tracing, use
 
-__all__ = ["STAGE_DURATIONS_ENV", "TRACING_ENV", "TrioflowInstrumentor"]
+__all__ = ["ITEM_SAMPLING_ENV", "STAGE_DURATIONS_ENV", "TRACING_ENV", "TrioflowInstrumentor"]
 
 #: The environment variable that sets the tracing level under the agent.
 TRACING_ENV: Final = "OTEL_PYTHON_TRIOFLOW_TRACING"
 #: The environment variable that turns ``trioflow.stage.duration`` off under the agent.
 STAGE_DURATIONS_ENV: Final = "OTEL_PYTHON_TRIOFLOW_STAGE_DURATIONS"
+#: The environment variable that sets the share of pipeline items traced under the agent.
+ITEM_SAMPLING_ENV: Final = "OTEL_PYTHON_TRIOFLOW_ITEM_SAMPLING"
 
 
 class TrioflowInstrumentor(BaseInstrumentor):
@@ -50,13 +55,15 @@ class TrioflowInstrumentor(BaseInstrumentor):
     ``instrument()`` takes the instrumentation convention's keyword
     arguments ``tracer_provider`` and ``meter_provider`` (default: the
     global ones, as they are when it is called) and trioflow's ``tracing``
-    (default: ``OTEL_PYTHON_TRIOFLOW_TRACING``, else ``"item"``). It is a
+    (default: ``OTEL_PYTHON_TRIOFLOW_TRACING``, else ``"item"``),
+    ``stage_durations`` and ``item_sampling`` (defaults from the variables
+    above). It is a
     singleton, as every OpenTelemetry instrumentor is: a second
     ``instrument()`` logs a warning and does nothing. Never blocks.
 
     Raises:
       ValueError: from ``instrument()``, for a bad ``tracing`` or
-        ``OTEL_PYTHON_TRIOFLOW_TRACING`` value.
+        ``item_sampling``, or a bad value of one of the variables above.
       TypeError: from ``instrument()``, for providers of the wrong type.
     """
 
@@ -84,11 +91,25 @@ class TrioflowInstrumentor(BaseInstrumentor):
                     f"got {os.environ[STAGE_DURATIONS_ENV]!r}"
                 )
             durations = raw != "false"
+        sampling: object = kwargs.get("item_sampling")
+        if sampling is None:
+            raw = os.environ.get(ITEM_SAMPLING_ENV, "").strip()
+            try:
+                sampling = float(raw) if raw else 1.0
+            except ValueError:
+                raise ValueError(
+                    f"{ITEM_SAMPLING_ENV} must be a number in [0, 1], got {os.environ[ITEM_SAMPLING_ENV]!r}"
+                ) from None
+            if not 0.0 <= sampling <= 1.0:
+                raise ValueError(
+                    f"{ITEM_SAMPLING_ENV} must be a number in [0, 1], got {os.environ[ITEM_SAMPLING_ENV]!r}"
+                )
         self._handle = use(
             tracer_provider=kwargs.get("tracer_provider"),
             meter_provider=kwargs.get("meter_provider"),
             tracing=cast(Tracing, tracing),  # use() checks it
             stage_durations=cast(bool, durations),  # use() checks it
+            item_sampling=cast(float, sampling),  # use() checks it
         )
 
     def _uninstrument(self, **kwargs: Any) -> None:

@@ -130,6 +130,7 @@ class Telemetry:
     __slots__ = (
         "_closed",
         "_instruments",
+        "_item_sampling",
         "_level",
         "_owned",
         "_previous",
@@ -148,6 +149,7 @@ class Telemetry:
         owned: bool,
         processors: Sequence[Any] = (),
         stage_durations: bool = True,
+        item_sampling: float = 1.0,
     ) -> None:
         #: Where trioflow's spans go (``None``: nowhere).
         self.tracer_provider: Final = tracer_provider
@@ -157,6 +159,7 @@ class Telemetry:
         self._owned = owned
         self._processors: tuple[Any, ...] = tuple(processors)
         self._stage_durations = stage_durations
+        self._item_sampling = item_sampling
         self._instruments: _metrics.Instruments | None = None
         self._previous: Telemetry | None = None
         self._closed = False
@@ -165,6 +168,14 @@ class Telemetry:
     def tracing(self) -> Tracing:
         """The tracing level: ``"off"``, ``"stage"`` or ``"item"``."""
         return _NAMES[self._level]
+
+    @property
+    def item_sampling(self) -> float:
+        """The share of pipeline source items traced at ``tracing="item"``, in [0, 1].
+
+        Drawn per item before any span exists; see :func:`use`.
+        """
+        return self._item_sampling
 
     @property
     def stage_durations(self) -> bool:
@@ -272,12 +283,14 @@ def _apply(t: Telemetry | None, version: str) -> None:
     """Make ``t`` the set-up every hook and helper reads (``None``: all off)."""
     if t is None:
         _spans.tracer = trace.NoOpTracer()
+        _spans.item_sampling = 1.0
         _hooks.tracing = _hooks.OFF
         _hooks.metrics = False
         _hooks.wait_hook = None
         _hooks.stage_hook = None
         return
     level = t._level  # pyright: ignore[reportPrivateUsage]
+    _spans.item_sampling = t._item_sampling  # pyright: ignore[reportPrivateUsage]
     if t.tracer_provider is not None and level:
         _spans.tracer = t.tracer_provider.get_tracer("trioflow", version)
     else:
@@ -304,6 +317,7 @@ def use(
     meter_provider: MeterProvider | None = None,
     tracing: Tracing | None = None,
     stage_durations: bool = True,
+    item_sampling: float = 1.0,
 ) -> Telemetry:
     """Report trioflow's spans and metrics to providers the application already has.
 
@@ -337,6 +351,15 @@ def use(
         the hot path: one SDK histogram record per item and stage, on the
         order of 10 µs (``docs/benchmarks/telemetry.md``); ``False`` leaves
         every other metric on and makes metrics cost nothing per item.
+      item_sampling: at ``tracing="item"``, the share of pipeline source
+        items that get a trace, in [0, 1]. trioflow draws it per item
+        before any span exists, so an item left out costs what an untraced
+        one does (a random draw). Sampling with the SDK's sampler instead
+        (``TraceIdRatioBased``) also works, but every item it drops still
+        costs an unsampled root span, on the order of 10 µs
+        (``docs/benchmarks/telemetry.md``). The two multiply: an item drawn
+        in is still subject to the tracer provider's sampler. Runs and
+        stages are traced whatever this says.
 
     Returns:
       A :class:`Telemetry` handle; its :meth:`~Telemetry.shutdown` (or a
@@ -344,9 +367,9 @@ def use(
       the providers running.
 
     Raises:
-      TypeError: for a provider that is not one, or a ``stage_durations``
-        that is not a bool.
-      ValueError: for a bad ``tracing``.
+      TypeError: for a provider that is not one, a ``stage_durations``
+        that is not a bool, or an ``item_sampling`` that is not a number.
+      ValueError: for a bad ``tracing``, or an ``item_sampling`` outside [0, 1].
     """
     _check_instance(
         "tracer_provider", tracer_provider, TracerProvider, "an opentelemetry TracerProvider"
@@ -355,6 +378,7 @@ def use(
         "meter_provider", meter_provider, MeterProvider, "an opentelemetry MeterProvider"
     )
     _check_bool("stage_durations", stage_durations)
+    _check_share("item_sampling", item_sampling)
     if tracing is None:
         level = _hooks.ITEM if _active is None else _active._level  # pyright: ignore[reportPrivateUsage]
     else:
@@ -375,6 +399,7 @@ def use(
         level=level,
         owned=False,
         stage_durations=stage_durations,
+        item_sampling=float(item_sampling),
     )
     t._activate()  # pyright: ignore[reportPrivateUsage]
     return t
@@ -420,6 +445,13 @@ def _check_instance(param: str, value: object, cls: type, what: str) -> None:
 def _check_bool(param: str, value: object) -> None:
     if not isinstance(value, bool):
         raise_type(param, "a bool", value)
+
+
+def _check_share(param: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise_type(param, "a number in [0, 1]", value)
+    if not 0.0 <= value <= 1.0:  # NaN fails this too
+        raise ValueError(f"{param} must be in [0, 1], got {value!r}")
 
 
 def _check_path(param: str, value: object) -> None:
@@ -521,6 +553,7 @@ def configure(
     set_global: bool = True,
     keep_traces: KeepTraces | None = DEFAULT_KEEP,
     stage_durations: bool = True,
+    item_sampling: float = 1.0,
 ) -> Telemetry:
     """Set up OpenTelemetry for a script in one call, and point trioflow at it.
 
@@ -568,13 +601,18 @@ def configure(
         get every sampled span whatever this says.
       stage_durations: record the ``trioflow.stage.duration`` histogram
         when metrics are exported (see :func:`use`).
+      item_sampling: the share of pipeline source items traced, drawn per
+        item before any span exists (see :func:`use`). The Jaeger file's
+        ``keep_traces`` then chooses among the items drawn in: an item
+        left out is never seen, errors included.
 
     Returns:
       A :class:`Telemetry` handle; call :meth:`~Telemetry.shutdown` when the
       program ends (``with tf.telemetry.configure(...):`` does it).
 
     Raises:
-      ValueError: for a bad ``tracing``, ``otlp_endpoint`` or ``OTEL_*_EXPORTER`` value.
+      ValueError: for a bad ``tracing``, ``otlp_endpoint`` or ``OTEL_*_EXPORTER``
+        value, or an ``item_sampling`` outside [0, 1].
       TypeError: for arguments of the wrong type (``keep_traces`` included).
       OSError: if ``jaeger_file`` cannot be written.
       ImportError: if the OpenTelemetry SDK is not installed.
@@ -582,6 +620,7 @@ def configure(
     _check_configure(service_name, otlp_endpoint, jaeger_file, console)
     _check_keep(keep_traces)
     _check_bool("stage_durations", stage_durations)
+    _check_share("item_sampling", item_sampling)
     level = _check_tracing(tracing)
     trace_names = _env_list("OTEL_TRACES_EXPORTER")
     metric_names = _env_list("OTEL_METRICS_EXPORTER") or []
@@ -663,6 +702,7 @@ def configure(
         owned=True,
         processors=processors,
         stage_durations=stage_durations,
+        item_sampling=float(item_sampling),
     )
     t._activate()  # pyright: ignore[reportPrivateUsage]
     return t

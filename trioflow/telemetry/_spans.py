@@ -66,6 +66,10 @@ __all__ = [
 #: The tracer every helper uses; :func:`trioflow.telemetry.use` sets it.
 tracer: Tracer = trace.NoOpTracer()
 
+#: The share of pipeline source items that get a trace at ``tracing="item"``,
+#: decided before any span exists (``item_sampling=`` of ``use``/``configure``).
+item_sampling: float = 1.0
+
 Attributes = Mapping[str, AttributeValue]
 
 
