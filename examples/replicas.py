@@ -1,8 +1,8 @@
 """Several replicas of one service sharing one rate limit, one concurrency limit and one stream.
 
-This starts a throwaway ``redis-server`` (or uses ``--redis URL``), puts
-``--events`` events in a Redis stream, and starts ``--replicas`` copies of
-a small service as separate processes. Each replica runs a pipeline that
+This starts a throwaway ``redis-server`` (or uses ``--redis URL``), starts
+``--replicas`` copies of a small service as separate processes, and once
+all of them are reading puts ``--events`` events in a Redis stream. Each replica runs a pipeline that
 reads the stream through one consumer group (``trioflow.redis.open_stream_source``),
 calls an "API" under a **global** rate limit (``RedisRateLimiter``: all
 replicas together stay at ``--rate`` calls/s), and writes batches to one
@@ -228,10 +228,6 @@ async def coordinate(args: argparse.Namespace) -> dict[str, Any]:
     try:
         async with coredis.Redis.from_url(url) as client:
             await client.delete([STREAM, f"trioflow:rate:{RATE_NAME}"])
-            async with client.pipeline(transaction=False) as pipe:
-                for i in range(args.events):
-                    pipe.xadd(STREAM, {"id": str(i)})
-            print(f"{args.events} events in stream {STREAM!r} at {url}")
             base = [sys.executable, __file__, "--redis", url, "--db", db]
             base += ["--rate", str(args.rate), "--limit", str(args.limit), "--ttl", str(args.ttl)]
             base += ["--claim-idle", str(args.claim_idle), "--write-time", str(args.write_time)]
@@ -239,7 +235,14 @@ async def coordinate(args: argparse.Namespace) -> dict[str, Any]:
                 replicas.append(Replica(i, [*base, "--index", str(i)]))
             for r in replicas:
                 await trio.to_thread.run_sync(r.ready.wait, 60)
+            # The events go in only once every replica is reading, so no grant of
+            # the global rate comes before ``start`` and the rate achieved is
+            # measured over the whole run, not the part after the slowest start.
             start = trio.current_time()
+            async with client.pipeline(transaction=False) as pipe:
+                for i in range(args.events):
+                    pipe.xadd(STREAM, {"id": str(i)})
+            print(f"{args.events} events in stream {STREAM!r} at {url}")
             print(
                 f"{args.replicas} replicas started; global rate {args.rate:g}/s, global limit {args.limit}"
             )
