@@ -39,7 +39,9 @@ async def test_leaks_into_a_fixture_nursery(background):
 async def test_leaks_a_system_task():
     async def pump():
         while True:
-            await trio.sleep(1)
+            # long enough to be parked in its sleep whenever the check looks,
+            # however loaded the machine (a 1 s sleep was seen runnable in CI)
+            await trio.sleep(3600)
 
     trio.lowlevel.spawn_system_task(pump, name="forgotten-pump")
 
