@@ -49,6 +49,9 @@ over ``N_ITEMS`` source items, CPU time per source item. Sides:
   and the SDK's default sampler: trioflow draws the 1% before any span exists;
 * ``metrics`` — no tracer, an SDK MeterProvider: the cost of the
   ``trioflow.stage.duration`` histogram (one SDK record per item and stage);
+* ``metrics-aggregated`` — the same exporter read by
+  ``tf.telemetry.metric_reader()`` (as ``configure()`` does): trioflow
+  aggregates the histogram in process, and the reader adds it to each export;
 * ``metrics-no-durations`` — the same with ``use(stage_durations=False)``:
   every other metric, none recorded per item.
 
@@ -111,11 +114,22 @@ class DiscardMetrics(MetricExporter):
     def __init__(self) -> None:
         super().__init__(preferred_temporality={}, preferred_aggregation={})
         self.exports = 0
+        #: items counted by trioflow.stage.duration in the latest export (cumulative)
+        self.durations = 0
 
     def export(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
     ) -> MetricExportResult:
         self.exports += 1
+        counted = [
+            sum(p.count for p in m.data.data_points)  # type: ignore[union-attr]
+            for rm in metrics_data.resource_metrics
+            for sm in rm.scope_metrics
+            for m in sm.metrics
+            if m.name == "trioflow.stage.duration"
+        ]
+        if counted:
+            self.durations = sum(counted)
         return MetricExportResult.SUCCESS
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
@@ -220,6 +234,7 @@ PIPELINE_SIDES = [
     "item-1%",
     "item_sampling=1%",
     "metrics",
+    "metrics-aggregated",
     "metrics-no-durations",
 ]
 
@@ -245,12 +260,14 @@ def measure_pipeline(side: str) -> float:
     tp: TracerProvider | None = None
     mp: MeterProvider | None = None
     exporter = DiscardSpans()
+    discard = DiscardMetrics()
     if side.startswith("metrics"):
-        mp = MeterProvider(
-            metric_readers=[
-                PeriodicExportingMetricReader(DiscardMetrics(), export_interval_millis=1000)
-            ]
+        reader = (
+            tf.telemetry.metric_reader(discard, export_interval_millis=1000)
+            if side == "metrics-aggregated"
+            else PeriodicExportingMetricReader(discard, export_interval_millis=1000)
         )
+        mp = MeterProvider(metric_readers=[reader])
     else:
         sampler = ParentBased(TraceIdRatioBased(0.01)) if side == "item-1%" else None
         tp = TracerProvider(sampler=sampler) if sampler is not None else TracerProvider()
@@ -271,6 +288,7 @@ def measure_pipeline(side: str) -> float:
             item_sampling=share,
         ) as handle:
             assert handle.stage_durations == (mp is not None and durations), side
+            assert handle.stage_durations_aggregated == (side == "metrics-aggregated"), side
             return trio.run(pipeline_run)
     finally:
         if tp is not None:
@@ -279,6 +297,9 @@ def measure_pipeline(side: str) -> float:
             mp.shutdown()
         # Check that the side measured what it claims (and that this is the
         # trioflow of this checkout: run with PYTHONPATH=.).
+        if side in ("metrics", "metrics-aggregated"):
+            want_items = 3 * N_ITEMS
+            assert discard.durations == want_items, f"{side}: {discard.durations} durations"
         n = exporter.spans
         want = {"off": (0, 0), "stage": (4, 4), "item": (4 * N_ITEMS + 4, 4 * N_ITEMS + 4)}
         if side in want:

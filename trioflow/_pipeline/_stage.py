@@ -174,6 +174,8 @@ class StageRun:
         )
         self.trace_items: Final = self.item_spans is not None
         self.stage_hook: Final = telemetry.stage_hook
+        #: the stage-duration hook's cache (its aggregate's cell for this stage)
+        self.metric_cell: object = None
         self.call: Attempt = _no_call
         if spec.kind != "batch":
             self.call = build_attempt(spec, ports.process_context, self._abandon)

@@ -41,4 +41,5 @@ from ._setup import ShutdownReport as ShutdownReport
 from ._setup import Telemetry as Telemetry
 from ._setup import configure as configure
 from ._setup import jaeger_file_exporter as jaeger_file_exporter
+from ._setup import metric_reader as metric_reader
 from ._setup import use as use

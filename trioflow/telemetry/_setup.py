@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Literal, final
+from typing import TYPE_CHECKING, Any, Final, Literal, cast, final
 
 import attrs
 from opentelemetry import metrics, trace
@@ -19,6 +19,7 @@ from . import _hooks, _metrics, _spans
 from ._keep import KeepTraces, KeptTraces
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader
     from opentelemetry.sdk.trace.export import SpanExporter
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "Telemetry",
     "configure",
     "jaeger_file_exporter",
+    "metric_reader",
     "use",
 ]
 
@@ -179,11 +181,25 @@ class Telemetry:
 
     @property
     def stage_durations(self) -> bool:
-        """Is ``trioflow.stage.duration`` recorded (one SDK record per item and stage)?
+        """Is ``trioflow.stage.duration`` recorded?
 
         ``False`` when asked for, or when there is no :attr:`meter_provider`.
+        How it is recorded (aggregated by trioflow, or one SDK record per
+        item and stage) is :attr:`stage_durations_aggregated`.
         """
         return self._stage_durations and self.meter_provider is not None
+
+    @property
+    def stage_durations_aggregated(self) -> bool:
+        """Does trioflow aggregate ``trioflow.stage.duration`` itself (see :func:`metric_reader`)?
+
+        ``True`` when the histogram is recorded and every reader of
+        :attr:`meter_provider` is a :func:`metric_reader` (always so for
+        :func:`configure`'s own); ``False`` when the SDK records
+        each duration, or none is recorded.
+        """
+        instruments = self._instruments
+        return self.stage_durations and instruments is not None and instruments.aggregated
 
     @property
     def active(self) -> bool:
@@ -303,7 +319,7 @@ def _apply(t: Telemetry | None, version: str) -> None:
         t._instruments = instruments  # pyright: ignore[reportPrivateUsage]
         histogram = instruments.wait_duration
         if t._stage_durations:  # pyright: ignore[reportPrivateUsage]
-            _hooks.stage_hook = _metrics.make_stage_hook(instruments.stage_duration)
+            _hooks.stage_hook = _metrics.make_stage_hook(instruments)
     _hooks.tracing = level
     _hooks.metrics = t.meter_provider is not None
     _hooks.wait_hook = (
@@ -348,8 +364,10 @@ def use(
         keeps the level of the set-up active now, or ``"item"`` if none is.
       stage_durations: record the ``trioflow.stage.duration`` histogram
         (when metrics report anywhere). It is the one metric recorded on
-        the hot path: one SDK histogram record per item and stage, on the
-        order of 10 µs (``docs/benchmarks/telemetry.md``); ``False`` leaves
+        the hot path: on the order of 0.5 µs per item and stage when
+        every reader is a :func:`metric_reader` (trioflow
+        aggregates it), otherwise one SDK histogram record, on the order
+        of 10 µs (``docs/benchmarks/telemetry.md``); ``False`` leaves
         every other metric on and makes metrics cost nothing per item.
       item_sampling: at ``tracing="item"``, the share of pipeline source
         items that get a trace, in [0, 1]. trioflow draws it per item
@@ -543,6 +561,59 @@ def jaeger_file_exporter(
     return JaegerFileExporter(path, keep_traces)
 
 
+def metric_reader(
+    exporter: MetricExporter,
+    *,
+    export_interval_millis: float | None = None,
+    export_timeout_millis: float | None = None,
+) -> MetricReader:
+    """A periodic exporting reader with which trioflow aggregates ``trioflow.stage.duration`` itself.
+
+    The SDK's ``PeriodicExportingMetricReader`` (same arguments, same
+    ``OTEL_METRIC_EXPORT_INTERVAL`` / ``_TIMEOUT`` defaults), plus one
+    thing. The stage-duration histogram is the one metric trioflow records
+    per item, and the SDK's ``Histogram.record`` costs on the order of
+    10 µs, more than a trivial stage's own work
+    (``docs/benchmarks/telemetry.md``). When **every** reader of a meter
+    provider is one of these, :func:`use` (and :func:`configure`, which
+    makes its own) has trioflow keep that histogram in process — bucket
+    counts, sum, minimum and maximum per attribute set, on the order of
+    0.5 µs an item — and the reader adds it to each export as the SDK
+    would have made it (cumulative, same bounds, scope ``trioflow``)::
+
+        reader = tf.telemetry.metric_reader(OTLPMetricExporter())
+        tf.telemetry.use(meter_provider=MeterProvider(metric_readers=[reader]))
+
+    The SDK records each duration itself, as with its own reader, when the
+    provider has any other reader (in-memory, pull), any ``View`` (which
+    could rename or drop the instrument), or an exporter that asks for
+    delta temporality: slower, never wrong.
+    :attr:`Telemetry.stage_durations_aggregated` says which. Exemplars are
+    not kept on the aggregated path.
+
+    Collection and export run in the reader's own thread, as the SDK's do;
+    nothing here blocks the Trio loop.
+
+    Raises:
+      TypeError: if ``exporter`` is not an SDK ``MetricExporter``.
+      ImportError: if the OpenTelemetry SDK is not installed.
+    """
+    try:
+        from opentelemetry.sdk.metrics.export import MetricExporter as SdkMetricExporter
+
+        from ._metric_export import StageDurationReader
+    except ImportError as exc:  # pragma: no cover - the otel extra is installed in tests
+        raise _sdk_missing(exc) from None
+    given = cast(object, exporter)  # checked at run time whatever the annotation says
+    if not isinstance(given, SdkMetricExporter):
+        raise_type("exporter", "an opentelemetry.sdk MetricExporter", given)
+    return StageDurationReader(
+        exporter,
+        export_interval_millis=export_interval_millis,
+        export_timeout_millis=export_timeout_millis,
+    )
+
+
 def configure(
     service_name: str,
     *,
@@ -600,7 +671,9 @@ def configure(
         :class:`KeepTraces`; ``None`` keeps every one). OTLP destinations
         get every sampled span whatever this says.
       stage_durations: record the ``trioflow.stage.duration`` histogram
-        when metrics are exported (see :func:`use`).
+        when metrics are exported (see :func:`use`). The readers made here
+        are :func:`metric_reader` ones, so trioflow aggregates it in
+        process, on the order of 0.5 µs per item and stage.
       item_sampling: the share of pipeline source items traced, drawn per
         item before any span exists (see :func:`use`). The Jaeger file's
         ``keep_traces`` then chooses among the items drawn in: an item
@@ -634,11 +707,7 @@ def configure(
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
-        from opentelemetry.sdk.metrics.export import (
-            ConsoleMetricExporter,
-            MetricReader,
-            PeriodicExportingMetricReader,
-        )
+        from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
         from opentelemetry.sdk.resources import SERVICE_NAME, Resource
         from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
@@ -677,12 +746,14 @@ def configure(
     for p in processors:
         tracer_provider.add_span_processor(p)
 
+    # trioflow's readers, so it aggregates the stage-duration histogram
+    # itself (see metric_reader()).
     readers: list[MetricReader] = []
     if "otlp" in metric_names:
         endpoint = None if otlp_endpoint is None else _signal_url(otlp_endpoint, "metrics")
-        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=endpoint)))
+        readers.append(metric_reader(OTLPMetricExporter(endpoint=endpoint)))
     if console or "console" in metric_names:
-        readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter(out=sys.stdout)))
+        readers.append(metric_reader(ConsoleMetricExporter(out=sys.stdout)))
     meter_provider = (
         SdkMeterProvider(resource=resource, metric_readers=readers) if readers else None
     )
