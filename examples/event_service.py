@@ -564,6 +564,7 @@ def summarize(
         },
         "api": attrs.asdict(api.stats),
         "jaeger_file": str(args.jaeger_file),
+        "traces": _kept_traces(dropped_spans),
     }
     print()
     print(report.format())
@@ -584,6 +585,23 @@ def summarize(
     if args.summary_json:
         args.summary_json.write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _kept_traces(shutdown: Any) -> dict[str, Any] | None:
+    """What the Jaeger file's keep-traces policy kept and dropped (from the shutdown report)."""
+    for d in getattr(shutdown, "destinations", ()):
+        kept = d.traces
+        if d.destination.startswith("jaeger_file") and kept is not None:
+            return {
+                "traces": kept.traces,
+                "kept": kept.kept,
+                "dropped": kept.dropped,
+                "errors_dropped": kept.errors_dropped,
+                "by_reason": dict(kept.by_reason),
+                "spans_failed": d.failed,
+                "spans_dropped": d.dropped,
+            }
+    return None
 
 
 if __name__ == "__main__":

@@ -89,6 +89,54 @@ def test_runs_to_completion_and_the_database_agrees(tmp_path: pathlib.Path) -> N
     assert isinstance(doc["data"], list)
 
 
+def test_the_default_run_keeps_every_failing_trace_in_a_small_file(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The README's first command as it is (6,000 events, every default), its Jaeger file
+    read back: every dead-lettered event and every retry is in it, the policy dropped no
+    error, and the file stays small enough for the UI to open in seconds (the unfiltered
+    file was 22 MB)."""
+    proc = subprocess.run(
+        _command(tmp_path, "--quiet"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_env(),
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["source_items"] == 6000
+    _check_accounts(summary, _rows(tmp_path))
+    kept = summary["traces"]
+    assert kept["errors_dropped"] == 0
+    assert (kept["spans_failed"], kept["spans_dropped"]) == (0, 0)
+    assert kept["dropped"] > 0  # a run this size is over the budget: the policy chose
+    assert f"{kept['kept']} of {kept['traces']} traces kept" in proc.stdout
+
+    path = tmp_path / "trace.jaeger.json"
+    assert path.stat().st_size < 3_000_000
+    doc = json.loads(path.read_text())
+    assert len(doc["data"]) == kept["kept"]
+    dead: set[int] = set()
+    retries = 0
+    for trace in doc["data"]:
+        for span in trace["spans"]:
+            tags = {tag["key"]: tag["value"] for tag in span["tags"]}
+            if span["operationName"] == "stage enrich":
+                if tags.get("trioflow.outcome") == "dead_lettered":
+                    assert tags.get("error") is True
+                    dead.add(tags["trioflow.item.id"])
+                retries += sum(
+                    1
+                    for log in span["logs"]
+                    for f in log["fields"]
+                    if f["key"] == "event" and f["value"] == "trioflow.retry"
+                )
+    assert len(dead) == summary["dead_lettered"] > 0
+    assert retries == summary["retried"] > 0
+
+
 def test_sigterm_mid_run_drains_and_loses_nothing(tmp_path: pathlib.Path) -> None:
     code, out = interrupt_when(
         _command(tmp_path, "--events", "1000000", "--duration", "120"),
