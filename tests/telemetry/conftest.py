@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import http.server
 import threading
 from collections.abc import Iterator
@@ -55,6 +56,11 @@ class Otel:
 
 
 def make_otel(tracing: _setup.Tracing = "item") -> Otel:
+    # Primitives an earlier test left in reference cycles are still in the
+    # weak registry until a collection, and the gauges would add their
+    # readings to a same-named one of this test's (CI once read a lane
+    # limit of 5 where the test had set 4): collect them first.
+    gc.collect()
     exporter = InMemorySpanExporter()
     tp = TracerProvider()
     tp.add_span_processor(SimpleSpanProcessor(exporter))
