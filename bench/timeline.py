@@ -28,6 +28,7 @@ so brings the unrecorded run near the issue's 100k steps/s.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -278,16 +279,28 @@ def bench_top(n_tasks: int, repeats: int) -> None:
         costs: list[float] = []
         firsts: list[float] = []
         sizes: list[int] = []
+        coverage: list[float] = []
         cpu: dict[str, list[float]] = {"unwatched": [], "watched": []}
+        gc_cpu: dict[str, list[float]] = {"unwatched": [], "watched": []}
+        in_gc = [0.0, 0.0]  # CPU in the collector so far, and when the current pass began
+
+        def gc_clock(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                in_gc[1] = time.process_time()
+            else:
+                in_gc[0] += time.process_time() - in_gc[1]
+
+        gc.callbacks.append(gc_clock)
         async with trio.open_nursery() as n:
             for i in range(n_tasks):
                 n.start_soon(task, name=f"worker-{i % 20}")
             await trio.sleep(2.0)  # every task has started
             since = 0
             for _ in range(repeats):
-                c0 = time.process_time()
+                c0, g0 = time.process_time(), in_gc[0]
                 await trio.sleep(phase)
                 cpu["unwatched"].append((time.process_time() - c0) / phase)
+                gc_cpu["unwatched"].append((in_gc[0] - g0) / phase)
                 # The first frame seeds the accounting from the task tree (once
                 # per watching session): timed apart, as "first", not in the phase.
                 r0 = time.process_time()
@@ -295,16 +308,19 @@ def bench_top(n_tasks: int, repeats: int) -> None:
                 firsts.append(time.process_time() - r0)
                 since = json.loads(body)["v"]
                 await trio.sleep(1.0)
-                c0 = time.process_time()
+                c0, g0 = time.process_time(), in_gc[0]
                 t_end = trio.current_time() + phase
                 while trio.current_time() < t_end:
                     r0 = time.process_time()
                     body = _topdata.respond({"since": [str(since)]})
                     costs.append(time.process_time() - r0)
                     sizes.append(len(body))
-                    since = json.loads(body)["v"]
+                    parsed = json.loads(body)
+                    since = parsed["v"]
+                    coverage.append(parsed["coverage"])
                     await trio.sleep(1.0)
                 cpu["watched"].append((time.process_time() - c0) / phase)
+                gc_cpu["watched"].append((in_gc[0] - g0) / phase)
                 acct = _topdata._active  # pyright: ignore[reportPrivateUsage]
                 assert acct is not None
                 _topdata.stop_accounting(acct)
@@ -340,12 +356,20 @@ def bench_top(n_tasks: int, repeats: int) -> None:
         off = statistics.median(cpu["unwatched"])
         on = statistics.median(cpu["watched"])
         print(
-            f"top at 1 Hz, {n_tasks:,} tasks (~{n_tasks:,} steps/s): service CPU "
+            f"top at 1 Hz, {n_tasks:,} tasks (each waking about once a second): service CPU "
             f"{off * 100:.1f}% unwatched, {on * 100:.1f}% watched "
-            f"(+{(on - off) * 100:.2f} points of one core); one request "
+            f"(+{(on - off) * 100:.2f} points of one core, {on / off:.3f}x); the step hooks "
+            f"saw {statistics.median(coverage) * 100:.1f}% of the time; one request "
             f"{statistics.median(costs) * 1e3:.2f} ms CPU (the first, which seeds the "
             f"accounting: {statistics.median(firsts) * 1e3:.1f} ms), "
             f"{statistics.median(sizes):,.0f} bytes"
+        )
+        gc.callbacks.remove(gc_clock)
+        print(
+            "  of which the garbage collector: "
+            f"{statistics.median(gc_cpu['unwatched']) * 100:.1f}% unwatched, "
+            f"{statistics.median(gc_cpu['watched']) * 100:.1f}% watched"
+            + ("" if gc.isenabled() else " (collector off: --no-gc)")
         )
         every = _serve.STUCK_EVERY
         fork_cpu = statistics.median(forked)
@@ -370,11 +394,20 @@ def main() -> None:
     ap.add_argument("--only", choices=["record", "write", "top", "pipeline"], default=None)
     ap.add_argument("--work", type=int, default=0, help="loop iterations of work per step")
     ap.add_argument(
+        "--no-gc",
+        action="store_true",
+        help="top: the garbage collector off, so a collection that one burst of allocations "
+        "sets going (in this service's steady churn it then keeps going) does not land in "
+        "one phase and not the other",
+    )
+    ap.add_argument(
         "--check", action="store_true", help="write: run the written file through the checker"
     )
     args = ap.parse_args()
     global WORK
     WORK = args.work
+    if args.no_gc:
+        gc.disable()
     print(f"load: {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} CPUs")
     parts: dict[str, Callable[[], None]] = {
         "record": lambda: bench_recording(args.repeats, args.steps),

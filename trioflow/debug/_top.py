@@ -94,6 +94,8 @@ class TopState:
     lints: list[dict[str, Any]] = attrs.Factory(list[dict[str, Any]])
     #: seconds since the service's last reachability analysis ended (None: none yet)
     stuck_age: float | None = None
+    #: the share of the time the service's step hooks saw (1.0: every step)
+    coverage: float = 1.0
     frames: int = 0
     last_bytes: int = 0
     error: str | None = None
@@ -155,6 +157,7 @@ class TopState:
             self.resources[r.label] = r
         self.lints = frame["lints"]
         self.stuck_age = frame.get("stuck_age")
+        self.coverage = frame.get("coverage", 1.0)
         self.version = frame["v"]
         self.time = frame["time"]
         self.tasks = frame["tasks"]

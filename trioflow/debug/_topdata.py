@@ -11,6 +11,20 @@ at 10,000 tasks (the goal: under 1% of the service's time at 1 Hz), so:
 * the instrument is installed by the first request and removes itself
   after :data:`IDLE_AFTER` seconds without one: a service nobody watches
   pays nothing;
+* a busy loop is *sampled*: trio calls an instrument's step hooks twice per
+  task step, and that dispatch alone, with hooks that do nothing, costs a
+  10,000-task service about a tenth of its time. Above :data:`FULL_BELOW`
+  steps a second the step hooks are on for :data:`WINDOW` seconds of every
+  :data:`PERIOD`; each step seen counts for the steps of its cycle, so busy
+  time and polls are estimates (the frame's ``coverage`` says what share of
+  the last cycle was seen, 1.0 when nothing was sampled). A light
+  instrument with no per-step or per-iteration hook sees every spawn and
+  exit. Parked labels are refreshed by each frame, a bounded round-robin
+  share of the tasks at a time. A thread (:mod:`._topwatch`) opens the
+  windows and, looking at the loop thread's stack every :data:`BEAT`
+  seconds, catches a step that blocks the loop outside them. A loop that
+  stays quiet is fully accounted (once sampled, the accounting stays
+  sampled until it stops);
 * each answer carries a version; a client that sends ``since=V`` gets only
   the rows that changed after its answer ``V`` and the names of rows gone
   since (the *delta*); ``since=0`` gets everything.
@@ -65,6 +79,17 @@ __all__ = [
 SCHEMA = "trioflow.top/1"
 #: Seconds without a ``/debug/top`` request after which the accounting stops.
 IDLE_AFTER = 30.0
+#: Steps a second under which every step is accounted; above it, sampled.
+FULL_BELOW = 2_000.0
+#: Seconds of each :data:`PERIOD` with the step hooks on, when sampled.
+WINDOW = 0.02
+PERIOD = 1.0
+#: How often the watchdog thread looks at the loop thread's stack, when sampled.
+BEAT = 0.025
+#: Parked tasks whose labels a frame refreshes, when sampled.
+RELABEL_PER_FRAME = 64
+#: The accounting's clock (a test may replace it).
+_now = time.perf_counter
 #: Steps at least this long are kept for the "never yields" lint (the
 #: request's ``slow_ms`` filters further).
 _SLOW_FLOOR = 0.005
@@ -101,12 +126,14 @@ class _Group:
         "parked_total",
         "polls",
         "tasks",
+        "wbusy",
+        "wpolls",
     )
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.n = 0
-        self.polls = 0
+        self.polls = 0.0  # steps (an estimate when sampled)
         self.busy = 0.0
         self.max_step = 0.0
         self.max_task = 0
@@ -116,6 +143,8 @@ class _Group:
         #: what its parked tasks wait on now: label -> count
         self.labels: dict[str, int] = {}
         self.tasks: dict[int, _TaskRec] = {}
+        self.wbusy = 0.0  # this window's, when sampled: folded in at its end
+        self.wpolls = 0
 
 
 class _TaskRec:
@@ -131,6 +160,8 @@ class _TaskRec:
         "prim",
         "since",
         "task",
+        "wbusy",
+        "wpolls",
     )
 
     def __init__(self, task: Task, tid: int, group: _Group) -> None:
@@ -139,12 +170,14 @@ class _TaskRec:
         self.name = task.name
         self.group = group
         self.busy = 0.0
-        self.polls = 0
+        self.polls = 0.0  # steps (an estimate when sampled)
         self.max_step = 0.0
         self.label: str | None = None  # parked on, or None
         self.park_t = 0.0
         self.prim: Any = None
         self.since = 0.0
+        self.wbusy = 0.0
+        self.wpolls = 0
 
 
 class _Accounting(trio.abc.Instrument):
@@ -158,7 +191,7 @@ class _Accounting(trio.abc.Instrument):
         self.exited: Task | None = None
         self.t0 = 0.0
         self.cache = WaitCache()
-        self.started = time.perf_counter()
+        self.started = _now()
         self.last_request = self.started
         #: (perf time, task id, task name, seconds) of steps over _SLOW_FLOOR
         self.slow: deque[tuple[float, int, str, float]] = deque(maxlen=64)
@@ -177,11 +210,36 @@ class _Accounting(trio.abc.Instrument):
         #: to the stage): a send parked there is a wait credited to the stage.
         #: Refreshed by every frame from the registry.
         self.inboxes: dict[int, tuple[Any, Any]] = {}
+        # -- sampling (see the module's docstring) --
+        #: the step hooks are installed (a window, or the whole time when quiet)
+        self.stepping = False
+        #: the step hooks have been off at least once: the sums are estimates
+        self.sampled = False
+        #: the records and groups with steps in this window (when sampled)
+        self.touched: list[_TaskRec] = []
+        self.gtouched: list[_Group] = []
+        self.steps = 0  # steps seen
+        self.window_start = 0.0
+        self.window_steps = 0
+        self.off_since = 0.0
+        self.off_gap = 0.0  # the hooks were off this long before the window
+        #: the watchdog asked the loop to open a window, not yet opened
+        self.window_pending = False
+        self.windows = 0  # windows opened after the first
+        #: steps the watchdog saw block the loop: (end, the task, seconds at least)
+        self.blocked: deque[tuple[float, Task, float]] = deque(maxlen=64)
+        #: the records in the order frames refresh them (round-robin; those
+        #: of exited tasks drop out as they come round)
+        self.relabel_queue: deque[_TaskRec] = deque()
+        #: the share of the last cycle the step hooks saw
+        self.seen_share = 1.0
+        self.duty = _Duty(self)
+        self.watchdog: Any = None
 
     # -- hooks ---------------------------------------------------------------
 
     def before_task_step(self, task: Task) -> None:
-        t0 = time.perf_counter()
+        t0 = _now()
         rec = self.tasks.get(task)
         if rec is None:
             rec = self._meet(task)
@@ -195,7 +253,7 @@ class _Accounting(trio.abc.Instrument):
         self.t0 = t0
 
     def after_task_step(self, task: Task) -> None:
-        t1 = time.perf_counter()
+        t1 = _now()
         if task is not self.current:
             return
         self.current = None
@@ -203,10 +261,21 @@ class _Accounting(trio.abc.Instrument):
         assert rec is not None
         dt = t1 - self.t0
         g = rec.group
-        rec.busy += dt
-        rec.polls += 1
-        g.busy += dt
-        g.polls += 1
+        if self.sampled:  # this window's sums, scaled to its cycle at its end
+            if not rec.wpolls:
+                self.touched.append(rec)
+            rec.wbusy += dt
+            rec.wpolls += 1
+            if not g.wpolls:
+                self.gtouched.append(g)
+            g.wbusy += dt
+            g.wpolls += 1
+        else:
+            rec.busy += dt
+            rec.polls += 1
+            g.busy += dt
+            g.polls += 1
+        self.steps += 1
         if dt > rec.max_step:
             rec.max_step = dt
             if dt > g.max_step:
@@ -219,16 +288,72 @@ class _Accounting(trio.abc.Instrument):
             self._forget(task, rec)
         elif task._next_send_fn is None:  # pyright: ignore[reportPrivateUsage]
             self._park(task, rec, t1)
+        if t1 - self.window_start >= WINDOW:
+            self._window_end(t1)
 
     def task_exited(self, task: Task) -> None:
         self.exited = task
 
-    def before_io_wait(self, timeout: float) -> None:
-        if time.perf_counter() - self.last_request > IDLE_AFTER:
-            stop_accounting(self)
+    # -- the duty cycle ----------------------------------------------------------
 
-    def after_run(self) -> None:
-        stop_accounting(self)
+    def _window_end(self, t: float) -> None:
+        span = t - self.window_start
+        rate = (self.steps - self.window_steps) / span
+        self.seen_share = span / (span + self.off_gap)
+        self.window_start = t
+        self.window_steps = self.steps
+        if self.sampled:
+            # Each step seen stands for the steps of its whole cycle: the
+            # window and the time the hooks were off before it.
+            factor = (span + self.off_gap) / span
+            for x in self.touched:
+                x.busy += x.wbusy * factor
+                x.polls += x.wpolls * factor
+                x.wbusy, x.wpolls = 0.0, 0
+            for x in self.gtouched:
+                x.busy += x.wbusy * factor
+                x.polls += x.wpolls * factor
+                x.wbusy, x.wpolls = 0.0, 0
+            self.touched.clear()
+            self.gtouched.clear()
+        if rate < FULL_BELOW and not self.sampled:
+            # a quiet loop: keep seeing every step (once sampled, it stays so)
+            if t - self.last_request > IDLE_AFTER:
+                stop_accounting(self)
+            return
+        self.stepping = False
+        self.sampled = True
+        self.off_since = t
+        with contextlib.suppress(KeyError, RuntimeError):
+            trio.lowlevel.remove_instrument(self)
+        if self.watchdog is None:
+            from ._topwatch import Watchdog
+
+            self.watchdog = Watchdog(self, BEAT)
+
+    def open_window(self) -> None:
+        """Put the step hooks back for a window (the watchdog asks, through the
+        trio token, once a :data:`PERIOD`); or stop, if nobody asked for a frame
+        for :data:`IDLE_AFTER` seconds."""
+        self.window_pending = False
+        if not self.installed or self.stepping:
+            return
+        self.windows += 1
+        t = _now()
+        if t - self.last_request > IDLE_AFTER:
+            stop_accounting(self)
+            return
+        self.off_gap = t - self.off_since
+        self.window_start = t
+        self.window_steps = self.steps
+        self.stepping = True
+        # Parks that ended while nobody looked end now, at the task's next
+        # step (so time parked includes the steps not seen: a few percent).
+        trio.lowlevel.add_instrument(self)
+
+    def coverage(self, now: float) -> float:
+        """The share of the last cycle with every step seen (1.0 when never sampled)."""
+        return self.seen_share if self.sampled else 1.0
 
     # -- bookkeeping ------------------------------------------------------------
 
@@ -238,13 +363,14 @@ class _Accounting(trio.abc.Instrument):
         if g is None:
             g = self.groups[name] = _Group(name)
         rec = self.tasks[task] = _TaskRec(task, _task_record(task).id, g)
+        self.relabel_queue.append(rec)
         g.n += 1
         g.tasks[rec.id] = rec
         return rec
 
     def _forget(self, task: Task, rec: _TaskRec) -> None:
         if rec.label is not None:
-            self._unpark(rec, time.perf_counter())
+            self._unpark(rec, _now())
         del self.tasks[task]
         g = rec.group
         g.n -= 1
@@ -252,8 +378,9 @@ class _Accounting(trio.abc.Instrument):
         if g.n == 0:
             del self.groups[g.name]
 
-    def _park(self, task: Task, rec: _TaskRec, t: float) -> None:
-        p = parked_on(task, self.cache)
+    def _park(self, task: Task, rec: _TaskRec, t: float, p: Any = None) -> None:
+        if p is None:
+            p = parked_on(task, self.cache)
         rec.label = p.label
         rec.park_t = t
         prim = p.primitive
@@ -303,11 +430,48 @@ class _Accounting(trio.abc.Instrument):
             hit = self.waits[id(prim)] = (ref, deque(maxlen=_WAIT_RING))
         hit[1].append(seconds)
 
+    def relabel(self, task: Task, rec: _TaskRec, t: float) -> None:
+        """Bring a task's parked label up to date (it may have moved while the hooks were off)."""
+        if task is trio.lowlevel.current_task():
+            return
+        parked = task._next_send_fn is None  # pyright: ignore[reportPrivateUsage]
+        p = parked_on(task, self.cache) if parked else None
+        if rec.label is not None:
+            if p is not None and p.label == rec.label:
+                return
+            rec.prim = None  # its wait's length is unknown: no sample
+            self._unpark(rec, t)
+        if p is not None:
+            self._park(task, rec, t, p)
+
+    def refresh(self, t: float) -> None:
+        """When sampled: the next :data:`RELABEL_PER_FRAME` tasks, round-robin, get
+        their labels refreshed (O(that), not O(tasks))."""
+        if not self.sampled:
+            return
+        queue = self.relabel_queue
+        if len(queue) > 2 * len(self.tasks) + 1_000:  # many exits since: start afresh
+            queue.clear()
+            queue.extend(self.tasks.values())
+        for _ in range(min(RELABEL_PER_FRAME, len(queue))):
+            rec = queue.popleft()
+            task = rec.task()
+            if task is None or self.tasks.get(task) is not rec:
+                continue  # exited: drops out
+            queue.append(rec)
+            self.relabel(task, rec, t)
+
+    def resolve_blocked(self) -> None:
+        """The watchdog's findings join the steps the hooks saw."""
+        while self.blocked:
+            end, task, seconds = self.blocked.popleft()
+            self.slow.append((end, _task_record(task).id, task.name, seconds))
+
     def seed(self) -> None:
         """Account for the tasks that exist already (parked ones are parked now)."""
         root = trio.lowlevel.current_root_task()
         assert root is not None  # we run inside trio.run
-        now = time.perf_counter()
+        now = _now()
         current = trio.lowlevel.current_task()
         stack = [root]
         while stack:
@@ -322,6 +486,32 @@ class _Accounting(trio.abc.Instrument):
         self.current = current
         self.rec = self.tasks[current]
         self.t0 = now
+        self.window_start = now
+        self.window_steps = 0
+
+
+class _Duty(trio.abc.Instrument):
+    """Always on while the accounting is, with no per-step or per-iteration
+    hook: sees spawns and exits while the step hooks are off, and the end of
+    the run."""
+
+    def __init__(self, acct: _Accounting) -> None:
+        self.acct = acct
+
+    def task_spawned(self, task: Task) -> None:
+        acct = self.acct
+        if task not in acct.tasks:  # (a task spawned in a window may first step out of it)
+            acct._meet(task)  # pyright: ignore[reportPrivateUsage]
+
+    def task_exited(self, task: Task) -> None:
+        acct = self.acct
+        if not acct.stepping:
+            rec = acct.tasks.get(task)
+            if rec is not None:
+                acct._forget(task, rec)  # pyright: ignore[reportPrivateUsage]
+
+    def after_run(self) -> None:
+        stop_accounting(self.acct)
 
 
 _active: _Accounting | None = None
@@ -335,7 +525,9 @@ def start_accounting() -> _Accounting:
         return acct
     acct = _Accounting()
     acct.seed()
+    trio.lowlevel.add_instrument(acct.duty)
     trio.lowlevel.add_instrument(acct)
+    acct.stepping = True
     acct.installed = True
     _active = acct
     return acct
@@ -346,8 +538,12 @@ def stop_accounting(acct: _Accounting) -> None:
     global _active
     if acct.installed:
         acct.installed = False
-        with contextlib.suppress(KeyError, RuntimeError):  # the run is gone
-            trio.lowlevel.remove_instrument(acct)
+        for instrument in (acct, acct.duty):
+            with contextlib.suppress(KeyError, RuntimeError):  # the run is gone, or not stepping
+                trio.lowlevel.remove_instrument(instrument)
+        acct.stepping = False
+        if acct.watchdog is not None:
+            acct.watchdog.stop()
     if _active is acct:
         _active = None
 
@@ -393,7 +589,7 @@ def respond(
     slow_ms = _qfloat(query, "slow_ms", 50.0)
     wait_s = _qfloat(query, "wait_s", 10.0)
     acct = start_accounting()
-    acct.last_request = time.perf_counter()
+    acct.last_request = _now()
     if "task" in query:
         return json.dumps(_task_detail(query["task"][0])).encode()
     if "group" in query:
@@ -426,8 +622,10 @@ def _frame(
 ) -> dict[str, Any]:
     acct.version += 1
     v = acct.version
-    now = time.perf_counter()
+    now = _now()
     rows = acct.rows
+    acct.refresh(now)
+    acct.resolve_blocked()
     current: dict[str, Any] = {}
     for g in acct.groups.values():
         label, count = max(g.labels.items(), key=lambda kv: kv[1]) if g.labels else ("", 0)
@@ -437,7 +635,7 @@ def _frame(
             g.name,
             g.n,
             g.parked,
-            g.polls,
+            round(g.polls),
             round(g.busy, 6),
             round(g.parked_total, 6),
             g.parked_sum,
@@ -483,6 +681,7 @@ def _frame(
         "full": bool(full),
         "time": now,
         "accounting_for": round(now - acct.started, 3),
+        "coverage": round(acct.coverage(now), 4),
         "tasks": len(acct.tasks),
         "groups": [row for k, row in changed if k[0] == "g"],
         "resources": [row for k, row in changed if k[0] == "r"],
@@ -547,7 +746,7 @@ def _waiter_lints(
     acct: _Accounting, prim: Any, limit: float | None, label: str, wait: float
 ) -> list[Lint]:
     """Never-fits and long-wait findings from one primitive's waiters (rescanned every 5 s)."""
-    now = time.perf_counter()
+    now = _now()
     cached = acct.waiter_scans.get(id(prim))
     if cached is not None and cached[0]() is prim and now - cached[1] < _WAITER_SCAN_EVERY:
         _, _, heaviest, oldest = cached
@@ -600,10 +799,12 @@ def _stage_lint(acct: _Accounting, prim: object, label: str) -> list[Lint]:
         return []
     if not tasks:
         return []
-    now = time.perf_counter()
+    now = _now()
     longest = None
     for task in tasks:
         rec = acct.tasks.get(task)
+        if rec is not None and acct.sampled:
+            acct.relabel(task, rec, now)  # the hooks may not have seen it park
         if rec is None or rec.label is None or not rec.label.startswith("channel send"):
             return []
         waited = now - rec.park_t
@@ -640,7 +841,7 @@ def _slow_lints(acct: _Accounting, now: float, slow: float) -> list[Lint]:
 
 def _group_detail(acct: _Accounting, name: str) -> dict[str, Any]:
     g = acct.groups.get(name)
-    now = time.perf_counter()
+    now = _now()
     rows: list[list[Any]] = []
     if g is not None:
         recs = sorted(g.tasks.values(), key=lambda r: -r.busy)[:200]
@@ -649,7 +850,7 @@ def _group_detail(acct: _Accounting, name: str) -> dict[str, Any]:
                 [
                     r.id,
                     r.name,
-                    r.polls,
+                    round(r.polls),
                     round(r.busy, 6),
                     round(r.max_step, 6),
                     r.label or "",

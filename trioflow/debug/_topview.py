@@ -164,6 +164,11 @@ class TopApp(App[None]):
         summary = (
             f"{st.base}  {st.tasks:,} tasks  {len(st.groups)} groups  "
             f"frame {st.frames} ({st.last_bytes:,} B)  sort: {st.sort}"
+            + (
+                f"  sampled: {st.coverage:.1%} of the time seen, busy and polls estimated"
+                if st.coverage < 1
+                else ""
+            )
             + (f"  filter: {st.filter!r}" if st.filter else "")
             + ("  [paused]" if self.paused else "")
         )

@@ -1,0 +1,306 @@
+"""``/debug/top`` on a busy loop: the step hooks on for a window of each period,
+estimates that still add up, spawns and exits always seen, and a watchdog that
+names a task blocking the loop while the hooks are off."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+import trioflow as tf
+from trioflow.debug import _topdata
+from trioflow.debug._topwatch import running_task
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_accounting() -> Iterator[None]:
+    yield
+    acct = _topdata._active
+    assert acct is None or not acct.installed
+
+
+class StepClock(trio.abc.Instrument):
+    """Time that passes by the step (10 µs each), hooks or not: the accounting's
+    clock in these tests, so windows and estimates are exact functions of the
+    schedule. Added before the accounting, so its tick comes first. It also
+    opens the windows on time, as the watchdog thread does (whose beats are
+    in real time, so they are turned off here)."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.by_group: dict[str, int] = {}
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps += 1
+        g = _topdata.group_of(task.name)
+        self.by_group[g] = self.by_group.get(g, 0) + 1
+        acct = _topdata._active
+        if (
+            acct is not None
+            and acct.sampled
+            and not acct.stepping
+            and self.now() - acct.off_since >= _topdata.PERIOD - _topdata.WINDOW
+        ):
+            acct.open_window()
+
+    def now(self) -> float:
+        return self.steps * 1e-5
+
+
+@pytest.fixture
+async def step_clock(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[StepClock]:
+    clock = StepClock()
+    monkeypatch.setattr(_topdata, "_now", clock.now)
+    monkeypatch.setattr(_topdata, "WINDOW", 0.001)  # 100 steps
+    monkeypatch.setattr(_topdata, "PERIOD", 0.01)  # of every 1,000
+    monkeypatch.setattr(_topdata, "BEAT", 3600.0)  # the clock opens the windows
+    trio.lowlevel.add_instrument(clock)
+    yield clock
+    trio.lowlevel.remove_instrument(clock)
+
+
+def frame() -> dict[str, Any]:
+    return json.loads(_topdata.respond({"since": ["0"]}))  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("seed", range(5))
+async def test_estimates_follow_the_steps_when_sampled(step_clock: StepClock, seed: int) -> None:
+    rnd = random.Random(seed)
+    done = trio.Event()
+    heavy, light = rnd.randint(4000, 8000), rnd.randint(1000, 2000)
+
+    async def spin(n: int) -> None:
+        for _ in range(n):
+            await trio.lowlevel.checkpoint()
+        await done.wait()
+
+    _topdata.respond({})
+    acct = _topdata._active
+    assert acct is not None
+    base = dict(step_clock.by_group)
+    async with trio.open_nursery() as n:
+        for i in range(5):
+            n.start_soon(spin, heavy, name=f"heavy-{i}")
+            n.start_soon(spin, light, name=f"light-{i}")
+        await trio.testing.wait_all_tasks_blocked()
+        f = frame()
+        groups = {g[0]: g for g in f["groups"]}
+        assert acct.sampled
+        # one step in ten seen (a window of 100 steps in 1,000)
+        assert 0.05 < f["coverage"] < 0.2
+        for name, want in (("heavy-*", 5 * (heavy + 1)), ("light-*", 5 * (light + 1))):
+            truth = step_clock.by_group[name] - base.get(name, 0)
+            assert truth == want
+            polls = groups[name][3]
+            assert 0.8 * truth < polls < 1.2 * truth, (name, polls, truth)
+            # all five parked on the event, whatever the hooks saw
+            assert groups[name][2] == 5
+            assert groups[name][9].startswith("event"), groups[name]
+        done.set()
+    _topdata.stop_accounting(acct)
+
+
+@pytest.mark.parametrize("seed", range(20))
+async def test_spawns_and_exits_are_seen_with_the_hooks_off(
+    step_clock: StepClock, seed: int
+) -> None:
+    """Tasks come and go in and out of windows: the accounting's tasks are always
+    live ones, and the per-group sums match the records they summarize."""
+    rnd = random.Random(seed)
+    limiter = tf.CapacityLimiter(rnd.randint(1, 3), name="l")
+    event = trio.Event()
+
+    async def actor(ops: list[int]) -> None:
+        for op in ops:
+            if op == 0:
+                async with limiter:
+                    await trio.lowlevel.checkpoint()
+            elif op == 1:
+                with trio.move_on_after(0.001):
+                    await event.wait()
+            else:
+                for _ in range(rnd.randint(1, 300)):
+                    await trio.lowlevel.checkpoint()
+
+    def live() -> set[trio.lowlevel.Task]:
+        root = trio.lowlevel.current_root_task()
+        assert root is not None
+        out: set[trio.lowlevel.Task] = set()
+        stack = [root]
+        while stack:
+            t = stack.pop()
+            out.add(t)
+            for nursery in t.child_nurseries:
+                stack.extend(nursery.child_tasks)
+        return out
+
+    def check(acct: Any) -> None:
+        assert set(acct.tasks) <= live()
+        assert sum(g.n for g in acct.groups.values()) == len(acct.tasks)
+        for g in acct.groups.values():
+            parked = [r for r in g.tasks.values() if r.label is not None]
+            assert g.parked == len(parked)
+            assert sum(g.labels.values()) == g.parked
+            assert g.parked_sum == pytest.approx(sum(r.park_t for r in parked))
+            assert g.n == len(g.tasks)
+
+    _topdata.respond({})
+    acct = _topdata._active
+    assert acct is not None
+    try:
+        async with trio.open_nursery() as n:
+            for round_ in range(rnd.randint(3, 8)):
+                for i in range(rnd.randint(1, 6)):
+                    ops = [rnd.randint(0, 2) for _ in range(rnd.randint(1, 6))]
+                    n.start_soon(actor, ops, name=f"actor-{round_}-{i}")
+                for _ in range(rnd.randint(1, 400)):
+                    await trio.lowlevel.checkpoint()
+                check(acct)
+                frame()  # a frame relabels; the sums stay whole
+                check(acct)
+        check(acct)
+        assert acct.sampled
+        assert not any(name.startswith("actor") for name in acct.groups)  # all gone
+    finally:
+        _topdata.stop_accounting(acct)
+
+
+async def test_a_quiet_loop_stays_fully_accounted() -> None:
+    """A few steps a second: every step seen, polls exact, coverage 1."""
+
+    async def tick() -> None:
+        for _ in range(20):
+            await trio.sleep(0.005)
+
+    _topdata.respond({})
+    acct = _topdata._active
+    assert acct is not None
+    try:
+        async with trio.open_nursery() as n:
+            for i in range(3):
+                n.start_soon(tick, name=f"tick-{i}")
+        f = frame()
+        assert not acct.sampled
+        assert f["coverage"] == 1.0
+    finally:
+        _topdata.stop_accounting(acct)
+
+
+def test_running_task_is_found_from_the_stack() -> None:
+    import sys
+
+    seen: list[Any] = []
+
+    async def inner() -> None:
+        seen.append((running_task(sys._getframe()), trio.lowlevel.current_task()))
+
+    async def main() -> None:
+        async with trio.open_nursery() as n:
+            n.start_soon(inner)
+        # the runner's own frame, with no frame of a task inside it
+        seen.append((running_task(sys._getframe().f_back), None))
+
+    trio.run(main)
+    found, task = seen[0]
+    assert found is task
+    assert running_task(None) is None
+
+
+def blocks_sleeping() -> None:
+    time.sleep(0.3)  # a blocking call in async code: the loop stops
+
+
+def blocks_spinning() -> None:
+    end = time.perf_counter() + 0.3
+    while time.perf_counter() < end:  # pure Python, no checkpoint
+        pass
+
+
+@pytest.mark.parametrize("block", [blocks_sleeping, blocks_spinning])
+async def test_the_watchdog_names_a_step_that_blocks_with_the_hooks_off(
+    monkeypatch: pytest.MonkeyPatch, block: Any
+) -> None:
+    monkeypatch.setattr(_topdata, "FULL_BELOW", 0.0)  # sample at once
+    monkeypatch.setattr(_topdata, "WINDOW", 0.0)  # the first window ends at the next step
+    monkeypatch.setattr(_topdata, "PERIOD", 1e9)  # and no other begins
+
+    blocked = trio.Event()
+
+    async def blocker() -> None:
+        await trio.sleep(0.05)
+        block()
+        blocked.set()
+        await trio.sleep_forever()  # alive when the frame names it
+
+    async def busy() -> None:  # short steps all the while: never reported
+        while True:
+            await trio.lowlevel.checkpoint()
+
+    _topdata.respond({})
+    acct = _topdata._active
+    assert acct is not None
+    try:
+        async with trio.open_nursery() as n:
+            for i in range(4):
+                n.start_soon(busy, name=f"busy-{i}")
+            n.start_soon(blocker, name="blocker")
+            await blocked.wait()
+            assert not acct.stepping
+            assert acct.watchdog is not None
+            with trio.fail_after(5):  # its next look, a beat later, reports it
+                while not acct.blocked:
+                    await trio.sleep(0.005)
+            f = _topdata.respond({"slow_ms": ["100"]})
+            n.cancel_scope.cancel()
+    finally:
+        _topdata.stop_accounting(acct)
+    lints = [lint for lint in json.loads(f)["lints"] if lint["kind"] == "never yields"]
+    assert len(lints) == 1, lints
+    assert "'blocker' ran" in lints[0]["text"]
+    ran_ms = int(lints[0]["text"].split(" ran ")[1].split(" ms")[0])
+    assert 200 <= ran_ms <= 300  # a lower bound: within two beats of the 300 ms
+    assert acct.watchdog.looks > 0
+
+
+async def test_the_watchdog_opens_the_windows_and_the_accounting_stops_when_idle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Real time: the thread asks the loop for a window once a period, and a
+    sampled accounting nobody asks for stops at its next window."""
+    monkeypatch.setattr(_topdata, "FULL_BELOW", 0.0)
+    monkeypatch.setattr(_topdata, "WINDOW", 0.002)
+    monkeypatch.setattr(_topdata, "PERIOD", 0.02)
+    monkeypatch.setattr(_topdata, "BEAT", 0.002)
+
+    async def busy() -> None:
+        while True:
+            await trio.lowlevel.checkpoint()
+
+    _topdata.respond({})
+    acct = _topdata._active
+    assert acct is not None
+    try:
+        async with trio.open_nursery() as n:
+            for i in range(3):
+                n.start_soon(busy, name=f"busy-{i}")
+            with trio.fail_after(10):
+                while acct.windows < 3:
+                    await trio.sleep(0.005)
+            assert acct.sampled
+            seen = json.loads(_topdata.respond({}))["coverage"]
+            assert 0 < seen < 1
+            monkeypatch.setattr(_topdata, "IDLE_AFTER", 0.0)
+            with trio.fail_after(10):
+                while acct.installed:
+                    await trio.sleep(0.005)
+            assert _topdata._active is None
+            n.cancel_scope.cancel()
+    finally:
+        _topdata.stop_accounting(acct)
