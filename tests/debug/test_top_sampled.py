@@ -304,3 +304,72 @@ async def test_the_watchdog_opens_the_windows_and_the_accounting_stops_when_idle
             n.cancel_scope.cancel()
     finally:
         _topdata.stop_accounting(acct)
+
+
+async def test_seeding_in_chunks_lets_the_loop_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """start_accounting_async seeds SEED_CHUNK tasks between checkpoints: the
+    other tasks run between chunks, tasks that exit or appear meanwhile are
+    accounted right, and every parked one has its label."""
+    monkeypatch.setattr(_topdata, "SEED_CHUNK", 100)
+    event = trio.Event()
+    ticks = 0
+
+    async def parked() -> None:
+        await event.wait()
+
+    async def short() -> None:
+        for _ in range(3):
+            await trio.lowlevel.checkpoint()
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            if ticks % 5 == 0:
+                n.start_soon(short, name="short")  # come and go while seeding
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as n:
+        for i in range(2000):
+            n.start_soon(parked, name=f"parked-{i}")
+        await trio.testing.wait_all_tasks_blocked()
+        n.start_soon(ticker, name="ticker")
+        await trio.lowlevel.checkpoint()
+        before = ticks
+        acct = await _topdata.start_accounting_async()
+        try:
+            assert ticks - before >= 2000 // 100 - 1  # the loop ran between chunks
+            f = frame()
+            groups = {g[0]: g for g in f["groups"]}
+            assert groups["parked-*"][1] == 2000
+            assert groups["parked-*"][2] == 2000  # all parked, on the event
+            assert groups["parked-*"][9].startswith("event")
+            for task in acct.tasks:  # only live ones: those that exited were dropped
+                coro: Any = task.coro
+                assert coro.cr_frame is not None
+            assert await _topdata.start_accounting_async() is acct  # once per run
+        finally:
+            _topdata.stop_accounting(acct)
+        event.set()
+        n.cancel_scope.cancel()
+
+
+async def test_seeding_cancelled_removes_the_accounting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_topdata, "SEED_CHUNK", 10)
+    event = trio.Event()
+    async with trio.open_nursery() as n:
+        for i in range(200):
+            n.start_soon(event.wait, name=f"parked-{i}")
+        await trio.testing.wait_all_tasks_blocked()
+        with trio.CancelScope() as scope:
+            n.start_soon(lambda: _cancel_soon(scope))
+            await _topdata.start_accounting_async()
+        assert scope.cancelled_caught
+        assert _topdata._active is None
+        event.set()
+
+
+async def _cancel_soon(scope: trio.CancelScope) -> None:
+    for _ in range(3):
+        await trio.lowlevel.checkpoint()
+    scope.cancel()

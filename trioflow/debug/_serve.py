@@ -334,6 +334,8 @@ class _Server:
             # python -m trioflow top: small delta frames of its own (_topdata),
             # cheap enough to skip the dump lock, the cache and the fork; the
             # stuck lints come from the last background analysis.
+            # the first request seeds the accounting in chunks, never in one pause
+            await _topdata.start_accounting_async()
             try:
                 body = _topdata.respond(
                     query,

@@ -226,6 +226,8 @@ class _Accounting(trio.abc.Instrument):
         #: the watchdog asked the loop to open a window, not yet opened
         self.window_pending = False
         self.windows = 0  # windows opened after the first
+        #: the longest chunk of start_accounting_async's seeding, in seconds
+        self.seed_longest = 0.0
         #: steps the watchdog saw block the loop: (end, the task, seconds at least)
         self.blocked: deque[tuple[float, Task, float]] = deque(maxlen=64)
         #: the records in the order frames refresh them (round-robin; those
@@ -467,22 +469,38 @@ class _Accounting(trio.abc.Instrument):
             end, task, seconds = self.blocked.popleft()
             self.slow.append((end, _task_record(task).id, task.name, seconds))
 
-    def seed(self) -> None:
-        """Account for the tasks that exist already (parked ones are parked now)."""
+    @staticmethod
+    def tree() -> list[Task]:
+        """Every task but the root (a walk of the nurseries: about a µs a task)."""
         root = trio.lowlevel.current_root_task()
         assert root is not None  # we run inside trio.run
-        now = _now()
-        current = trio.lowlevel.current_task()
+        out: list[Task] = []
         stack = [root]
         while stack:
             task = stack.pop()
             for nursery in task.child_nurseries:
                 stack.extend(nursery.child_tasks)
-            if task is root or task in self.tasks:
-                continue
+            if task is not root:
+                out.append(task)
+        return out
+
+    def seed_some(self, tasks: list[Task], current: Task, now: float) -> None:
+        """Account for these tasks, which existed already (parked ones are parked now)."""
+        for task in tasks:
+            if task in self.tasks:
+                continue  # met since, by a hook
+            coro: Any = task.coro
+            if getattr(coro, "cr_frame", None) is None and getattr(coro, "gi_frame", None) is None:
+                continue  # finished since the walk
             rec = self._meet(task)
             if task is not current and task._next_send_fn is None:  # pyright: ignore[reportPrivateUsage]
                 self._park(task, rec, now)
+
+    def seed(self) -> None:
+        """Account for every task that exists already, at once (see :func:`start_accounting_async`)."""
+        now = _now()
+        current = trio.lowlevel.current_task()
+        self.seed_some(self.tree(), current, now)
         self.current = current
         self.rec = self.tasks[current]
         self.t0 = now
@@ -530,6 +548,47 @@ def start_accounting() -> _Accounting:
     acct.stepping = True
     acct.installed = True
     _active = acct
+    return acct
+
+
+#: Tasks seeded between two checkpoints by :func:`start_accounting_async`.
+SEED_CHUNK = 500
+
+
+async def start_accounting_async() -> _Accounting:
+    """Install the accounting (once per run), seeding it from the task tree
+    :data:`SEED_CHUNK` tasks at a time with a checkpoint between, so the loop
+    never pauses for the whole tree (a few ms per chunk; a 10,000-task tree in
+    one go is a pause of 0.1–0.5 s). ``serve()`` calls it before each
+    ``/debug/top`` answer.
+
+    A checkpoint. If it is cancelled while seeding, the accounting is removed
+    again. A frame asked for meanwhile (by another request) counts the tasks
+    seeded so far.
+    """
+    global _active
+    acct = _active
+    if acct is not None and acct.installed:
+        await trio.lowlevel.checkpoint()
+        return acct
+    acct = _Accounting()
+    tasks = acct.tree()
+    current = trio.lowlevel.current_task()
+    acct.window_start = _now()
+    trio.lowlevel.add_instrument(acct.duty)
+    trio.lowlevel.add_instrument(acct)  # (this task's step ends unaccounted: it began before)
+    acct.stepping = True
+    acct.installed = True
+    _active = acct
+    try:
+        for i in range(0, len(tasks), SEED_CHUNK):
+            t0 = _now()
+            acct.seed_some(tasks[i : i + SEED_CHUNK], current, t0)
+            acct.seed_longest = max(acct.seed_longest, _now() - t0)
+            await trio.lowlevel.checkpoint()
+    except BaseException:
+        stop_accounting(acct)
+        raise
     return acct
 
 
