@@ -195,6 +195,26 @@ def test_baseline_cannot_drift_up_between_probes() -> None:
     assert algo.state()["baseline_rtt"] == pytest.approx(0.02)
 
 
+def test_the_probe_runs_at_seven_tenths_and_still_drains_the_queue() -> None:
+    # The limit holds a small queue above the servers (20 here); the probe's
+    # 0.7 of it is under the servers' count, so the baseline it measures is
+    # the no-queue RTT, while it idles less of the downstream than half.
+    algo = Cruise(initial_limit=20, probe_interval=1.0)
+    t = busy_stream(algo, rtt=0.02, seconds=0.5, servers=20)
+    probed = None
+    for _ in range(200):
+        t = busy_stream(algo, rtt=0.02, seconds=0.01, t0=t, servers=20)
+        st = algo.state()
+        if st["probing"] and probed is None:
+            assert algo.limit == max(1, math.floor(0.7 * st["estimate"]))
+            assert algo.limit < 20  # below the servers: no queue while it measures
+            probed = st["probes"]
+        if probed is not None and not st["probing"]:
+            break
+    assert probed == 1
+    assert algo.state()["baseline_rtt"] == pytest.approx(0.02, rel=0.02)
+
+
 def test_real_slowdown_is_re_measured_not_collapsed() -> None:
     algo = Cruise(initial_limit=20, probe_interval=1e6)
     t = busy_stream(algo, rtt=0.02, seconds=1.0, servers=20)

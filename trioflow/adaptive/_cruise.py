@@ -101,7 +101,12 @@ class Cruise:
       Every ``probe_interval`` it is re-measured: if the limiter is busy,
       one window of ``4 * min_samples`` samples runs at ``probe_factor * L``
       (as BBRv2's ProbeRTT), its median becomes the baseline and the limit
-      is restored; if not, the current window's median is the baseline. When
+      is restored; if not, the current window's median is the baseline.
+      0.7 by default: the limit sits about a quarter above what the
+      downstream serves at once, so 0.7 of it still drains the queue, and
+      idles less of the downstream than halving (ProbeRTT's choice), which
+      cost a contended or slowing downstream several percent of its
+      goodput (``docs/benchmarks/adaptive.md``). When
       the gradient is at its floor and the cut it made did not bring the
       median down (by 20%), the queue is not the limiter's own: the
       downstream got slower, so that median becomes the baseline and the
@@ -159,7 +164,7 @@ class Cruise:
     smoothing: float = 0.5
     backoff: float = 0.9
     probe_interval: float = 10.0
-    probe_factor: float = 0.5
+    probe_factor: float = 0.7
     saturation: float = 0.8
     cap_factor: float = 2.0
     growth: float = 1.5
