@@ -8,12 +8,18 @@ own rules (:func:`trioflow.debug._dump` walks the coroutine chain to the
 innermost known wait frame), once per primitive: trio's primitives park with
 their parking lot or themselves as ``custom_sleep_data``, which keys a weak
 cache. Only waits with no ``custom_sleep_data`` (sleep, I/O, a nursery
-waiting for its children) walk the chain each time (about 1 µs for a
-handful of frames).
+waiting for its children) walk the chain each time, and those walk it by
+code objects alone (``cr_code``/``cr_await``), never touching a frame:
+asking for a suspended coroutine's frame makes CPython build a frame object,
+which lives as long as the wait, so a lookup per park fed the garbage
+collector enough long-lived objects to keep it busy in a big service. Only
+a wait whose label needs the frame (a primitive found through ``self``)
+walks the frames.
 """
 
 from __future__ import annotations
 
+import types
 import weakref
 from typing import Any, NamedTuple
 
@@ -83,10 +89,45 @@ def parked_on(task: Task, cache: WaitCache) -> Parked:
         label = cache.get(csd)
         if label is not None:
             return Parked(label, None, 1, None)
-    label = classify(task, csd).describe()
+    label = label_by_code(task.coro)
+    if label is None:
+        label = classify(task, csd).describe()
     if csd is not None:
         cache.put(csd, label)
     return Parked(label, None, 1, None)
+
+
+_CoroutineType = types.CoroutineType
+_GeneratorType = types.GeneratorType
+
+
+def label_by_code(coro: Any) -> str | None:
+    """:func:`classify`'s label from the chain's code objects alone, when the
+    innermost known wait is named by its kind (sleep, I/O, a nursery): no
+    frame object is made. ``None`` when the label needs a frame (a primitive
+    found through ``self``) or the chain has a link other than a coroutine or
+    a generator (an async generator's ``asend``): walk the frames then."""
+    codes = _codes
+    wait = None
+    while coro is not None:
+        t: type[Any] = type(coro)  # pyright: ignore[reportUnknownVariableType]
+        if t is _CoroutineType:
+            code = coro.cr_code
+            nxt = coro.cr_await
+        elif t is _GeneratorType:
+            code = coro.gi_code
+            nxt = coro.gi_yieldfrom
+        else:
+            return None
+        c = codes.get(id(code))
+        if c is None:
+            c = _code(code)
+        if not c.hide and c.library and c.wait_kind is not None and c.wait_kind != "parking lot":
+            wait = c
+        coro = nxt
+    if wait is None or wait.self_kind:
+        return None
+    return BlockedOn(wait.wait_kind, "", None).describe()
 
 
 def classify(task: Task, csd: object) -> BlockedOn:
