@@ -402,7 +402,7 @@ async def test_label_lookup_agrees_with_the_dump_and_makes_no_frames_for_a_sleep
             pass
 
     async def agen_user() -> None:
-        async def ticks() -> Any:
+        async def ticks() -> AsyncIterator[int]:
             while True:
                 await trio.sleep(3600)
                 yield 1

@@ -125,7 +125,7 @@ def label_by_code(coro: Any) -> str | None:
         if not c.hide and c.library and c.wait_kind is not None and c.wait_kind != "parking lot":
             wait = c
         coro = nxt
-    if wait is None or wait.self_kind:
+    if wait is None or wait.self_kind or wait.wait_kind is None:
         return None
     return BlockedOn(wait.wait_kind, "", None).describe()
 
