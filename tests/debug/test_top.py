@@ -24,6 +24,8 @@ import trioflow as tf
 from trioflow.debug import _topdata
 from trioflow.debug._top import TopState, base_url
 
+from .topcheck import check_sums
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -636,17 +638,6 @@ async def test_accounting_sums_stay_consistent(seed: int) -> None:
             else:
                 await trio.lowlevel.checkpoint()
 
-    def check(acct: Any) -> None:
-        assert sum(g.n for g in acct.groups.values()) == len(acct.tasks)
-        for g in acct.groups.values():
-            parked = [r for r in g.tasks.values() if r.label is not None]
-            assert g.parked == len(parked)
-            assert sum(g.labels.values()) == g.parked
-            assert g.parked_sum == pytest.approx(sum(r.park_t for r in parked))
-            # exited tasks' polls stay in the group's sum
-            assert g.polls >= sum(r.polls for r in g.tasks.values())
-            assert g.n == len(g.tasks)
-
     acct = _topdata.start_accounting()
     try:
         async with trio.open_nursery() as n:
@@ -656,10 +647,10 @@ async def test_accounting_sums_stay_consistent(seed: int) -> None:
                 )
             for _ in range(rnd.randint(0, 5)):
                 await trio.lowlevel.checkpoint()
-                check(acct)
+                check_sums(acct)
             if rnd.random() < 0.3:
                 n.cancel_scope.cancel()
-        check(acct)
+        check_sums(acct)
         assert not any(name.startswith("actor") for name in acct.groups)  # all gone
     finally:
         _topdata.stop_accounting(acct)

@@ -18,6 +18,8 @@ import trioflow as tf
 from trioflow.debug import _topdata
 from trioflow.debug._topwatch import running_task
 
+from .topcheck import accounting, busy, check_sums
+
 
 @pytest.fixture(autouse=True)
 def no_leftover_accounting() -> Iterator[None]:
@@ -81,9 +83,7 @@ async def test_estimates_follow_the_steps_when_sampled(step_clock: StepClock, se
             await trio.lowlevel.checkpoint()
         await done.wait()
 
-    _topdata.respond({})
-    acct = _topdata._active
-    assert acct is not None
+    acct = accounting()
     base = dict(step_clock.by_group)
     async with trio.open_nursery() as n:
         for i in range(5):
@@ -129,31 +129,7 @@ async def test_spawns_and_exits_are_seen_with_the_hooks_off(
                 for _ in range(rnd.randint(1, 300)):
                     await trio.lowlevel.checkpoint()
 
-    def live() -> set[trio.lowlevel.Task]:
-        root = trio.lowlevel.current_root_task()
-        assert root is not None
-        out: set[trio.lowlevel.Task] = set()
-        stack = [root]
-        while stack:
-            t = stack.pop()
-            out.add(t)
-            for nursery in t.child_nurseries:
-                stack.extend(nursery.child_tasks)
-        return out
-
-    def check(acct: Any) -> None:
-        assert set(acct.tasks) <= live()
-        assert sum(g.n for g in acct.groups.values()) == len(acct.tasks)
-        for g in acct.groups.values():
-            parked = [r for r in g.tasks.values() if r.label is not None]
-            assert g.parked == len(parked)
-            assert sum(g.labels.values()) == g.parked
-            assert g.parked_sum == pytest.approx(sum(r.park_t for r in parked))
-            assert g.n == len(g.tasks)
-
-    _topdata.respond({})
-    acct = _topdata._active
-    assert acct is not None
+    acct = accounting()
     try:
         async with trio.open_nursery() as n:
             for round_ in range(rnd.randint(3, 8)):
@@ -162,10 +138,10 @@ async def test_spawns_and_exits_are_seen_with_the_hooks_off(
                     n.start_soon(actor, ops, name=f"actor-{round_}-{i}")
                 for _ in range(rnd.randint(1, 400)):
                     await trio.lowlevel.checkpoint()
-                check(acct)
+                check_sums(acct)
                 frame()  # a frame relabels; the sums stay whole
-                check(acct)
-        check(acct)
+                check_sums(acct)
+        check_sums(acct)
         assert acct.sampled
         assert not any(name.startswith("actor") for name in acct.groups)  # all gone
     finally:
@@ -179,9 +155,7 @@ async def test_a_quiet_loop_stays_fully_accounted() -> None:
         for _ in range(20):
             await trio.sleep(0.005)
 
-    _topdata.respond({})
-    acct = _topdata._active
-    assert acct is not None
+    acct = accounting()
     try:
         async with trio.open_nursery() as n:
             for i in range(3):
@@ -239,13 +213,7 @@ async def test_the_watchdog_names_a_step_that_blocks_with_the_hooks_off(
         blocked.set()
         await trio.sleep_forever()  # alive when the frame names it
 
-    async def busy() -> None:  # short steps all the while: never reported
-        while True:
-            await trio.lowlevel.checkpoint()
-
-    _topdata.respond({})
-    acct = _topdata._active
-    assert acct is not None
+    acct = accounting()
     try:
         async with trio.open_nursery() as n:
             for i in range(4):
@@ -279,13 +247,7 @@ async def test_the_watchdog_opens_the_windows_and_the_accounting_stops_when_idle
     monkeypatch.setattr(_topdata, "PERIOD", 0.02)
     monkeypatch.setattr(_topdata, "BEAT", 0.002)
 
-    async def busy() -> None:
-        while True:
-            await trio.lowlevel.checkpoint()
-
-    _topdata.respond({})
-    acct = _topdata._active
-    assert acct is not None
+    acct = accounting()
     try:
         async with trio.open_nursery() as n:
             for i in range(3):
