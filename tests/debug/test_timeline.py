@@ -22,6 +22,14 @@ from .trace_events import TraceError, load, validate
 needs_sigusr2 = pytest.mark.skipif(not hasattr(signal, "SIGUSR2"), reason="no SIGUSR2")
 
 
+@pytest.fixture(autouse=True, params=["process", "thread"])
+def writer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs with each way a full recording is written: a writer
+    process, and the thread used when no process can be started."""
+    monkeypatch.setattr(_timeline, "_WRITER", request.param)
+    return str(request.param)
+
+
 def read(path: Path) -> list[dict[str, Any]]:
     events = load(path.read_text(encoding="utf-8"))
     validate(events)

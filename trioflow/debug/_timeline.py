@@ -49,18 +49,16 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
-import json
-import math
 import os
 import queue
 import signal as _signal
+import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any, NamedTuple, TextIO
+from typing import Any, TextIO
 
 import trio
 from trio.lowlevel import Task
@@ -68,9 +66,11 @@ from trio.lowlevel import Task
 from .. import _registry
 from .._util import check_count, check_positive_number, check_signal, raise_type
 from ..telemetry import _hooks
+from . import _tracefile
 from ._dump import record as _task_record
 from ._gauges import read_gauge
 from ._parked import WaitCache, parked_on
+from ._tracefile import TraceStream, write_trace
 
 __all__ = ["ENV_PATH", "ENV_WINDOW", "Timeline", "record_timeline"]
 
@@ -81,29 +81,25 @@ ENV_WINDOW = "TRIOFLOW_TIMELINE_WINDOW"
 
 _DEFAULT_FLIGHT_SIGNAL = getattr(_signal, "SIGUSR2", None)
 
-# Event tuples. Field 1 is always a perf_counter() time (the flight
-# recorder trims on it).
-_STEP = 0  # (STEP, t0, t1, tid)
-_PARK = 1  # (PARK, t, tid, label, weight)
-_WAKE = 2  # (WAKE, t, tid, waker tid or 0 for the loop)
-_MEET = 3  # (MEET, t, tid, name, pid, pid label)
-_EXIT = 4  # (EXIT, t, tid)
-_COUNT = 5  # (COUNT, t, label, in use, waiting)
-_IDLE = 6  # (IDLE, t0, t1)
-_NOTE = 7  # (NOTE, t, text)
-_ITEM = 8  # (ITEM, t end, tid, pid, pipeline label, stage, duration, error type or None)
-
-#: Item tracks are the worker task's id plus this (a tid of their own: the
-#: format keys threads by tid, and the worker's run/wait slices are on its tid).
-_ITEM_TID = 1_000_000_000
+# The event tuples' kinds (their fields: :mod:`._tracefile`), as globals
+# for the hot path.
+_STEP, _PARK, _WAKE, _MEET, _EXIT = (
+    _tracefile.STEP,
+    _tracefile.PARK,
+    _tracefile.WAKE,
+    _tracefile.MEET,
+    _tracefile.EXIT,
+)
+_COUNT, _IDLE, _NOTE, _ITEM = _tracefile.COUNT, _tracefile.IDLE, _tracefile.NOTE, _tracefile.ITEM
+_ITEM_TID = _tracefile.ITEM_TID
+_LOOP_PID = _tracefile.LOOP_PID
 
 #: The recorder's clock (real time: a timeline shows where CPU time went, so
 #: it does not follow a trio MockClock). Tests may replace it.
 _now = time.perf_counter
 
-_LOOP_PID = 1
-_LOOP_TID = 0
-_CHUNK = 65_536
+#: Events per chunk a full recording hands its writer.
+_CHUNK = 16_384
 
 
 class _Recorder(trio.abc.Instrument):
@@ -134,8 +130,8 @@ class _Recorder(trio.abc.Instrument):
         self.open_parks: dict[int, tuple[Any, ...]] = {}  # tid -> PARK
         self.base_counts: dict[str, tuple[Any, ...]] = {}  # label -> COUNT
         self.trimmed = 0
-        #: pipeline name -> the pid its item tracks are grouped under
-        self.pipeline_pids: dict[str, int] = {}
+        #: pipeline name -> (the pid its item tracks are grouped under, its label)
+        self.pipelines: dict[str, tuple[int, str]] = {}
 
     # -- per-step hooks: keep them to a tuple append or two --------------------
 
@@ -205,21 +201,11 @@ class _Recorder(trio.abc.Instrument):
         if tid is None:
             tid = self._meet(task, t)
         pipeline: str = stage.pipeline
-        pid = self.pipeline_pids.get(pipeline)
-        if pid is None:
-            pid = self.pipeline_pids[pipeline] = next(self.pids)
-        self.append(
-            (
-                _ITEM,
-                t,
-                tid,
-                pid,
-                f"pipeline {pipeline!r}",
-                stage.name,
-                duration,
-                None if exc is None else type(exc).__qualname__,
-            )
-        )
+        track = self.pipelines.get(pipeline)
+        if track is None:
+            track = self.pipelines[pipeline] = (next(self.pids), f"pipeline {pipeline!r}")
+        error = None if exc is None else type(exc).__qualname__
+        self.append((_ITEM, t, tid, *track, stage.name, duration, error))
 
     # -- the rest ---------------------------------------------------------------
 
@@ -336,294 +322,163 @@ def _short(name: str, limit: int = 120) -> str:
     return name if len(name) <= limit else name[: limit - 1] + "…"
 
 
-# -- encoding -------------------------------------------------------------------
+# -- writing --------------------------------------------------------------------
 
 
-def _ns_str(ns: int) -> str:
-    """Integer nanoseconds as the format's microseconds, exactly."""
-    if ns < 0:
-        ns = 0
-    return f"{ns // 1000}.{ns % 1000:03d}"
+class _ThreadWriter:
+    """Encodes a full recording in a thread of this process, under its GIL
+    (when no writer process can be started)."""
 
-
-class _Encoder:
-    """Turns event tuples into trace-event JSON objects (one string each).
-
-    Stateful across chunks: a park's slice ends at its wake-up, and a flow's
-    two ends are written when both steps they bind to are known.
-    """
-
-    def __init__(self, base: float, slow_step: float) -> None:
-        self.base = base
-        self.slow_ns = int(slow_step * 1e9)
-        self.names: dict[str, str] = {}  # str -> its JSON literal
-        self.pids_seen: set[int] = set()
-        self.pid_of: dict[int, int] = {}
-        self.parks: dict[int, tuple[int, str, int]] = {}  # tid -> (ns, label, weight)
-        #: waker tid -> [(flow id, wake ns, woken tid)] to start at the waker's step
-        self.flow_out: dict[int, list[tuple[int, int, int]]] = {}
-        #: woken tid -> (flow id, waker pid, waker tid, start ns): both ends are
-        #: written at the woken task's next step, so no arrow dangles
-        self.flow_in: dict[int, tuple[int, int, int, int]] = {}
-        self.flow_ids = itertools.count(1)
-        self.last_ns = 0
-        self.count = 0
-        #: item track tid -> where its last item slice ended (ns): slices never overlap
-        self.item_ends: dict[int, int] = {}
-
-    def _j(self, s: str) -> str:
-        lit = self.names.get(s)
-        if lit is None:
-            if len(self.names) > 100_000:
-                self.names.clear()
-            lit = self.names[s] = json.dumps(s, ensure_ascii=False)
-        return lit
-
-    def ns(self, t: float) -> int:
-        return int((t - self.base) * 1e9)
-
-    def prelude(self) -> list[str]:
-        return [
-            self.meta_process(_LOOP_PID, "trio.run"),
-            '{"ph":"M","pid":1,"tid":0,"name":"thread_name","args":{"name":"loop: I/O wait"}}',
-            '{"ph":"M","pid":1,"tid":0,"name":"thread_sort_index","args":{"sort_index":-1}}',
-        ]
-
-    def meta_process(self, pid: int, label: str) -> str:
-        self.pids_seen.add(pid)
-        return (
-            f'{{"ph":"M","pid":{pid},"tid":0,"name":"process_name","args":{{"name":{self._j(label)}}}}},\n'
-            f'{{"ph":"M","pid":{pid},"tid":0,"name":"process_sort_index","args":{{"sort_index":{pid}}}}}'
-        )
-
-    def encode(self, events: Iterable[tuple[Any, ...]]) -> list[str]:
-        out: list[str] = []
-        add = out.append
-        base = self.base
-        pid_of = self.pid_of
-        parks = self.parks
-        flow_out = self.flow_out
-        flow_in = self.flow_in
-        slow = self.slow_ns
-        for e in events:
-            k = e[0]
-            if k == _STEP:
-                tid = e[3]
-                pid = pid_of.get(tid)
-                if pid is None:  # never met (trimmed away): skip its events
-                    continue
-                a = int((e[1] - base) * 1e9)
-                b = int((e[2] - base) * 1e9)
-                if b <= a:
-                    b = a + 1
-                add(
-                    f'{{"ph":"X","pid":{pid},"tid":{tid},"ts":{_ns_str(a)},'
-                    f'"dur":{_ns_str(b - a)},"cat":"run","name":"run"}}'
-                )
-                src = flow_in.pop(tid, None)
-                if src is not None:  # both ends known: write the arrow
-                    fid, spid, stid, sts = src
-                    add(
-                        f'{{"ph":"s","pid":{spid},"tid":{stid},"ts":{_ns_str(sts)},'
-                        f'"id":{fid},"cat":"wake","name":"wake"}},\n'
-                        f'{{"ph":"f","bp":"e","pid":{pid},"tid":{tid},"ts":{_ns_str((a + b) // 2)},'
-                        f'"id":{fid},"cat":"wake","name":"wake"}}'
-                    )
-                outs = flow_out.pop(tid, None)
-                if outs:
-                    for fid, w, woken in outs:
-                        w = min(max(w, a + 1), b - 1) if b - a >= 2 else a
-                        flow_in[woken] = (fid, pid, tid, w)
-                if b - a >= slow:
-                    add(
-                        f'{{"ph":"i","s":"t","pid":{pid},"tid":{tid},"ts":{_ns_str(a)},'
-                        f'"cat":"slow","name":"slow step","args":{{"ms":{(b - a) / 1e6:.3f}}}}}'
-                    )
-                if b > self.last_ns:
-                    self.last_ns = b
-            elif k == _PARK:
-                tid = e[2]
-                if tid in pid_of:
-                    parks[tid] = (int((e[1] - base) * 1e9), e[3], e[4])
-            elif k == _WAKE:
-                tid = e[2]
-                pid = pid_of.get(tid)
-                if pid is None:
-                    continue
-                w = int((e[1] - base) * 1e9)
-                park = parks.pop(tid, None)
-                if park is not None:
-                    add(self._wait(pid, tid, park, w, False))
-                waker = e[3]
-                if waker and waker != tid and waker in pid_of:
-                    flow_out.setdefault(waker, []).append((next(self.flow_ids), w, tid))
-            elif k == _MEET:
-                tid, name, pid, label = e[2], e[3], e[4], e[5]
-                if pid not in self.pids_seen:
-                    add(self.meta_process(pid, label))
-                if pid_of.get(tid) != pid:
-                    pid_of[tid] = pid
-                    add(
-                        f'{{"ph":"M","pid":{pid},"tid":{tid},"name":"thread_name",'
-                        f'"args":{{"name":{self._j(f"{name} #{tid}")}}}}},\n'
-                        f'{{"ph":"M","pid":{pid},"tid":{tid},"name":"thread_sort_index",'
-                        f'"args":{{"sort_index":{tid}}}}}'
-                    )
-            elif k == _EXIT:
-                tid = e[2]
-                parks.pop(tid, None)
-                flow_in.pop(tid, None)
-                pid_of.pop(tid, None)
-            elif k == _COUNT:
-                t = int((e[1] - base) * 1e9)
-                add(
-                    f'{{"ph":"C","pid":{_LOOP_PID},"tid":0,"ts":{_ns_str(t)},"name":{self._j(e[2])},'
-                    f'"args":{{"in use":{_num(e[3])},"waiting":{e[4]}}}}}'
-                )
-            elif k == _IDLE:
-                a = int((e[1] - base) * 1e9)
-                b = max(a + 1, int((e[2] - base) * 1e9))
-                add(
-                    f'{{"ph":"X","pid":{_LOOP_PID},"tid":{_LOOP_TID},"ts":{_ns_str(a)},'
-                    f'"dur":{_ns_str(b - a)},"cat":"idle","name":"I/O wait"}}'
-                )
-            elif k == _ITEM:
-                tid = e[2]
-                if tid not in pid_of:
-                    continue
-                pid = e[3]
-                if pid not in self.pids_seen:
-                    add(self.meta_process(pid, e[4]))
-                itid = _ITEM_TID + tid
-                b = int((e[1] - base) * 1e9)
-                last = self.item_ends.get(itid)
-                if last is None:
-                    add(
-                        f'{{"ph":"M","pid":{pid},"tid":{itid},"name":"thread_name",'
-                        f'"args":{{"name":{self._j(f"stage {e[5]} (task #{tid})")}}}}}'
-                    )
-                    last = 0
-                a = max(last, b - int(e[6] * 1e9), 0)
-                if b <= a:
-                    b = a + 1
-                self.item_ends[itid] = b
-                outcome = "ok" if e[7] is None else e[7]
-                add(
-                    f'{{"ph":"X","pid":{pid},"tid":{itid},"ts":{_ns_str(a)},'
-                    f'"dur":{_ns_str(b - a)},"cat":"item","name":{self._j(e[5])},'
-                    f'"args":{{"outcome":{self._j(outcome)}}}}}'
-                )
-                if b > self.last_ns:
-                    self.last_ns = b
-            elif k == _NOTE:
-                t = int((e[1] - base) * 1e9)
-                add(
-                    f'{{"ph":"i","s":"g","pid":{_LOOP_PID},"tid":{_LOOP_TID},"ts":{_ns_str(t)},'
-                    f'"cat":"note","name":{self._j(e[2])}}}'
-                )
-        self.count += len(out)
-        return out
-
-    def _wait(self, pid: int, tid: int, park: tuple[int, str, int], end: int, still: bool) -> str:
-        a, label, weight = park
-        end = max(end, a + 1)
-        name = f"wait {label}" + (" (still waiting)" if still else "")
-        args = f',"args":{{"weight":{weight}}}' if weight != 1 else ""
-        return (
-            f'{{"ph":"X","pid":{pid},"tid":{tid},"ts":{_ns_str(a)},"dur":{_ns_str(end - a)},'
-            f'"cat":"wait","name":{self._j(name)}{args}}}'
-        )
-
-    def finish(self, end_t: float | None) -> list[str]:
-        """Close what is still open: tasks still parked get a slice to the end."""
-        end = self.last_ns if end_t is None else max(self.last_ns, self.ns(end_t))
-        out = [
-            self._wait(self.pid_of[tid], tid, park, end, True)
-            for tid, park in self.parks.items()
-            if tid in self.pid_of
-        ]
-        self.parks.clear()
-        self.count += len(out)
-        return out
-
-
-def _num(x: float) -> str:
-    if isinstance(x, int):
-        return str(x)
-    if math.isfinite(x):
-        return f"{x:.6g}"
-    return "0"
-
-
-class _End(NamedTuple):
-    t: float
-
-
-class _StreamWriter:
-    """Streams JSON to a file from a thread of its own (full recordings)."""
-
-    def __init__(self, path: Path, base: float, slow_step: float) -> None:
-        self.path = path
-        self.encoder = _Encoder(base, slow_step)
-        self.queue: queue.SimpleQueue[list[tuple[Any, ...]] | _End | None] = queue.SimpleQueue()
-        self.error: BaseException | None = None
-        self.file: TextIO = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed by the thread
-        self.first = True
+    def __init__(self, file: TextIO, base: float, slow_step: float) -> None:
+        self.stream = TraceStream(file, base, slow_step)
+        self.queue: queue.SimpleQueue[list[tuple[Any, ...]] | float | None] = queue.SimpleQueue()
+        self.error: str | None = None
         self.thread = threading.Thread(
             target=self._run, name="trioflow timeline writer", daemon=True
         )
         self.thread.start()
 
-    def _write(self, lines: list[str]) -> None:
-        if not lines:
-            return
-        f = self.file
-        if self.first:
-            f.write("[\n")
-            self.first = False
-        else:
-            f.write(",\n")
-        f.write(",\n".join(lines))
+    def hand(self, chunk: list[tuple[Any, ...]]) -> None:
+        self.queue.put(chunk)
 
     def _run(self) -> None:
+        stream = self.stream
         try:
-            self._write(self.encoder.prelude())
             while True:
                 item = self.queue.get()
                 if item is None:
                     break
-                if isinstance(item, _End):  # close what is still open
-                    self._write(self.encoder.finish(item.t))
-                    continue
-                self._write(self.encoder.encode(item))
-            self.file.write("\n]\n")
+                if isinstance(item, list):
+                    stream.feed(item)
+                else:  # the end
+                    stream.close(item)
         except BaseException as exc:  # reported by close()
-            self.error = exc
+            self.error = repr(exc)
+            while self.queue.get() is not None:  # let the recorder go on
+                pass
         finally:
-            self.file.close()
+            stream.file.close()
 
-    def close(self, events: list[tuple[Any, ...]], end: float) -> None:
+    def close(self, events: list[tuple[Any, ...]], end: float) -> str | None:
         self.queue.put(events)
-        self.queue.put(_End(end))
+        self.queue.put(end)
         self.queue.put(None)
         self.thread.join()
+        return self.error
+
+
+class _ProcessWriter:
+    """Streams a full recording through a writer process (``_tracefile.py``
+    run as a script), which encodes on another core.
+
+    The loop ``marshal``s each chunk (a fraction of a microsecond an event)
+    and writes it to the process's pipe without blocking; what the pipe
+    cannot take yet waits here and goes at the next chunk, so the loop never
+    waits for the writer and no thread of this process shares its GIL.
+    """
+
+    def __init__(self, proc: subprocess.Popen[bytes], path: Path, base: float, slow_step: float):
+        self.proc = proc
+        assert proc.stdin is not None
+        self.fd = proc.stdin.fileno()
+        os.set_blocking(self.fd, False)
+        self.pending: collections.deque[memoryview] = collections.deque()
+        self.error: str | None = None
+        self._send(_tracefile.message((str(path), base, slow_step)))
+
+    def _send(self, data: bytes) -> None:
         if self.error is not None:
-            raise OSError(f"writing the timeline to {self.path} failed: {self.error!r}")
+            return
+        pending = self.pending
+        pending.append(memoryview(data))
+        try:
+            while pending:
+                head = pending[0]
+                n = os.write(self.fd, head)
+                if n == len(head):
+                    pending.popleft()
+                else:
+                    pending[0] = head[n:]
+        except BlockingIOError:  # the writer is behind: the rest goes later
+            pass
+        except OSError as exc:  # the writer is gone: record on, report at the end
+            self.error = repr(exc)
+            pending.clear()
+
+    def hand(self, chunk: list[tuple[Any, ...]]) -> None:
+        try:
+            data = _tracefile.message(chunk)
+        except ValueError as exc:  # an event marshal cannot take (a bug here)
+            self.error = self.error or repr(exc)
+            return
+        self._send(data)
+
+    def close(self, events: list[tuple[Any, ...]], end: float) -> str | None:
+        self.hand(events)
+        self._send(_tracefile.message(("end", end)))
+        proc = self.proc
+        assert proc.stdin is not None
+        assert proc.stderr is not None
+        if self.error is None:
+            os.set_blocking(self.fd, True)
+            try:
+                for view in self.pending:
+                    while view:
+                        view = view[os.write(self.fd, view) :]
+            except OSError as exc:
+                self.error = repr(exc)
+        self.pending.clear()
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+        err = proc.stderr.read()  # ends when the writer does
+        proc.stderr.close()
+        proc.wait()
+        if proc.returncode != 0:
+            why = f"the writer process exited with {proc.returncode}"
+            if err:
+                why += f": {err.decode(errors='replace').strip()}"
+            return why if self.error is None else f"{self.error}; {why}"
+        return self.error
 
 
-def write_trace(
-    path: Path, events: list[tuple[Any, ...]], base: float, slow_step: float, end: float
-) -> int:
-    """Encode ``events`` into ``path`` in one go (flight dumps); atomic (temp + rename)."""
-    enc = _Encoder(base, slow_step)
-    lines = enc.prelude() + enc.encode(events) + enc.finish(end)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("[\n")
-        f.write(",\n".join(lines))
-        f.write("\n]\n")
-    os.replace(tmp, path)
-    return enc.count
+#: How full recordings are written: ``"process"`` (a writer process, falling
+#: back to a thread when none can be started) or ``"thread"``. Tests set it.
+_WRITER = "process"
+
+
+def _open_writer(path: Path, base: float, slow_step: float) -> _ThreadWriter | _ProcessWriter:
+    # Opened here in every case, so that a path that cannot be written
+    # fails the start, not the end.
+    file: TextIO = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed below or by the writer
+    proc = _start_writer_process() if _WRITER == "process" else None
+    if proc is None:
+        return _ThreadWriter(file, base, slow_step)
+    file.close()
+    return _ProcessWriter(proc, path, base, slow_step)
+
+
+def _start_writer_process() -> subprocess.Popen[bytes] | None:
+    script = Path(_tracefile.__file__)
+    if not sys.executable or not script.is_file():
+        return None
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", str(script)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            # Out of the terminal's process group: Ctrl-C is the program's.
+            start_new_session=True,
+        )
+    except OSError:
+        return None
+    if sys.platform == "linux":  # room for a whole chunk: one write, not a dozen
+        with contextlib.suppress(OSError):
+            import fcntl
+
+            assert proc.stdin is not None
+            fcntl.fcntl(proc.stdin.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
+    return proc
 
 
 # -- the public object -------------------------------------------------------------
@@ -661,7 +516,7 @@ class Timeline:
         self.dumps: list[Path] = []
         """Every file written so far."""
         self._recorder: _Recorder | None = None
-        self._writer: _StreamWriter | None = None
+        self._writer: _ThreadWriter | _ProcessWriter | None = None
         self._base = 0.0
         self._old_handler: Any = None
         self._token: trio.lowlevel.TrioToken | None = None
@@ -704,7 +559,7 @@ class Timeline:
         self._base = _now()
         rec = self._recorder = _Recorder(self)
         if self.window is None:
-            self._writer = _StreamWriter(self.path, self._base, self.slow_step)
+            self._writer = _open_writer(self.path, self._base, self.slow_step)
         if self.signal is not None:
             self._old_handler = _signal.signal(self.signal, self._on_signal)
         # The step running now began before the recorder: count it from here,
@@ -746,10 +601,14 @@ class Timeline:
             assert isinstance(events, list)
             self._handed += len(events)
             rec.events = []
-            self._writer.close(events, end)
+            error = self._writer.close(events, end)
             self.dumps.append(self.path)
+        else:
+            error = None
         for t in self._dump_threads:
             t.join()
+        if error is not None:
+            raise OSError(f"writing the timeline to {self.path} failed: {error}")
 
     def __enter__(self) -> Timeline:
         return self.start()
@@ -848,7 +707,7 @@ class Timeline:
     def _hand_over(self, chunk: list[tuple[Any, ...]]) -> None:
         self._handed += len(chunk)
         assert self._writer is not None
-        self._writer.queue.put(chunk)
+        self._writer.hand(chunk)
 
 
 _UNSET: Any = object()

@@ -1,0 +1,172 @@
+"""A full recording's writer process: what happens when it, or the program, dies.
+
+(Every test of ``test_timeline.py`` runs with the process and with the
+thread fallback; these are the cases only a process has.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+import trioflow as tf
+from trioflow.debug import _timeline
+
+from .trace_events import load, validate
+
+posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+
+
+def wait_until(what: str, ready: object, timeout: float = 60.0) -> None:
+    """Poll an outside process's state (not a timing assertion: a deadline)."""
+    deadline = time.monotonic() + timeout
+    while not ready():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not after {timeout} s")
+        time.sleep(0.01)
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # A zombie still answers signal 0: it is gone once it is one.
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
+
+
+async def steps(n: int) -> None:
+    for _ in range(n):
+        await trio.lowlevel.checkpoint()
+
+
+async def test_a_full_recording_is_written_by_a_process_that_ends_with_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "t.json"
+    with tf.debug.record_timeline(path) as tl:
+        writer = tl._writer
+        assert isinstance(writer, _timeline._ProcessWriter)
+        await steps(100)
+    assert writer.proc.returncode == 0
+    events = load(path.read_text(encoding="utf-8"))
+    validate(events)
+    assert sum(e["name"] == "run" for e in events) >= 100
+
+
+async def test_no_process_falls_back_to_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "executable", "")
+    path = tmp_path / "t.json"
+    with tf.debug.record_timeline(path) as tl:
+        assert isinstance(tl._writer, _timeline._ThreadWriter)
+        await steps(10)
+    validate(load(path.read_text(encoding="utf-8")))
+
+
+@posix_only
+async def test_a_writer_process_that_dies_fails_the_stop_naming_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_timeline, "_CHUNK", 20)
+    path = tmp_path / "t.json"
+    tl = tf.debug.record_timeline(path, sample_interval=1e-6)
+    with tl:
+        writer = tl._writer
+        assert isinstance(writer, _timeline._ProcessWriter)
+        writer.proc.kill()
+        writer.proc.wait()
+        await steps(200)  # chunks handed to a pipe nobody reads: the loop goes on
+        with pytest.raises(OSError, match=r"writing the timeline to .*t\.json failed") as info:
+            tl.stop()
+    assert f"exited with {-signal.SIGKILL}" in str(info.value)
+
+
+@posix_only
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+async def test_the_writer_ignores_the_signals_that_stop_the_program(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C or a service manager's SIGTERM to the whole group
+    must not cut the file short: the writer ends when the program does."""
+    path = tmp_path / "t.json"
+    with tf.debug.record_timeline(path) as tl:
+        writer = tl._writer
+        assert isinstance(writer, _timeline._ProcessWriter)
+        pid = writer.proc.pid
+        wanted = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+
+        def ignoring() -> bool:
+            with open(f"/proc/{pid}/status", encoding="ascii") as f:
+                line = next(x for x in f if x.startswith("SigIgn:"))
+            mask = int(line.split()[1], 16)
+            return all(mask & (1 << (s - 1)) for s in wanted)
+
+        wait_until("the writer ignores SIGINT, SIGTERM and SIGHUP", ignoring)
+        for s in wanted:
+            os.kill(pid, s)
+        await steps(50)
+    assert writer.proc.returncode == 0
+    validate(load(path.read_text(encoding="utf-8")))
+
+
+PROGRAM = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    import trio
+    import trioflow as tf
+    from trioflow.debug import _timeline
+
+    _timeline._CHUNK = 100
+
+    async def main():
+        with tf.debug.record_timeline(sys.argv[1], sample_interval=1e-6) as tl:
+            writer = tl._writer
+            hand = writer.hand
+            steps = [0]
+
+            def counted(chunk):
+                steps[0] += sum(e[0] == 0 for e in chunk)
+                hand(chunk)
+
+            writer.hand = counted
+            while steps[0] < 500:
+                await trio.lowlevel.checkpoint()
+            print(writer.proc.pid, steps[0], flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)  # no stop(), no finally
+
+    trio.run(main)
+    """
+)
+
+
+@posix_only
+def test_a_program_killed_mid_recording_leaves_a_whole_file(tmp_path: Path) -> None:
+    path = tmp_path / "t.json"
+    done = subprocess.run(
+        [sys.executable, "-c", PROGRAM, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    writer_pid, handed = (int(x) for x in done.stdout.split())  # handed: steps sent
+    wait_until("the writer process ends after the program", lambda: gone(writer_pid))
+    text = path.read_text(encoding="utf-8")
+    assert text.rstrip().endswith("]")  # closed by the writer, not cut short
+    events = json.loads(text)
+    validate(events)
+    assert sum(e["name"] == "run" for e in events) == handed
