@@ -5,9 +5,12 @@
    checkpoints: every kind of park the recorder classifies) run unrecorded,
    under ``record_timeline(path)`` (full, streamed to a file) and under
    ``record_timeline(path, window=5)`` (flight recorder), in rotating
-   order in one process; CPU time (``time.process_time``) per run, median
-   of ``--repeats``. Prints the steps per second unrecorded and each
-   recorded run's ratio to it (the goal: <= 2x at 100k steps/s).
+   order in one process; per run, median of ``--repeats``: the program's
+   CPU time (``time.process_time``, every thread of this process), the CPU
+   of the full recording's writer process (a child, on another core), and
+   the wall time (which waits for the writer to finish the file). Prints
+   the steps per second unrecorded and each recorded run's ratio to it
+   (the goal: <= 2x at 100k steps/s).
 2. ``top``'s per-task accounting instrument (installed by the first
    ``/debug/top`` request) on the same workload.
 3. Writing 1M events: the encoder's time and the file's size.
@@ -17,6 +20,7 @@
    ``--items`` items, unrecorded, and recorded (full and flight) with and
    without its item slices (the same recording with the timeline's item
    hook taken away): what the per-item events add on top of the task steps.
+   ``--work`` puts the same synchronous work in each stage's function.
 
     python bench/timeline.py [--repeats N] [--steps N] [--events N] [--work N] [--only PART]
 
@@ -31,6 +35,7 @@ import argparse
 import gc
 import json
 import os
+import resource
 import statistics
 import tempfile
 import time
@@ -90,8 +95,53 @@ async def workload(total_steps: int) -> int:
     return rounds * n_tasks
 
 
-def run_once(total_steps: int, mode: str, path: Path) -> tuple[float, int]:
-    """(CPU seconds, steps) of one run of the workload in ``mode``."""
+class Cost(tuple[float, float, float]):
+    """(this process's CPU, its finished children's CPU, wall) seconds of one run."""
+
+    __slots__ = ()
+
+    @property
+    def cpu(self) -> float:
+        return self[0]
+
+    @property
+    def writer(self) -> float:
+        return self[1]
+
+    @property
+    def wall(self) -> float:
+        return self[2]
+
+
+def measure(fn: Callable[[], object]) -> Cost:
+    """Run ``fn`` and say what it cost: a writer process is a child, waited
+    for when the recording stops, so its CPU is in RUSAGE_CHILDREN."""
+    c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    w0 = time.perf_counter()
+    t0 = time.process_time()
+    fn()
+    cpu = time.process_time() - t0
+    wall = time.perf_counter() - w0
+    c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    child = (c1.ru_utime + c1.ru_stime) - (c0.ru_utime + c0.ru_stime)
+    return Cost((cpu, child, wall))
+
+
+def report(label: str, runs: list[Cost], base: list[Cost], per: float, unit: str) -> None:
+    """One line: medians of CPU (ratio), the writer's CPU, wall (ratio)."""
+    cpu = statistics.median(c.cpu for c in runs)
+    wall = statistics.median(c.wall for c in runs)
+    writer = statistics.median(c.writer for c in runs)
+    b_cpu = statistics.median(c.cpu for c in base)
+    b_wall = statistics.median(c.wall for c in base)
+    print(
+        f"  {label:16s} CPU {cpu * 1e3:8.1f} ms  {cpu / b_cpu:5.2f}x ({(cpu - b_cpu) / per * 1e6:+6.2f} µs/{unit})"
+        f"   writer process {writer * 1e3:7.1f} ms   wall {wall * 1e3:8.1f} ms  {wall / b_wall:5.2f}x"
+    )
+
+
+def run_once(total_steps: int, mode: str, path: Path) -> tuple[Cost, int]:
+    """(cost, steps) of one run of the workload in ``mode``."""
     steps = 0
 
     class Count(trio.abc.Instrument):
@@ -118,46 +168,41 @@ def run_once(total_steps: int, mode: str, path: Path) -> tuple[float, int]:
             raise ValueError(mode)
 
     counter = Count()
-    t0 = time.process_time()
-    trio.run(main, instruments=[counter])
-    cpu = time.process_time() - t0
-    return cpu, steps
+    cost = measure(lambda: trio.run(main, instruments=[counter]))
+    return cost, steps
 
 
 def bench_recording(repeats: int, total_steps: int) -> None:
     modes = ["off", "full", "flight", "top"]
-    results: dict[str, list[float]] = {m: [] for m in modes}
+    results: dict[str, list[Cost]] = {m: [] for m in modes}
     steps_seen: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "t.json"
         for r in range(repeats):
             order = modes[r % len(modes) :] + modes[: r % len(modes)]
             for m in order:
-                cpu, steps = run_once(total_steps, m, path)
-                results[m].append(cpu)
+                cost, steps = run_once(total_steps, m, path)
+                results[m].append(cost)
                 steps_seen[m] = steps
         size = path.stat().st_size if path.exists() else 0
-    base = statistics.median(results["off"])
+    base = statistics.median(c.cpu for c in results["off"])
     rate = steps_seen["off"] / base
     print(f"workload: {steps_seen['off']} task steps, {rate:,.0f} steps/s unrecorded (CPU)")
     for m in modes:
-        med = statistics.median(results[m])
-        print(
-            f"  {m:7s} median CPU {med * 1e3:8.1f} ms   ratio {med / base:5.2f}x"
-            f"   ({(med - base) / steps_seen['off'] * 1e6:+.2f} µs/step)"
-        )
+        report(m, results[m], results["off"], steps_seen["off"], "step")
     print(f"  last full/flight file: {size / 1e6:.1f} MB")
 
 
 async def _step(x: int) -> int:
+    burn(WORK)
     return x + 1
 
 
 PIPE = tf.Pipeline("bench").map(_step, name="a").map(_step, name="b").map(_step, name="c")
 
 
-def run_pipeline(n_items: int, mode: str, path: Path) -> float:
-    """CPU seconds of one pipeline run of ``n_items`` in ``mode``."""
+def run_pipeline(n_items: int, mode: str, path: Path) -> Cost:
+    """What one pipeline run of ``n_items`` in ``mode`` cost."""
 
     async def main() -> None:
         if mode == "off":
@@ -171,28 +216,39 @@ def run_pipeline(n_items: int, mode: str, path: Path) -> float:
                 _hooks.timeline_hook = None
             await PIPE.run(range(n_items))
 
-    t0 = time.process_time()
-    trio.run(main)
-    return time.process_time() - t0
+    return measure(lambda: trio.run(main))
+
+
+def count_pipeline_steps(n_items: int) -> int:
+    """The task steps of one unrecorded run (counted in a run of its own)."""
+    steps = 0
+
+    class Count(trio.abc.Instrument):
+        def after_task_step(self, task: trio.lowlevel.Task) -> None:
+            nonlocal steps
+            steps += 1
+
+    trio.run(PIPE.run, range(n_items), instruments=[Count()])
+    return steps
 
 
 def bench_pipeline(repeats: int, n_items: int) -> None:
     modes = ["off", "full", "full no-items", "flight", "flight no-items"]
-    results: dict[str, list[float]] = {m: [] for m in modes}
+    results: dict[str, list[Cost]] = {m: [] for m in modes}
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "p.json"
         for r in range(repeats):
             order = modes[r % len(modes) :] + modes[: r % len(modes)]
             for m in order:
                 results[m].append(run_pipeline(n_items, m, path))
-    base = statistics.median(results["off"])
-    print(f"pipeline: 3 map stages x 1 worker, {n_items} items, CPU median of {repeats}")
+    steps = count_pipeline_steps(n_items)
+    base = statistics.median(c.cpu for c in results["off"])
+    print(
+        f"pipeline: 3 map stages x 1 worker, {n_items} items, --work {WORK}: {steps} task"
+        f" steps, {steps / base:,.0f} steps/s unrecorded (CPU), median of {repeats}"
+    )
     for m in modes:
-        med = statistics.median(results[m])
-        print(
-            f"  {m:16s} {med * 1e3:8.1f} ms   ratio {med / base:5.2f}x"
-            f"   ({(med - base) / n_items * 1e6:+.2f} µs/item)"
-        )
+        report(m, results[m], results["off"], n_items, "item")
 
 
 def bench_write(n_events: int, check: bool = False) -> None:

@@ -51,50 +51,53 @@ class Parked(NamedTuple):
 
 
 class WaitCache:
-    """Labels already worked out, weakly keyed by the object a task parks with."""
+    """Parks already worked out, weakly keyed by the object a task parks with."""
 
-    __slots__ = ("_by_id",)
+    __slots__ = ("by_id",)
 
     def __init__(self) -> None:
-        # id(obj) -> (weak ref to obj, label); the ref tells a reused id apart
-        self._by_id: dict[int, tuple[weakref.ref[Any], str]] = {}
+        #: id(obj) -> (weak ref to obj, its park); the ref tells a reused id apart
+        self.by_id: dict[int, tuple[weakref.ref[Any], Parked]] = {}
 
-    def get(self, obj: object) -> str | None:
-        hit = self._by_id.get(id(obj))
+    def get(self, obj: object) -> Parked | None:
+        hit = self.by_id.get(id(obj))
         if hit is not None and hit[0]() is obj:
             return hit[1]
         return None
 
-    def put(self, obj: object, label: str) -> None:
-        if len(self._by_id) > 50_000:  # made on the fly: drop the lot, rebuild
-            self._by_id.clear()
+    def put(self, obj: object, park: Parked) -> None:
+        if len(self.by_id) > 50_000:  # made on the fly: drop the lot, rebuild
+            self.by_id.clear()
         try:
             ref = weakref.ref(obj)
         except TypeError:  # not weakly referenceable: classify it each time
             return
-        self._by_id[id(obj)] = (ref, label)
+        self.by_id[id(obj)] = (ref, park)
 
 
 def parked_on(task: Task, cache: WaitCache) -> Parked:
     """What ``task``, parked right now, waits on. Call only while it is parked."""
     csd: Any = task.custom_sleep_data
     if csd is not None:
-        if _is_waiting(csd):
+        # Every park on the same trio primitive is the same Parked: one
+        # dict lookup (this runs at every park a recording sees).
+        hit = cache.by_id.get(id(csd))
+        if hit is not None and hit[0]() is csd:
+            return hit[1]
+        if _is_waiting(csd):  # a trioflow wait: a record of its own each time
             prim: Any = csd.primitive
-            label = cache.get(prim)
-            if label is None:
-                label = BlockedOn(prim.kind, prim.name, prim).describe()
-                cache.put(prim, label)
-            return Parked(label, prim, csd.weight, csd.since)
-        label = cache.get(csd)
-        if label is not None:
-            return Parked(label, None, 1, None)
+            known = cache.get(prim)
+            if known is None:
+                known = Parked(BlockedOn(prim.kind, prim.name, prim).describe(), prim, 1, None)
+                cache.put(prim, known)
+            return Parked(known.label, prim, csd.weight, csd.since)
     label = label_by_code(task.coro)
     if label is None:
         label = classify(task, csd).describe()
+    park = Parked(label, None, 1, None)
     if csd is not None:
-        cache.put(csd, label)
-    return Parked(label, None, 1, None)
+        cache.put(csd, park)
+    return park
 
 
 _CoroutineType = types.CoroutineType
