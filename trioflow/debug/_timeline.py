@@ -31,8 +31,9 @@ How it records (one ``trio.abc.Instrument``):
   before the recording show their tasks but not their items.
 
 Events are small tuples appended to a list: the hot path formats nothing.
-A full recording hands its events in chunks to a writer thread, which
-streams JSON to the file; with ``window=`` only the last N seconds are kept
+A full recording hands its events in chunks to a writer process (see
+:mod:`._tracefile`), which streams JSON to the file on another core; the
+loop only ``marshal``s each chunk into a pipe. With ``window=`` only the last N seconds are kept
 (the *flight recorder*) and written when asked: on a signal, on
 :meth:`Timeline.dump`, or when the ``with`` block exits with an exception.
 
@@ -746,12 +747,19 @@ def record_timeline(
     adds ``-2``, ``-3``... before the suffix, so a second incident does not
     overwrite the first.
 
-    Entering and leaving are not checkpoints. Cost: a few µs of CPU per
-    task step, of the order of one trivial step itself, so a program doing
-    100k steps a second stays well under twice its unrecorded CPU
-    (``docs/benchmarks/timeline.md``). A full recording holds at most
-    65,536 events in memory (a writer thread streams the rest to the file);
-    a flight recorder holds about 100 bytes per event kept.
+    Entering and leaving are not checkpoints; ``with`` blocks the calling
+    thread at the end until the file is written. Cost: a few µs of CPU
+    per task step, of the order of one trivial step itself, so a program
+    doing 100k steps a second stays under twice its unrecorded CPU
+    (``docs/benchmarks/timeline.md``). A full recording's JSON is encoded
+    by a writer process of its own (``python -I -S``, the standard library
+    only), a few µs of its CPU per event on another core; it ignores
+    SIGINT/SIGTERM/SIGHUP, so a Ctrl-C or a service manager's stop does not
+    cut the file short, and if the program dies it closes the file with
+    what it was sent. Where no process can be started, a thread encodes
+    (sharing the program's GIL, so a full recording then costs about twice
+    as much). In memory: a chunk of 16,384 events (and what the writer has
+    not yet read); a flight recorder about 100 bytes per event kept.
 
     Args:
       path: the file to write (Chrome trace-event JSON, array form). ``None``
