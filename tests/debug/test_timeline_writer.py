@@ -6,6 +6,7 @@ thread fallback; these are the cases only a process has.)
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -19,7 +20,7 @@ import pytest
 import trio
 
 import trioflow as tf
-from trioflow.debug import _timeline
+from trioflow.debug import _timeline, _tracefile
 
 from .trace_events import load, validate
 
@@ -127,7 +128,7 @@ PROGRAM = textwrap.dedent(
     import os, signal, sys, time
     import trio
     import trioflow as tf
-    from trioflow.debug import _timeline
+    from trioflow.debug import _timeline, _tracefile
 
     _timeline._CHUNK = 100
 
@@ -152,6 +153,7 @@ PROGRAM = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a Python process of its own, importing trioflow
 @posix_only
 def test_a_program_killed_mid_recording_leaves_a_whole_file(tmp_path: Path) -> None:
     path = tmp_path / "t.json"
@@ -170,3 +172,33 @@ def test_a_program_killed_mid_recording_leaves_a_whole_file(tmp_path: Path) -> N
     events = json.loads(text)
     validate(events)
     assert sum(e["name"] == "run" for e in events) == handed
+
+
+def test_the_writer_protocol_in_process(tmp_path: Path) -> None:
+    """What the writer process does with what the program sends, read here:
+    a header, chunks, the end; or a pipe that closes without an end."""
+    base = 0.0  # times in binary fractions of a second: exact in µs
+    meet = (_tracefile.MEET, base, 7, "worker", 2, "nursery of task 1 main")
+    chunks = [
+        [meet, (_tracefile.STEP, 0.25, 0.5, 7)],
+        [(_tracefile.PARK, 0.5, 7, "sleep", 1)],
+    ]
+    for ended in (True, False):
+        path = tmp_path / f"t-{ended}.json"
+        wire = _tracefile.message((str(path), base, 0.01))
+        wire += b"".join(_tracefile.message(c) for c in chunks)
+        if ended:
+            wire += _tracefile.message(("end", 2.0))
+        else:
+            wire += _tracefile.message(chunks[0])[:7]  # cut inside a message
+        assert _tracefile.serve(io.BytesIO(wire)) == 0
+        events = json.loads(path.read_text(encoding="utf-8"))
+        validate(events)
+        (run,) = [e for e in events if e["name"] == "run"]
+        assert (run["ts"], run["dur"]) == (250_000.0, 250_000.0)
+        (wait,) = [e for e in events if e["name"].startswith("wait sleep")]
+        assert wait["name"] == "wait sleep (still waiting)"
+        assert wait["ts"] == 500_000.0
+        # The end closes the still-parked wait at the end's time; a pipe
+        # that closed early, at the last event the writer had (1 ns long).
+        assert wait["dur"] == (1_500_000.0 if ended else 0.001)

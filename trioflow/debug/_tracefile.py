@@ -357,7 +357,7 @@ def serve(pipe: BinaryIO) -> int:
                 return 0
 
 
-def _main() -> int:
+def _main() -> int:  # pragma: no cover - runs in the writer process (tests drive it there)
     # A terminal's Ctrl-C, or a service manager's SIGTERM to the whole
     # group, is for the program: the writer finishes when the program closes
     # the pipe (or dies), so that the file it leaves is whole.
