@@ -79,6 +79,32 @@ async def test_no_process_falls_back_to_a_thread(
     validate(load(path.read_text(encoding="utf-8")))
 
 
+async def test_a_pipe_that_cannot_be_made_non_blocking_falls_back_to_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[subprocess.Popen[bytes]] = []
+    real_start = _timeline._start_writer_process
+
+    def start() -> subprocess.Popen[bytes] | None:
+        proc = real_start()
+        if proc is not None:
+            started.append(proc)
+        return proc
+
+    def refuse(fd: int, blocking: bool) -> None:
+        raise OSError("not on this pipe")
+
+    monkeypatch.setattr(_timeline, "_start_writer_process", start)
+    monkeypatch.setattr(os, "set_blocking", refuse)
+    path = tmp_path / "t.json"
+    with tf.debug.record_timeline(path) as tl:
+        assert isinstance(tl._writer, _timeline._ThreadWriter)
+        await steps(10)
+    validate(load(path.read_text(encoding="utf-8")))
+    (proc,) = started
+    assert proc.returncode is not None  # the process started for nothing was reaped
+
+
 @posix_only
 async def test_a_writer_process_that_dies_fails_the_stop_naming_the_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -452,10 +452,20 @@ def _open_writer(path: Path, base: float, slow_step: float) -> _ThreadWriter | _
     # fails the start, not the end.
     file: TextIO = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed below or by the writer
     proc = _start_writer_process() if _WRITER == "process" else None
-    if proc is None:
-        return _ThreadWriter(file, base, slow_step)
-    file.close()
-    return _ProcessWriter(proc, path, base, slow_step)
+    if proc is not None:
+        try:
+            writer = _ProcessWriter(proc, path, base, slow_step)
+        except OSError:  # a pipe that cannot be made non-blocking (Windows before 3.12)
+            proc.kill()
+            proc.wait()
+            for pipe in (proc.stdin, proc.stderr):
+                if pipe is not None:
+                    with contextlib.suppress(OSError):
+                        pipe.close()
+        else:
+            file.close()
+            return writer
+    return _ThreadWriter(file, base, slow_step)
 
 
 def _start_writer_process() -> subprocess.Popen[bytes] | None:
