@@ -305,12 +305,12 @@ def bench_write(n_events: int, check: bool = False) -> None:
             )
 
 
-def bench_top(n_tasks: int, repeats: int) -> None:
+def bench_top(n_tasks: int, repeats: int, phase: float = 3.0) -> None:
     """What watching with top at 1 Hz costs a service of ``n_tasks`` tasks.
 
     The service: ``n_tasks`` tasks, each waking about once a second (a
     sleep of 0.5-1.5 s) to take a limiter token; so ~``n_tasks`` steps/s.
-    Phases of ``PHASE`` seconds alternate: unwatched (no accounting, no
+    Phases of ``phase`` seconds (``--phase``) alternate: unwatched (no accounting, no
     requests) and watched (the accounting instrument on, one
     ``/debug/top`` frame a second, answered in the loop as serve() does;
     the first frame of each watched phase, which seeds the accounting, is
@@ -319,8 +319,6 @@ def bench_top(n_tasks: int, repeats: int) -> None:
     background analysis costs.
     """
     import random
-
-    phase = 3.0
 
     async def main() -> None:
         lim = tf.CapacityLimiter(50, name="api")
@@ -341,8 +339,8 @@ def bench_top(n_tasks: int, repeats: int) -> None:
         gc_cpu: dict[str, list[float]] = {"unwatched": [], "watched": []}
         in_gc = [0.0, 0.0]  # CPU in the collector so far, and when the current pass began
 
-        def gc_clock(phase: str, info: dict[str, int]) -> None:
-            if phase == "start":
+        def gc_clock(event: str, info: dict[str, int]) -> None:
+            if event == "start":
                 in_gc[1] = time.process_time()
             else:
                 in_gc[0] += time.process_time() - in_gc[1]
@@ -478,6 +476,12 @@ def main() -> None:
     ap.add_argument("--only", choices=["record", "write", "top", "pipeline"], default=None)
     ap.add_argument("--work", type=int, default=0, help="loop iterations of work per step")
     ap.add_argument(
+        "--phase",
+        type=float,
+        default=3.0,
+        help="top: seconds per phase (longer phases average over the collector's regimes)",
+    )
+    ap.add_argument(
         "--no-gc",
         action="store_true",
         help="top: the garbage collector off, so a collection that one burst of allocations "
@@ -496,7 +500,7 @@ def main() -> None:
     parts: dict[str, Callable[[], None]] = {
         "record": lambda: bench_recording(args.repeats, args.steps),
         "write": lambda: bench_write(args.events, args.check),
-        "top": lambda: bench_top(args.top_tasks, args.repeats),
+        "top": lambda: bench_top(args.top_tasks, args.repeats, args.phase),
         "pipeline": lambda: bench_pipeline(args.repeats, args.items),
     }
     for name, fn in parts.items():
