@@ -228,3 +228,54 @@ def test_the_writer_protocol_in_process(tmp_path: Path) -> None:
         # The end closes the still-parked wait at the end's time; a pipe
         # that closed early, at the last event the writer had (1 ns long).
         assert wait["dur"] == (1_500_000.0 if ended else 0.001)
+
+
+SLOW_READER = textwrap.dedent(
+    """
+    import sys, time
+    total = 0
+    while True:
+        data = sys.stdin.buffer.read1(16384)
+        if not data:
+            break
+        total += len(data)
+        time.sleep(0.0005)
+    print(total)
+    """
+)
+
+
+@posix_only
+def test_a_writer_far_behind_makes_the_sender_wait_until_it_is_back_under_the_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Memory waiting for the writer stays bounded: past the bound the loop
+    writes, blocking, until it is back under; below it, it never waits."""
+    bound = 300_000
+    monkeypatch.setattr(_timeline, "_MAX_PENDING", bound)
+    with subprocess.Popen(
+        [sys.executable, "-c", SLOW_READER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    ) as reader:
+        writer = _timeline._ProcessWriter(reader, Path("unused.json"), 0.0, 0.01)
+        sent = len(_tracefile.message(("unused.json", 0.0, 0.01)))  # the header
+        behind = 0
+        for _ in range(60):
+            payload = b"x" * 100_000
+            writer._send(payload)
+            sent += len(payload)
+            assert writer.pending_bytes <= bound
+            assert writer.pending_bytes == sum(len(v) for v in writer.pending)
+            behind = max(behind, writer.pending_bytes)
+        assert behind > 0  # the slow reader did leave data waiting, without a wait
+        writer._drain(0)
+        assert writer.pending_bytes == 0
+        assert writer.error is None
+        assert reader.stdin is not None
+        assert reader.stdout is not None
+        reader.stdin.close()
+        out = reader.stdout.read()
+        assert reader.wait(timeout=60) == 0
+    assert int(out) == sent

@@ -374,8 +374,12 @@ class _ProcessWriter:
 
     The loop ``marshal``s each chunk (a fraction of a microsecond an event)
     and writes it to the process's pipe without blocking; what the pipe
-    cannot take yet waits here and goes at the next chunk, so the loop never
-    waits for the writer and no thread of this process shares its GIL.
+    cannot take yet waits here and goes at the next chunk, so the loop does
+    not wait for the writer and no thread of this process shares its GIL.
+    Only a writer more than :data:`_MAX_PENDING` bytes behind (a program
+    making events faster than it encodes them, some 400k a second) makes
+    the loop wait, a chunk at a time, until it is back under: memory stays
+    bounded, and the program slows to what the writer can take.
     """
 
     def __init__(self, proc: subprocess.Popen[bytes], path: Path, base: float, slow_step: float):
@@ -384,6 +388,7 @@ class _ProcessWriter:
         self.fd = proc.stdin.fileno()
         os.set_blocking(self.fd, False)
         self.pending: collections.deque[memoryview] = collections.deque()
+        self.pending_bytes = 0
         self.error: str | None = None
         self._send(_tracefile.message((str(path), base, slow_step)))
 
@@ -392,19 +397,43 @@ class _ProcessWriter:
             return
         pending = self.pending
         pending.append(memoryview(data))
+        self.pending_bytes += len(data)
         try:
             while pending:
                 head = pending[0]
                 n = os.write(self.fd, head)
+                self.pending_bytes -= n
                 if n == len(head):
                     pending.popleft()
                 else:
                     pending[0] = head[n:]
         except BlockingIOError:  # the writer is behind: the rest goes later
-            pass
+            if self.pending_bytes > _MAX_PENDING:
+                self._drain(_MAX_PENDING)
         except OSError as exc:  # the writer is gone: record on, report at the end
-            self.error = repr(exc)
-            pending.clear()
+            self._gone(exc)
+
+    def _drain(self, limit: int) -> None:
+        """Write, blocking, until no more than ``limit`` bytes wait."""
+        os.set_blocking(self.fd, True)
+        pending = self.pending
+        try:
+            while pending and self.pending_bytes > limit:
+                head = pending.popleft()
+                while head:
+                    n = os.write(self.fd, head)
+                    self.pending_bytes -= n
+                    head = head[n:]
+        except OSError as exc:
+            self._gone(exc)
+        finally:
+            with contextlib.suppress(OSError):
+                os.set_blocking(self.fd, False)
+
+    def _gone(self, exc: OSError) -> None:
+        self.error = repr(exc)
+        self.pending.clear()
+        self.pending_bytes = 0
 
     def hand(self, chunk: list[tuple[Any, ...]]) -> None:
         try:
@@ -417,18 +446,10 @@ class _ProcessWriter:
     def close(self, events: list[tuple[Any, ...]], end: float) -> str | None:
         self.hand(events)
         self._send(_tracefile.message(("end", end)))
+        self._drain(0)
         proc = self.proc
         assert proc.stdin is not None
         assert proc.stderr is not None
-        if self.error is None:
-            os.set_blocking(self.fd, True)
-            try:
-                for view in self.pending:
-                    while view:
-                        view = view[os.write(self.fd, view) :]
-            except OSError as exc:
-                self.error = repr(exc)
-        self.pending.clear()
         with contextlib.suppress(OSError):
             proc.stdin.close()
         err = proc.stderr.read()  # ends when the writer does
@@ -441,6 +462,9 @@ class _ProcessWriter:
             return why if self.error is None else f"{self.error}; {why}"
         return self.error
 
+
+#: Bytes a full recording's writer may fall behind before the loop waits for it.
+_MAX_PENDING = 64 << 20
 
 #: How full recordings are written: ``"process"`` (a writer process, falling
 #: back to a thread when none can be started) or ``"thread"``. Tests set it.
