@@ -792,8 +792,9 @@ def record_timeline(
     cut the file short, and if the program dies it closes the file with
     what it was sent. Where no process can be started, a thread encodes
     (sharing the program's GIL, so a full recording then costs about twice
-    as much). In memory: a chunk of 16,384 events (and what the writer has
-    not yet read); a flight recorder about 100 bytes per event kept.
+    as much). In memory: a chunk of 16,384 events, and at most 64 MB the
+    writer has not read yet (past that the loop waits for it); a flight
+    recorder about 100 bytes per event kept.
 
     Args:
       path: the file to write (Chrome trace-event JSON, array form). ``None``
