@@ -72,7 +72,9 @@ class Cruise:
       no slower than it beyond noise.
     * **Gradient.** Afterwards ``g = clamp(tolerance * B / p50, 0.5,
       growth)`` (no more than 1 unless the window was busy) and
-      ``L = (1 - smoothing) * L + smoothing * L * g``: the median is held at
+      ``L = (1 - smoothing) * L + smoothing * L * g`` (0.3: a window's
+      median of 20-50 samples is ~10% noise, so a step averages over about
+      three windows): the median is held at
       ``tolerance`` times the baseline, a queue of about a quarter of a
       service time. At the floor (``p50 >= 2 * tolerance * B``, a deep
       queue) the cut ``L * 0.5`` is not smoothed. After two busy windows in
@@ -96,12 +98,21 @@ class Cruise:
       ``fast_drop * B`` is not evidence of queueing (a fast error reported
       as a drop) and is not counted. Drops never enter the RTT figures.
     * **A baseline that cannot drift up.** Between re-measurements the
-      baseline only falls: a window whose median is three standard errors
-      under it (so noise does not ratchet it down) becomes the baseline.
-      Every ``probe_interval`` it is re-measured: if the limiter is busy,
-      one window of ``4 * min_samples`` samples runs at ``probe_factor * L``
-      (as BBRv2's ProbeRTT), its median becomes the baseline and the limit
-      is restored; if not, the current window's median is the baseline.
+      baseline only falls: when the pooled samples of the last 4 windows
+      have a median three standard errors under it, that median becomes
+      the baseline (one window's median, under a heavy tail, is noisy
+      enough that the lowest of a few hundred sat 20-30% low). A request
+      that comes back after its window closed counts in the next one, so
+      a window's median is not biased fast by the slow requests it could
+      not wait for. Every ``probe_interval`` it is re-measured: if the
+      limiter is busy, one window of ``4 * min_samples`` samples runs at
+      ``probe_factor * L`` (as BBRv2's ProbeRTT) and the limit is
+      restored; its median becomes the baseline, pooled with the previous
+      re-measurement's samples (or the cold start's) when the two medians
+      agree within two standard errors, so that a re-measurement's own
+      noise (some 7% at 80 samples) does not move the limit every
+      interval while a real change is taken at once. If not busy, the
+      pooled median of the last windows is the baseline.
       0.7 by default: the limit sits about a quarter above what the
       downstream serves at once, so 0.7 of it still drains the queue, and
       idles less of the downstream than halving (ProbeRTT's choice), which
@@ -161,7 +172,7 @@ class Cruise:
     window_rtts: float = 2.0
     min_samples: int = 20
     tolerance: float = 1.25
-    smoothing: float = 0.5
+    smoothing: float = 0.3
     backoff: float = 0.9
     probe_interval: float = 10.0
     probe_factor: float = 0.7
@@ -189,6 +200,9 @@ class Cruise:
     _floor_p50: float = attrs.field(init=False, default=0.0, repr=False)
     # the open window: admissions since ``_open`` (start, rtt, inflight)
     _open: float | None = attrs.field(init=False, default=None, repr=False)
+    #: the previous window's counted cohort (admitted in this span): its
+    #: stragglers count in this window
+    _before: tuple[float, float] = attrs.field(init=False, default=(0.0, -1.0), repr=False)
     _starts: list[float] = attrs.field(init=False, factory=list[float], repr=False)
     _rtts: list[float] = attrs.field(init=False, factory=list[float], repr=False)
     _peak: int = attrs.field(init=False, default=0, repr=False)
@@ -211,6 +225,10 @@ class Cruise:
     _pool: list[float] = attrs.field(init=False, factory=list[float], repr=False)
     #: the last windows' peaks in flight, for the cap
     _peaks: list[int] = attrs.field(init=False, factory=list[int], repr=False)
+    #: the last probe's samples (sorted)
+    _last_probe: list[float] = attrs.field(init=False, factory=list[float], repr=False)
+    #: the last _BASELINE_WINDOWS windows' samples (sorted), pooled to move the baseline
+    _recent: list[list[float]] = attrs.field(init=False, factory=list[list[float]], repr=False)
 
     def __attrs_post_init__(self) -> None:
         check_bounds(self.initial_limit, self.min_limit, self.max_limit)
@@ -269,7 +287,13 @@ class Cruise:
                 self._drops += 1
         else:
             self._done += 1
-        if not sample.dropped and sample.start >= opened:
+        if not sample.dropped and (
+            sample.start >= opened
+            or (self._before[0] <= sample.start <= self._before[1] and not self._probing)
+        ):
+            # a straggler of the previous window counts in this one: leaving
+            # it out would bias every window's median fast (by a tenth of the
+            # samples under a heavy tail), and the baseline's minimum with it
             self._starts.append(sample.start)
             self._rtts.append(sample.rtt)
             if sample.inflight > self._peak:
@@ -291,6 +315,7 @@ class Cruise:
         needed = self.min_samples * (_BASELINE_WINDOWS if self._probing else 1)
         if not self._drops and len(counted) < needed:
             return self.limit
+        self._before = (opened, cut)
         return self._decide(now, counted, self._done / max(now - opened, 1e-9))
 
     def _decide(self, now: float, counted: list[float], rate: float) -> int:
@@ -305,7 +330,8 @@ class Cruise:
             self._probing = False
             self._next_probe = now + self.probe_interval
             if not math.isnan(p50):
-                self._baseline = p50
+                self._baseline = self._remeasured(counted)
+            self._recent.clear()
             self._history.clear()  # the fit is against this baseline's windows
             self._settle = 2
             self._set(self._saved)
@@ -329,8 +355,19 @@ class Cruise:
             pool.extend(counted)
             pool.sort()
             self._baseline = pool[len(pool) // 2]
-        elif p50 < self._baseline * _significant(counted):
-            self._baseline = p50
+            self._last_probe = list(pool)  # the first re-measurement pools with it
+        else:
+            # A baseline is the median of _BASELINE_WINDOWS windows' samples,
+            # here as between re-measurements: the last windows pooled. One
+            # window's median under a heavy tail is noisy enough that the
+            # lowest of a few hundred windows ratchets it 20-30% low.
+            recent = self._recent
+            recent.append(counted)
+            if len(recent) > _BASELINE_WINDOWS:
+                del recent[0]
+            pooled = self._pooled()
+            if pooled and pooled[len(pooled) // 2] < self._baseline * _significant(pooled):
+                self._baseline = pooled[len(pooled) // 2]
         baseline = self._baseline
         raw_gradient = self.tolerance * baseline / p50
         floored = raw_gradient <= 0.5
@@ -344,6 +381,8 @@ class Cruise:
                 # limit goes back to where it was (Envoy #10647).
                 self._floored = 0
                 self._baseline = p50
+                self._recent.clear()
+                self._last_probe = []
                 self._next_probe = now + self.probe_interval
                 return self._set(self._floor_from)
             if not self._floored:
@@ -401,9 +440,35 @@ class Cruise:
                 self.limit = max(self.min_limit, math.floor(self._estimate * self.probe_factor))
                 self._issued = self.limit
                 return self.limit
-            self._baseline = p50
+            pooled = self._pooled()
+            self._baseline = pooled[len(pooled) // 2] if pooled else p50
             self._next_probe = now + self.probe_interval
         return limit
+
+    def _remeasured(self, counted: list[float]) -> float:
+        """A probe's baseline: its median, pooled with the last probe's
+        samples when the two agree within noise (two standard errors of
+        the difference), so a re-measurement's own noise (7% at 80
+        samples) does not move the limit every interval; a real change
+        (beyond noise) is taken at once."""
+        last, self._last_probe = self._last_probe, counted
+        p50 = counted[len(counted) // 2]
+        if not last:
+            return p50
+        old = last[len(last) // 2]
+        se_new = -math.log(_significant(counted)) / 3
+        se_old = -math.log(_significant(last)) / 3
+        if abs(math.log(p50 / old)) > 2 * math.hypot(se_new, se_old):
+            return p50
+        both = sorted(last + counted)
+        return both[len(both) // 2]
+
+    def _pooled(self) -> list[float]:
+        """The last windows' samples, sorted, if they make a baseline's worth."""
+        if len(self._recent) < _BASELINE_WINDOWS:
+            return []
+        pooled = sorted(x for window in self._recent for x in window)
+        return pooled if len(pooled) >= _BASELINE_WINDOWS * self.min_samples else []
 
     def _climb(self, saturated: bool, rate: float) -> bool:
         """Record a busy window; True while more concurrency still buys throughput.
